@@ -1,0 +1,193 @@
+"""The one place that unrolls time.
+
+`Recurrent` applies a cell step after step with shared weights, stacks layers, runs a
+second cell backwards in time for bidirectional layers, and starts from a zero, given or
+learned initial state. Padded batches are described by `lengths` (or a left-aligned
+`mask`): a padded step changes no state, and its output is zero.
+
+Two paths compute the same function:
+- "fused": PyTorch's sequence kernels (`torch.rnn_tanh`, `torch.rnn_relu`, `torch.lstm`,
+  `torch.gru`, cuDNN on GPU), fed with the cells' own parameters; only for cells with a
+  `fused_mode`.
+- "loop": the explicit per-step loop over `cell(x_t, state)`, for every cell and for
+  whatever needs each step (gradient-flow diagnostics).
+"auto" picks "fused" where the cell has a kernel. Tests hold the two paths to the same
+outputs and gradients.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from .cells import Cell, State, make_cell
+
+FUSED_KERNELS = {
+    "rnn_tanh": torch.rnn_tanh,
+    "rnn_relu": torch.rnn_relu,
+    "lstm": torch.lstm,
+    "gru": torch.gru,
+}
+PATHS = ("auto", "fused", "loop")
+INITIAL_STATES = ("zeros", "learned")
+
+
+class Recurrent(nn.Module):
+    """A stack of recurrent layers built from one cell type.
+
+    Layer l (l = 0 … num_layers−1) in direction d (0 forward, 1 backward) is the cell
+    `cells[l * num_directions + d]`; layer l > 0 reads the concatenated outputs of both
+    directions of layer l − 1, after dropout with probability `dropout`.
+
+    forward(x, state=None, lengths=None, mask=None, path="auto") -> (outputs, final_state)
+      x:        (batch, time, input_size) (or (time, batch, input_size) if not batch_first)
+      state:    initial state, shaped like `final_state`; None means zeros or the learned one
+      lengths:  (batch,) valid steps per sequence, 1 … time; or
+      mask:     (batch, time) bool, True on valid steps, each row a prefix of True
+      outputs:  (batch, time, num_directions * cell.output_size), zero on padded steps
+      final_state: the state after each sequence's last valid step, per layer and
+                direction, shape (num_layers * num_directions, batch, size) — a tensor for
+                cells with one state tensor (Elman, GRU, Jordan), else a tuple ((h, c) for
+                LSTM, (h_{t-1}, …, h_{t-K}) for multi-lag), as in `torch.nn.LSTM`.
+    """
+
+    def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bidirectional: bool = False, dropout: float = 0.0, initial_state: str = "zeros",
+                 batch_first: bool = True, **cell_options):
+        super().__init__()
+        if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 1:
+            raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if initial_state not in INITIAL_STATES:
+            raise ValueError(f"initial_state must be one of {INITIAL_STATES}, got {initial_state!r}")
+        self.num_layers = num_layers
+        self.num_directions = 2 if bidirectional else 1
+        self.dropout = dropout
+        self.batch_first = batch_first
+        cells = []
+        layer_input_size = input_size
+        for _ in range(num_layers):
+            for _ in range(self.num_directions):
+                cells.append(make_cell(cell, layer_input_size, hidden_size, **cell_options))
+            layer_input_size = self.num_directions * cells[-1].output_size
+        self.cells = nn.ModuleList(cells)
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.output_size = layer_input_size
+        self.state_sizes = cells[0].state_sizes
+        self.initial_state = None
+        if initial_state == "learned":
+            self.initial_state = nn.ParameterList(
+                nn.Parameter(torch.zeros(len(cells), size)) for size in self.state_sizes)
+
+    @property
+    def fused_mode(self) -> str | None:
+        return self.cells[0].fused_mode
+
+    def forward(self, x: torch.Tensor, state=None, lengths=None, mask=None, path: str = "auto"):
+        if x.dim() != 3:
+            raise ValueError(f"x must be 3-D (batch, time, features), got shape {tuple(x.shape)}")
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"x has {x.shape[-1]} features per step, expected input_size={self.input_size}")
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        batch, steps = x.shape[:2]
+        if steps == 0:
+            raise ValueError("x has no time steps; a sequence needs at least one")
+        lengths = _lengths(lengths, mask, batch, steps)
+        states = self._initial_states(batch, x) if state is None else self._check_state(state, batch)
+        if path not in PATHS:
+            raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+        if path == "auto":
+            path = "fused" if self.fused_mode else "loop"
+        if path == "fused":
+            if not self.fused_mode:
+                raise ValueError(f"path='fused': {type(self.cells[0]).__name__} has no fused kernel")
+            outputs, states = self._fused(x, states, lengths)
+        else:
+            outputs, states = self._loop(x, states, lengths)
+        if not self.batch_first:
+            outputs = outputs.transpose(0, 1)
+        return outputs, states[0] if len(states) == 1 else states
+
+    def _initial_states(self, batch: int, like: torch.Tensor) -> State:
+        if self.initial_state is None:
+            return tuple(like.new_zeros(len(self.cells), batch, size) for size in self.state_sizes)
+        return tuple(init.to(like.dtype)[:, None, :].expand(-1, batch, -1) for init in self.initial_state)
+
+    def _check_state(self, state, batch: int) -> State:
+        states = (state,) if isinstance(state, torch.Tensor) else tuple(state)
+        expected = [(len(self.cells), batch, size) for size in self.state_sizes]
+        if [tuple(s.shape) for s in states] != expected:
+            raise ValueError(f"state must be {len(expected)} tensor(s) of shape "
+                             f"{', '.join(map(str, expected))}, got {[tuple(s.shape) for s in states]}")
+        return states
+
+    def _loop(self, x: torch.Tensor, states: State, lengths: torch.Tensor | None):
+        steps = x.shape[1]
+        valid = None if lengths is None else torch.arange(steps, device=x.device) < lengths[:, None].to(x.device)
+        layer_input = x
+        finals = []  # per cell: its final state
+        for layer in range(self.num_layers):
+            direction_outputs = []
+            for direction in range(self.num_directions):
+                index = layer * self.num_directions + direction
+                cell = self.cells[index]
+                state = tuple(s[index] for s in states)
+                outputs = [None] * steps
+                order = range(steps) if direction == 0 else range(steps - 1, -1, -1)
+                for t in order:
+                    output, new_state = cell(layer_input[:, t], state)
+                    if valid is not None:  # padded step: keep the state, emit zeros
+                        keep = valid[:, t, None]
+                        new_state = tuple(torch.where(keep, new, old) for new, old in zip(new_state, state))
+                        output = output * keep
+                    state = new_state
+                    outputs[t] = output
+                direction_outputs.append(torch.stack(outputs, dim=1))
+                finals.append(state)
+            layer_input = torch.cat(direction_outputs, dim=-1)
+            if layer < self.num_layers - 1:
+                layer_input = F.dropout(layer_input, self.dropout, self.training)
+        return layer_input, tuple(torch.stack(parts) for parts in zip(*finals))
+
+    def _fused(self, x: torch.Tensor, states: State, lengths: torch.Tensor | None):
+        weights = [p for cell in self.cells for p in (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)]
+        kernel = FUSED_KERNELS[self.fused_mode]
+        hx = list(states) if self.fused_mode == "lstm" else states[0]
+        options = (weights, True, self.num_layers, self.dropout, self.training, self.num_directions == 2)
+        if lengths is None:
+            outputs, *finals = kernel(x, hx, *options, True)
+            return outputs, tuple(finals)
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        sorted_hx = [h.index_select(1, packed.sorted_indices) for h in states]
+        hx = sorted_hx if self.fused_mode == "lstm" else sorted_hx[0]
+        data, *finals = kernel(packed.data, packed.batch_sizes, hx, *options)
+        outputs, _ = pad_packed_sequence(
+            PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices),
+            batch_first=True, total_length=x.shape[1])
+        return outputs, tuple(h.index_select(1, packed.unsorted_indices) for h in finals)
+
+
+def _lengths(lengths, mask, batch: int, steps: int) -> torch.Tensor | None:
+    """Validate `lengths` or a left-aligned `mask`; None when every sequence is full."""
+    if lengths is not None and mask is not None:
+        raise ValueError("give lengths or mask, not both")
+    if mask is not None:
+        mask = torch.as_tensor(mask)
+        if mask.shape != (batch, steps):
+            raise ValueError(f"mask must have shape (batch, time) = {(batch, steps)}, got {tuple(mask.shape)}")
+        mask = mask.bool()
+        lengths = mask.sum(dim=1)
+        prefix = torch.arange(steps, device=mask.device) < lengths[:, None]
+        if not torch.equal(mask, prefix):
+            raise ValueError("mask must be left-aligned: True on each sequence's first steps, False after")
+    if lengths is None:
+        return None
+    lengths = torch.as_tensor(lengths)
+    if lengths.shape != (batch,) or lengths.dtype.is_floating_point:
+        raise ValueError(f"lengths must be {batch} integers (one per sequence), got {lengths.tolist()}")
+    if lengths.min() < 1 or lengths.max() > steps:
+        raise ValueError(f"lengths must lie in 1..{steps} (the time steps of x), got {lengths.tolist()}")
+    return lengths.long()

@@ -1,0 +1,32 @@
+import subprocess
+import sys
+
+import pytest
+
+from rnnkit.cli import main
+
+
+def rnnkit(*args):
+    return subprocess.run([sys.executable, "-m", "rnnkit", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_namaskar_learns_every_next_letter():
+    run = rnnkit("namaskar")
+    assert run.returncode == 0, run.stderr
+    assert "next-letter accuracy 7/7 = 100%" in run.stdout
+    losses = [float(line.split("loss")[1].split()[0]) for line in run.stdout.splitlines() if line.startswith("step")]
+    assert losses[-1] < 0.05 * losses[0]
+
+
+@pytest.mark.parametrize("args", [
+    ["namaskar", "--steps", "0"],
+    ["namaskar", "--hidden-size", "-3"],
+    ["namaskar", "--learning-rate", "nan"],
+    ["--threads", "0", "namaskar"],
+    ["no-such-command"],
+])
+def test_nonsense_flags_exit_2_with_one_message(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert "error:" in capsys.readouterr().err

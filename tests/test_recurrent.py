@@ -1,0 +1,168 @@
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from rnnkit.recurrent import Recurrent
+
+pytestmark = pytest.mark.usefixtures("float64")
+
+FUSED_CELLS = [("elman", {}), ("elman", {"nonlinearity": "relu"}), ("lstm", {}), ("gru", {})]
+ALL_CELLS = FUSED_CELLS + [("jordan", {}), ("jordan", {"output_size": 3}), ("multilag", {"lags": 3})]
+LENGTHS = [None, [6, 4, 1]]
+
+
+def as_tuple(state):
+    return state if isinstance(state, tuple) else (state,)
+
+
+def outputs_and_gradients(layer, x, path, lengths=None):
+    """Forward through `path`, then gradients of a loss that touches outputs and final state."""
+    outputs, state = layer(x, lengths=lengths, path=path)
+    loss = (outputs.sin() * torch.arange(outputs.shape[-1])).sum()
+    loss = loss + sum((s ** 2 * (i + 1)).sum() for i, s in enumerate(as_tuple(state)))
+    return outputs, as_tuple(state), torch.autograd.grad(loss, [x, *layer.parameters()])
+
+
+@pytest.mark.parametrize("cell, options", FUSED_CELLS, ids=lambda v: str(v))
+@pytest.mark.parametrize("num_layers, bidirectional, lengths",
+                         list(itertools.product([1, 2, 3], [False, True], LENGTHS)))
+def test_fused_and_loop_paths_agree(cell, options, num_layers, bidirectional, lengths):
+    torch.manual_seed(0)
+    layer = Recurrent(cell, 4, 5, num_layers=num_layers, bidirectional=bidirectional,
+                      initial_state="learned", **options)
+    with torch.no_grad():
+        for init in layer.initial_state:
+            init.normal_()
+    x = torch.randn(3, 6, 4, requires_grad=True)
+    fused = outputs_and_gradients(layer, x, "fused", lengths)
+    loop = outputs_and_gradients(layer, x, "loop", lengths)
+    for a, b in zip(itertools.chain(*fused), itertools.chain(*loop)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("cell, torch_rnn", [("elman", nn.RNN), ("lstm", nn.LSTM), ("gru", nn.GRU)])
+def test_same_function_as_torch_module_with_copied_weights(cell, torch_rnn):
+    torch.manual_seed(1)
+    layer = Recurrent(cell, 4, 5, num_layers=2, bidirectional=True)
+    reference = torch_rnn(4, 5, num_layers=2, bidirectional=True, batch_first=True)
+    with torch.no_grad():
+        for name, weight in reference.named_parameters():  # e.g. weight_hh_l1_reverse
+            layer_index = int(name.split("_l")[1].split("_")[0])
+            index = 2 * layer_index + name.endswith("_reverse")
+            weight.copy_(getattr(layer.cells[index], name.split("_l")[0]))
+    x = torch.randn(2, 7, 4)
+    expected_outputs, expected_state = reference(x)
+    for path in ("fused", "loop"):
+        outputs, state = layer(x, path=path)
+        torch.testing.assert_close(outputs, expected_outputs, rtol=0, atol=1e-10)
+        for a, b in zip(as_tuple(state), as_tuple(expected_state)):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("cell, options", ALL_CELLS, ids=lambda v: str(v))
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_padded_steps_change_neither_state_nor_outputs(cell, options, bidirectional):
+    """A padded sequence gives what the same sequence gives alone, at its own length."""
+    torch.manual_seed(2)
+    layer = Recurrent(cell, 3, 4, num_layers=2, bidirectional=bidirectional, **options)
+    x = torch.randn(3, 5, 3)
+    lengths = torch.tensor([5, 2, 3])
+    padded = x.clone()
+    padded[1, 2:] = 100.0  # garbage on padded steps must not leak anywhere
+    padded[2, 3:] = -7.0
+    outputs, state = layer(padded, lengths=lengths)
+    for b, length in enumerate(lengths.tolist()):
+        alone_outputs, alone_state = layer(x[b:b + 1, :length])
+        torch.testing.assert_close(outputs[b:b + 1, :length], alone_outputs, rtol=0, atol=1e-12)
+        assert torch.all(outputs[b, length:] == 0)
+        for a, c in zip(as_tuple(state), as_tuple(alone_state)):
+            torch.testing.assert_close(a[:, b:b + 1], c, rtol=0, atol=1e-12)
+
+
+def test_mask_is_the_same_as_lengths():
+    layer = Recurrent("gru", 3, 4)
+    x = torch.randn(2, 4, 3)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    by_mask = layer(x, mask=mask)
+    by_lengths = layer(x, lengths=[3, 4])
+    torch.testing.assert_close(by_mask[0], by_lengths[0])
+    torch.testing.assert_close(by_mask[1], by_lengths[1])
+
+
+@pytest.mark.parametrize("cell, options", ALL_CELLS, ids=lambda v: str(v))
+def test_given_state_continues_the_sequence(cell, options):
+    """Running a sequence in two chunks, carrying the state, equals one pass (the basis of TBPTT)."""
+    torch.manual_seed(3)
+    layer = Recurrent(cell, 3, 4, num_layers=2, **options)
+    x = torch.randn(2, 9, 3)
+    whole, whole_state = layer(x)
+    first, state = layer(x[:, :4])
+    second, state = layer(x[:, 4:], state)
+    torch.testing.assert_close(torch.cat([first, second], dim=1), whole, rtol=0, atol=1e-12)
+    for a, b in zip(as_tuple(state), as_tuple(whole_state)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "multilag"])
+def test_learned_initial_state_is_trained(cell):
+    layer = Recurrent(cell, 2, 3, num_layers=2, bidirectional=True, initial_state="learned")
+    outputs, _ = layer(torch.randn(4, 5, 2))
+    outputs.sum().backward()
+    assert len(layer.initial_state) == len(layer.state_sizes)
+    for init in layer.initial_state:
+        assert init.shape == (4, 3) and init.grad is not None and init.grad.abs().sum() > 0
+
+
+def test_jordan_layers_stack_on_output_size():
+    layer = Recurrent("jordan", 3, 8, num_layers=2, bidirectional=True, output_size=2)
+    outputs, state = layer(torch.randn(5, 6, 3))
+    assert outputs.shape == (5, 6, 4) and state.shape == (4, 5, 2)
+    assert layer.cells[2].input_size == 4
+
+
+def test_time_major_input():
+    layer = Recurrent("lstm", 3, 4, batch_first=False)
+    x = torch.randn(6, 2, 3)  # (time, batch, features)
+    outputs, _ = layer(x)
+    batch_major = Recurrent("lstm", 3, 4)
+    batch_major.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(outputs, batch_major(x.transpose(0, 1))[0].transpose(0, 1))
+
+
+def test_dropout_between_layers_only_in_training():
+    torch.manual_seed(4)
+    layer = Recurrent("gru", 3, 16, num_layers=2, dropout=0.5)
+    x = torch.randn(2, 5, 3)
+    layer.eval()
+    assert torch.equal(layer(x)[0], layer(x)[0])
+    layer.train()
+    assert not torch.equal(layer(x, path="loop")[0], layer(x, path="loop")[0])
+
+
+@pytest.mark.parametrize("call, argument", [
+    (lambda r: r(torch.randn(2, 3)), "3-D"),
+    (lambda r: r(torch.randn(2, 3, 5)), "input_size=4"),
+    (lambda r: r(torch.randn(2, 0, 4)), "time steps"),
+    (lambda r: r(torch.randn(2, 3, 4), lengths=[3, 0]), "lengths"),
+    (lambda r: r(torch.randn(2, 3, 4), lengths=[3]), "lengths"),
+    (lambda r: r(torch.randn(2, 3, 4), mask=torch.tensor([[1, 0, 1], [1, 1, 1]])), "left-aligned"),
+    (lambda r: r(torch.randn(2, 3, 4), state=torch.zeros(1, 2, 5)), "state"),
+    (lambda r: r(torch.randn(2, 3, 4), path="cuda"), "path"),
+])
+def test_bad_input_names_the_argument(call, argument):
+    with pytest.raises(ValueError, match=argument):
+        call(Recurrent("lstm", 4, 5))
+
+
+@pytest.mark.parametrize("build, argument", [
+    (lambda: Recurrent("lstm", 4, 5, num_layers=0), "num_layers"),
+    (lambda: Recurrent("lstm", 4, 5, dropout=1.0), "dropout"),
+    (lambda: Recurrent("lstm", 4, 5, initial_state="random"), "initial_state"),
+    (lambda: Recurrent("lstm", 4, 0), "hidden_size"),
+    (lambda: Recurrent("jordan", 4, 5)(torch.randn(1, 2, 4), path="fused"), "fused"),
+])
+def test_bad_configuration_names_the_argument(build, argument):
+    with pytest.raises(ValueError, match=argument):
+        build()
