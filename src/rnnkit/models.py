@@ -1,0 +1,274 @@
+"""The four input/output topologies, each a `Recurrent` layer with what goes in and out.
+
+- `SequenceClassifier`  many-to-one: a sequence → one label (sentiment, digit, …)
+- `SequenceModel`       many-to-many, aligned: an output at every step (next-character
+                        logits of a language model, a tag per character)
+- `ConditionedGenerator` one-to-many: a vector sets the initial state, then the network
+                        writes a sequence, reading back its own outputs (captioning)
+- `Seq2Seq`             encoder–decoder: a sequence → a sequence of another length
+                        (translation), with teacher forcing or free-running decoding
+
+Token inputs are `LongTensor` ids read through an embedding; feature inputs are float
+tensors (batch, time, features). `Recurrent` options (cell, num_layers, bidirectional,
+dropout, initial_state, cell options such as `lags`) pass through `**recurrent_options`.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .recurrent import Recurrent
+
+POOLINGS = ("last", "mean", "max")
+
+
+def _as_tuple(state) -> tuple[torch.Tensor, ...]:
+    return state if isinstance(state, tuple) else (state,)
+
+
+def _unwrap(states: tuple[torch.Tensor, ...]):
+    return states[0] if len(states) == 1 else states
+
+
+def last_output(state, num_directions: int) -> torch.Tensor:
+    """(batch, num_directions · size): the top layer's output after each sequence's last step.
+
+    The first state tensor of every cell is its most recent output (h for Elman, GRU, LSTM
+    and multi-lag, y for Jordan); for the backward direction that is the output at step 0.
+    """
+    top = _as_tuple(state)[0][-num_directions:]
+    return top.transpose(0, 1).reshape(top.shape[1], -1)
+
+
+def _check_positive(**sizes) -> None:
+    for name, value in sizes.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_tokens(tokens: torch.Tensor, vocab_size: int, name: str) -> None:
+    if tokens.dim() != 2 or tokens.dtype.is_floating_point:
+        raise ValueError(f"{name} must be (batch, time) integer token ids, got {tokens.dtype} {tuple(tokens.shape)}")
+    if tokens.numel() and (tokens.min() < 0 or tokens.max() >= vocab_size):
+        raise ValueError(f"{name} ids must lie in 0..{vocab_size - 1}, got {tokens.min()}..{tokens.max()}")
+
+
+class SequenceInput(nn.Module):
+    """Token ids through an embedding (when `vocab_size` is given), or float features as they are."""
+
+    def __init__(self, input_size: int, vocab_size: int | None = None):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.embedding = None if vocab_size is None else nn.Embedding(vocab_size, input_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.embedding is None:
+            if not x.dtype.is_floating_point:
+                raise ValueError(f"x must be float features (batch, time, features), got {x.dtype}; "
+                                 "pass vocab_size to read token ids")
+            return x
+        _check_tokens(x, self.vocab_size, "x")
+        return self.embedding(x)
+
+
+class SequenceClassifier(nn.Module):
+    """Many-to-one: read a whole sequence, then classify it.
+
+        h_1 … h_T = Recurrent(x_1 … x_T)
+        logits    = W_out · pool(h) + b_out,   pool = last step | mean | max over valid steps
+
+    For a bidirectional layer, "last" joins the forward direction's state after step T with
+    the backward direction's after step 1. forward(x, lengths=None) -> logits (batch, classes).
+    """
+
+    def __init__(self, input_size: int, num_classes: int, hidden_size: int, cell: str = "lstm",
+                 vocab_size: int | None = None, pooling: str = "last", **recurrent_options):
+        super().__init__()
+        _check_positive(num_classes=num_classes)
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.pooling = pooling
+        self.input = SequenceInput(input_size, vocab_size)
+        self.recurrent = Recurrent(cell, input_size, hidden_size, **recurrent_options)
+        self.head = nn.Linear(self.recurrent.output_size, num_classes)
+
+    def forward(self, x: torch.Tensor, lengths=None) -> torch.Tensor:
+        outputs, state = self.recurrent(self.input(x), lengths=lengths)
+        if self.pooling == "last":
+            pooled = last_output(state, self.recurrent.num_directions)
+        else:
+            batch, steps = outputs.shape[:2]
+            lengths = torch.full((batch,), steps) if lengths is None else torch.as_tensor(lengths)
+            valid = (torch.arange(steps) < lengths[:, None]).to(outputs.device)[..., None]
+            if self.pooling == "mean":
+                pooled = (outputs * valid).sum(1) / valid.sum(1)
+            else:
+                pooled = outputs.masked_fill(~valid, float("-inf")).amax(1)
+        return self.head(pooled)
+
+
+class SequenceModel(nn.Module):
+    """Many-to-many, aligned: one output per input step (language model, tagger).
+
+        h_t      = Recurrent(x_1 … x_t)        (or x_1 … x_T when bidirectional)
+        logits_t = W_out · dropout(h_t) + b_out
+
+    With `tie_weights`, the output layer shares the embedding matrix (needs vocab_size ==
+    output_size and embedding size == recurrent output size). `dropout` applies to the
+    embedding, between layers and before the head.
+    forward(x, state=None, lengths=None) -> (logits (batch, time, output_size), state)
+    """
+
+    def __init__(self, input_size: int, output_size: int, hidden_size: int, cell: str = "lstm",
+                 vocab_size: int | None = None, dropout: float = 0.0, tie_weights: bool = False,
+                 **recurrent_options):
+        super().__init__()
+        _check_positive(output_size=output_size)
+        self.input = SequenceInput(input_size, vocab_size)
+        self.recurrent = Recurrent(cell, input_size, hidden_size, dropout=dropout, **recurrent_options)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(self.recurrent.output_size, output_size)
+        if tie_weights:
+            if vocab_size != output_size or input_size != self.recurrent.output_size:
+                raise ValueError(
+                    "tie_weights needs vocab_size == output_size and input_size == the recurrent "
+                    f"output size, got {vocab_size}, {output_size}, {input_size}, {self.recurrent.output_size}")
+            self.head.weight = self.input.embedding.weight
+
+    def forward(self, x: torch.Tensor, state=None, lengths=None):
+        outputs, state = self.recurrent(self.dropout(self.input(x)), state, lengths=lengths)
+        return self.head(self.dropout(outputs)), state
+
+
+class StateBridge(nn.Module):
+    """A vector → a full initial state for every layer of a decoder:  s = tanh(W v + b)."""
+
+    def __init__(self, in_features: int, recurrent: Recurrent):
+        super().__init__()
+        self.num_layers = recurrent.num_layers
+        self.projections = nn.ModuleList(
+            nn.Linear(in_features, recurrent.num_layers * size) for size in recurrent.state_sizes)
+
+    def forward(self, vector: torch.Tensor):
+        batch = vector.shape[0]
+        states = tuple(torch.tanh(p(vector)).view(batch, self.num_layers, -1).transpose(0, 1).contiguous()
+                       for p in self.projections)
+        return _unwrap(states)
+
+
+class Decoder(nn.Module):
+    """A token-by-token generator: embedding → unidirectional Recurrent → logits.
+
+    forward(tokens, state, teacher_forcing=1.0) -> (logits, state): step t reads the given
+    token t with probability `teacher_forcing`, else the model's own previous prediction
+    (scheduled sampling; 1.0 is plain teacher forcing and runs as one fused pass).
+    greedy(state, start_token, max_length, end_token) feeds back its own argmax outputs.
+    """
+
+    def __init__(self, vocab_size: int, embedding_size: int, hidden_size: int, cell: str = "lstm",
+                 **recurrent_options):
+        super().__init__()
+        _check_positive(vocab_size=vocab_size, embedding_size=embedding_size)
+        if recurrent_options.get("bidirectional"):
+            raise ValueError("bidirectional must be False for a decoder: it cannot read tokens it has not written")
+        self.vocab_size = vocab_size
+        self.embedding = nn.Embedding(vocab_size, embedding_size)
+        self.recurrent = Recurrent(cell, embedding_size, hidden_size, **recurrent_options)
+        self.head = nn.Linear(self.recurrent.output_size, vocab_size)
+
+    def step(self, tokens: torch.Tensor, state):
+        outputs, state = self.recurrent(self.embedding(tokens), state)
+        return self.head(outputs), state
+
+    def forward(self, tokens: torch.Tensor, state, teacher_forcing: float = 1.0):
+        _check_tokens(tokens, self.vocab_size, "tokens")
+        if teacher_forcing >= 1.0:
+            return self.step(tokens, state)
+        logits, token = [], tokens[:, :1]
+        for t in range(tokens.shape[1]):
+            step_logits, state = self.step(token, state)
+            logits.append(step_logits)
+            if t + 1 < tokens.shape[1]:
+                use_given = torch.rand(tokens.shape[0], 1, device=tokens.device) < teacher_forcing
+                token = torch.where(use_given, tokens[:, t + 1:t + 2], step_logits.argmax(-1))
+        return torch.cat(logits, dim=1), state
+
+    @torch.no_grad()
+    def greedy(self, state, start_token: int, max_length: int, end_token: int | None = None) -> torch.Tensor:
+        """(batch, ≤ max_length) tokens; after a sequence writes `end_token` it only repeats it."""
+        _check_positive(max_length=max_length)
+        batch = _as_tuple(state)[0].shape[1]
+        token = torch.full((batch, 1), start_token, dtype=torch.long, device=_as_tuple(state)[0].device)
+        finished = torch.zeros(batch, 1, dtype=torch.bool, device=token.device)
+        written = []
+        for _ in range(max_length):
+            logits, state = self.step(token, state)
+            token = logits.argmax(-1)
+            if end_token is not None:
+                token = token.masked_fill(finished, end_token)
+                finished |= token == end_token
+            written.append(token)
+            if end_token is not None and finished.all():
+                break
+        return torch.cat(written, dim=1)
+
+
+class ConditionedGenerator(nn.Module):
+    """One-to-many: a vector v (an image's features, a class) sets the initial state,
+    then the decoder writes a sequence, feeding back what it wrote.
+
+        s_0 = tanh(W_c v + b_c)  (every layer, every state tensor)
+        y_1 … y_T = Decoder(s_0, <start> y_1 … y_{T−1})
+
+    forward(condition, tokens) -> logits (teacher forcing; `tokens` starts with the start token);
+    generate(condition, start_token, max_length, end_token) -> tokens.
+    """
+
+    def __init__(self, condition_size: int, vocab_size: int, hidden_size: int, cell: str = "lstm",
+                 embedding_size: int = 32, **recurrent_options):
+        super().__init__()
+        _check_positive(condition_size=condition_size)
+        self.decoder = Decoder(vocab_size, embedding_size, hidden_size, cell, **recurrent_options)
+        self.bridge = StateBridge(condition_size, self.decoder.recurrent)
+
+    def forward(self, condition: torch.Tensor, tokens: torch.Tensor, teacher_forcing: float = 1.0):
+        return self.decoder(tokens, self.bridge(condition), teacher_forcing)[0]
+
+    def generate(self, condition: torch.Tensor, start_token: int, max_length: int,
+                 end_token: int | None = None) -> torch.Tensor:
+        return self.decoder.greedy(self.bridge(condition), start_token, max_length, end_token)
+
+
+class Seq2Seq(nn.Module):
+    """Encoder–decoder: read a source sequence, then write a target of another length.
+
+        h^enc_1 … h^enc_S = Encoder(x_1 … x_S)              (may be bidirectional)
+        s_0               = tanh(W_b · h^enc_last + b_b)   (the bridge)
+        y_1 … y_T         = Decoder(s_0, <start> y_1 … y_{T−1})
+
+    forward(source, tokens, source_lengths=None, teacher_forcing=1.0) -> logits
+    generate(source, start_token, max_length, end_token, source_lengths=None) -> tokens
+    """
+
+    def __init__(self, source_vocab_size: int, target_vocab_size: int, hidden_size: int,
+                 cell: str = "lstm", embedding_size: int = 32, num_layers: int = 1,
+                 bidirectional_encoder: bool = False, **recurrent_options):
+        super().__init__()
+        self.source_input = SequenceInput(embedding_size, source_vocab_size)
+        self.encoder = Recurrent(cell, embedding_size, hidden_size, num_layers=num_layers,
+                                 bidirectional=bidirectional_encoder, **recurrent_options)
+        self.decoder = Decoder(target_vocab_size, embedding_size, hidden_size, cell,
+                               num_layers=num_layers, **recurrent_options)
+        self.bridge = StateBridge(self.encoder.output_size, self.decoder.recurrent)
+
+    def encode(self, source: torch.Tensor, source_lengths=None):
+        _, state = self.encoder(self.source_input(source), lengths=source_lengths)
+        return self.bridge(last_output(state, self.encoder.num_directions))
+
+    def forward(self, source: torch.Tensor, tokens: torch.Tensor, source_lengths=None,
+                teacher_forcing: float = 1.0) -> torch.Tensor:
+        return self.decoder(tokens, self.encode(source, source_lengths), teacher_forcing)[0]
+
+    def generate(self, source: torch.Tensor, start_token: int, max_length: int,
+                 end_token: int | None = None, source_lengths=None) -> torch.Tensor:
+        return self.decoder.greedy(self.encode(source, source_lengths), start_token, max_length, end_token)

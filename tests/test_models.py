@@ -1,0 +1,120 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rnnkit.models import ConditionedGenerator, Decoder, Seq2Seq, SequenceClassifier, SequenceModel
+
+
+def train(model, loss_fn, steps, lr=0.02):
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        optimizer.step()
+    return loss.item()
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_classifier_shapes_and_padding(pooling, bidirectional):
+    torch.manual_seed(0)
+    model = SequenceClassifier(3, 5, 8, cell="gru", pooling=pooling, bidirectional=bidirectional, num_layers=2)
+    x = torch.randn(4, 6, 3)
+    lengths = torch.tensor([6, 2, 4, 1])
+    logits = model(x, lengths=lengths)
+    assert logits.shape == (4, 5)
+    alone = model(x[1:2, :2])  # padded steps do not change the label
+    torch.testing.assert_close(logits[1:2], alone, rtol=0, atol=1e-6)
+
+
+def test_classifier_learns_which_half_holds_the_larger_sum():
+    """Many-to-one: the label depends on the whole sequence, not its last step."""
+    torch.manual_seed(0)
+    x = torch.randn(256, 10, 1)
+    labels = (x[:, :5].sum((1, 2)) > x[:, 5:].sum((1, 2))).long()
+    model = SequenceClassifier(1, 2, 24, cell="lstm")
+    train(model, lambda: F.cross_entropy(model(x), labels), steps=150)
+    accuracy = (model(x).argmax(1) == labels).float().mean()
+    assert accuracy > 0.9
+
+
+def test_language_model_learns_a_repeating_text():
+    """Many-to-many: next-token prediction on a periodic sequence with memory needed."""
+    torch.manual_seed(0)
+    text = torch.tensor([0, 1, 2, 1, 3] * 8)[None]  # after "1" comes 2 or 3: depends on the past
+    model = SequenceModel(8, 4, 32, cell="gru", vocab_size=4, tie_weights=False)
+    loss = train(model, lambda: F.cross_entropy(model(text[:, :-1])[0].transpose(1, 2), text[:, 1:]), steps=120)
+    assert loss < 0.05
+
+
+def test_tied_weights_share_the_embedding():
+    model = SequenceModel(16, 10, 16, cell="lstm", vocab_size=10, tie_weights=True)
+    assert model.head.weight is model.input.embedding.weight
+    logits, (h, c) = model(torch.randint(0, 10, (2, 7)))
+    assert logits.shape == (2, 7, 10) and h.shape == (1, 2, 16)
+
+
+def test_conditioned_generator_writes_the_sequence_its_vector_names():
+    """One-to-many: a one-hot class sets the initial state; the network unrolls its own outputs."""
+    torch.manual_seed(0)
+    words = torch.tensor([[1, 3, 4, 2], [1, 4, 3, 3], [1, 3, 3, 2]])  # 0 = start, 2 = end
+    condition = torch.eye(3)
+    model = ConditionedGenerator(3, 5, 32, cell="gru", embedding_size=8)
+    start = torch.zeros(3, 1, dtype=torch.long)
+    inputs = torch.cat([start, words[:, :-1]], 1)
+    train(model, lambda: F.cross_entropy(model(condition, inputs).transpose(1, 2), words), steps=150)
+    written = model.generate(condition, start_token=0, max_length=10, end_token=2)
+    assert written[:, :4].tolist() == words.tolist()
+    assert (written[[0, 2], 3:] == 2).all()  # after the end token, only end tokens
+
+
+@pytest.mark.parametrize("bidirectional_encoder", [False, True])
+def test_seq2seq_learns_to_reverse(bidirectional_encoder):
+    """Encoder–decoder with free-running greedy decoding on held-out sequences."""
+    torch.manual_seed(0)
+    start, end = 0, 1
+
+    def batch(n):
+        source = torch.randint(2, 7, (n, 5))
+        target = torch.cat([source.flip(1), torch.full((n, 1), end)], 1)
+        return source, target
+
+    model = Seq2Seq(7, 7, 64, cell="lstm", embedding_size=16, bidirectional_encoder=bidirectional_encoder)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(300):
+        source, target = batch(64)
+        decoder_input = torch.cat([torch.full((64, 1), start), target[:, :-1]], 1)
+        loss = F.cross_entropy(model(source, decoder_input).transpose(1, 2), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    source, target = batch(200)
+    written = model.generate(source, start, max_length=8, end_token=end)
+    exact = (written[:, :6] == target).all(1).float().mean()
+    assert exact > 0.9
+
+
+def test_scheduled_sampling_at_one_equals_teacher_forcing():
+    torch.manual_seed(0)
+    decoder = Decoder(6, 4, 8, cell="gru")
+    tokens = torch.randint(0, 6, (3, 5))
+    state = torch.zeros(1, 3, 8)
+    forced, _ = decoder(tokens, state, teacher_forcing=1.0)
+    stepwise, _ = decoder(tokens, state, teacher_forcing=1.0 - 1e-12)  # the per-step loop, always the given token
+    torch.testing.assert_close(forced, stepwise, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("build, argument", [
+    (lambda: SequenceClassifier(3, 0, 8), "num_classes"),
+    (lambda: SequenceClassifier(3, 2, 8, pooling="attention"), "pooling"),
+    (lambda: SequenceModel(8, 10, 16, vocab_size=10, tie_weights=True), "tie_weights"),
+    (lambda: Decoder(5, 4, 8, bidirectional=True), "bidirectional"),
+    (lambda: SequenceModel(4, 3, 8, vocab_size=5)(torch.tensor([[0, 9]])), "0..4"),
+    (lambda: SequenceModel(4, 3, 8, vocab_size=5)(torch.randn(1, 2, 4)), "token ids"),
+    (lambda: SequenceModel(4, 3, 8)(torch.tensor([[[1, 2, 3, 4]]])), "float"),
+    (lambda: SequenceClassifier(3, 2, 8)(torch.randn(2, 5, 4)), "input_size=3"),
+])
+def test_bad_configuration_or_input_names_the_argument(build, argument):
+    with pytest.raises(ValueError, match=argument):
+        build()
