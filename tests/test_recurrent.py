@@ -166,3 +166,35 @@ def test_bad_input_names_the_argument(call, argument):
 def test_bad_configuration_names_the_argument(build, argument):
     with pytest.raises(ValueError, match=argument):
         build()
+
+
+@pytest.mark.parametrize("cell", ["elman", "lstm", "multilag"])
+def test_step_hook_exposes_the_gradient_reaching_each_step(cell):
+    """∂L/∂h_t read through the hook equals the gradient computed by running from h_t on."""
+    torch.manual_seed(5)
+    layer = Recurrent(cell, 2, 3)
+    x = torch.randn(1, 4, 2)
+    seen = {}
+
+    def keep(layer_index, direction, t, output):
+        output.retain_grad()
+        seen[t] = output
+
+    layer.step_hook = keep
+    outputs, _ = layer(x)
+    outputs[:, -1].sum().backward()
+    assert sorted(seen) == [0, 1, 2, 3]
+    # ∂(h_3 summed)/∂h_3 is all ones; the earlier ones come back through the recurrence.
+    torch.testing.assert_close(seen[3].grad, torch.ones(1, 3))
+    assert all(seen[t].grad.abs().sum() > 0 for t in range(3))
+    if cell == "elman":  # ∂L/∂h_2 = W_hhᵀ (∂L/∂h_3 ⊙ (1 − h_3²))
+        h3 = seen[3].detach()
+        expected = (torch.ones(1, 3) * (1 - h3 ** 2)) @ layer.cells[0].weight_hh.detach()
+        torch.testing.assert_close(seen[2].grad, expected)
+
+
+def test_step_hook_refuses_the_fused_path():
+    with pytest.raises(ValueError, match="step_hook"):
+        layer = Recurrent("gru", 2, 3)
+        layer.step_hook = lambda *a: None
+        layer(torch.randn(1, 2, 2), path="fused")

@@ -10,7 +10,10 @@ Two paths compute the same function:
   `torch.gru`, cuDNN on GPU), fed with the cells' own parameters; only for cells with a
   `fused_mode`.
 - "loop": the explicit per-step loop over `cell(x_t, state)`, for every cell and for
-  whatever needs each step (gradient-flow diagnostics).
+  whatever needs each step: a `step_hook(layer, direction, t, output)` (an attribute, so
+  it can be set on a layer deep inside a model) sees every step's output before padding is
+  applied — the very tensor the next step's state is built from,
+  so `output.retain_grad()` there yields ∂L/∂h_t (gradient-flow diagnostics).
 "auto" picks "fused" where the cell has a kernel. Tests hold the two paths to the same
 outputs and gradients.
 """
@@ -49,6 +52,8 @@ class Recurrent(nn.Module):
                 direction, shape (num_layers * num_directions, batch, size) — a tensor for
                 cells with one state tensor (Elman, GRU, Jordan), else a tuple ((h, c) for
                 LSTM, (h_{t-1}, …, h_{t-K}) for multi-lag), as in `torch.nn.LSTM`.
+    step_hook: None, or called at every step as step_hook(layer, direction, t, output); while
+      set, "auto" takes the loop.
     """
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1,
@@ -76,6 +81,7 @@ class Recurrent(nn.Module):
         self.hidden_size = hidden_size
         self.output_size = layer_input_size
         self.state_sizes = cells[0].state_sizes
+        self.step_hook = None
         self.initial_state = None
         if initial_state == "learned":
             self.initial_state = nn.ParameterList(
@@ -100,8 +106,10 @@ class Recurrent(nn.Module):
         if path not in PATHS:
             raise ValueError(f"path must be one of {PATHS}, got {path!r}")
         if path == "auto":
-            path = "fused" if self.fused_mode else "loop"
+            path = "fused" if self.fused_mode and self.step_hook is None else "loop"
         if path == "fused":
+            if self.step_hook is not None:
+                raise ValueError("step_hook needs path='loop' (the fused kernels have no per-step access)")
             if not self.fused_mode:
                 raise ValueError(f"path='fused': {type(self.cells[0]).__name__} has no fused kernel")
             outputs, states = self._fused(x, states, lengths)
@@ -139,6 +147,8 @@ class Recurrent(nn.Module):
                 order = range(steps) if direction == 0 else range(steps - 1, -1, -1)
                 for t in order:
                     output, new_state = cell(layer_input[:, t], state)
+                    if self.step_hook is not None:
+                        self.step_hook(layer, direction, t, output)
                     if valid is not None:  # padded step: keep the state, emit zeros
                         keep = valid[:, t, None]
                         new_state = tuple(torch.where(keep, new, old) for new, old in zip(new_state, state))
