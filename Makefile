@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/rnnkit namaskar
+	$(VENV)/bin/rnnkit train text
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -6,12 +6,30 @@ Bad input ends with one line `rnnkit: error: …` and exit status 2, never a tra
 import argparse
 import os
 import sys
+from dataclasses import asdict
+from pathlib import Path
 
 
 def positive_int(text: str) -> int:
     value = int(text) if text.lstrip("-").isdigit() else None
     if value is None or value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return int(text)
+
+
+def probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
     return value
 
 
@@ -49,6 +67,123 @@ def run_namaskar(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+def run_train_text(args: argparse.Namespace) -> None:
+    import torch
+
+    from .files import write_json
+    from .runs import finish_run, new_run_dir
+    from .tasks.text import TextConfig, TextTask, generate
+    from .train.checkpoint import load_checkpoint
+    from .train.trainer import TrainConfig, Trainer, setup_distributed
+
+    setup_distributed()
+    rank = int(os.environ.get("RANK", "0"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.resume:
+        run_dir = Path(args.resume)
+        saved = load_checkpoint(run_dir / "last.pt")["config"]
+        text_config = TextConfig.from_dict(saved["text"])
+        train_config = TrainConfig.from_dict(saved["train"])
+        if args.max_steps is not None or args.minutes is not None:  # a new budget for the rest
+            train_config.max_steps = args.max_steps
+            train_config.max_seconds = None if args.minutes is None else args.minutes * 60
+    else:
+        text_config = TextConfig(
+            corpus=args.corpus, cell=args.cell, embedding_size=args.embedding_size,
+            hidden_size=args.hidden_size, num_layers=args.layers, dropout=args.dropout,
+            tie_weights=args.tie_weights, batch_size=args.batch_size, bptt=args.bptt)
+        train_config = TrainConfig(
+            optimizer=args.optimizer, learning_rate=args.lr, weight_decay=args.weight_decay,
+            schedule=args.schedule, warmup_steps=args.warmup, max_steps=args.max_steps,
+            max_seconds=args.minutes * 60 if args.minutes else (None if args.max_steps else 180.0),
+            clip_norm=args.clip or None, clip_value=args.clip_value, eval_every=args.eval_every,
+            patience=args.patience, seed=args.seed)
+    train_config.validate()
+    torch.manual_seed(train_config.seed)
+    task = TextTask(text_config, rank, world_size)
+    run_config = {"task": "text", "text": asdict(text_config), "train": asdict(train_config),
+                  "vocab": task.vocab.to_json()}
+    if not args.resume:
+        run_dir = new_run_dir(args.runs_dir, args.name, "text") if rank == 0 else None
+    if rank == 0:
+        write_json(run_dir / "config.json", run_config)
+    trainer = Trainer(task, train_config, run_dir, run_config, quiet=args.quiet, tensorboard=args.tensorboard)
+    if args.resume:
+        trainer.resume(run_dir / "last.pt")
+    summary = trainer.fit()
+    if rank != 0:
+        return
+    best = load_checkpoint(run_dir / "best.pt")
+    task.model.load_state_dict(best["model"])
+    test = task.test_metrics(task.model)
+    summary.update({"test_loss": test["loss"], "test_bpc": test["bpc"]})
+    report = finish_run(run_dir, summary)
+    sample = generate(task.model, task.vocab, length=300, temperature=0.8, seed=train_config.seed)[0]
+    print(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s ({summary['stop_reason']})")
+    print(f"validation bpc {summary['val_bpc']:.3f}   test bpc {test['bpc']:.3f} (best checkpoint)")
+    print(f"--- a 300-character sample (temperature 0.8) ---\n{sample}\n---")
+    print(f"report: {report}")
+
+
+def run_generate(args: argparse.Namespace) -> None:
+    from .tasks.text import beam_search, generate, load_run
+
+    model, vocab, _ = load_run(Path(args.run))
+    prime = args.prime
+    unknown = vocab.unknown_chars(prime)
+    if unknown and not args.skip_unknown:
+        raise ValueError(f"--prime has characters the model never saw: {', '.join(map(repr, unknown))} "
+                         "(--skip-unknown drops them)")
+    if unknown:
+        print(f"rnnkit: dropped characters the model never saw: {', '.join(map(repr, unknown))}", file=sys.stderr)
+        prime = "".join(c for c in prime if c not in unknown)
+    if args.beam:
+        print(prime + beam_search(model, vocab, prime, args.length, args.beam))
+        return
+    stream = args.num_samples == 1
+    if stream:
+        print(prime, end="", flush=True)
+    samples = generate(model, vocab, prime, args.length, temperature=args.temperature, top_k=args.top_k,
+                       top_p=args.top_p, greedy=args.greedy, num_samples=args.num_samples, seed=args.seed,
+                       on_text=(lambda text: print(text, end="", flush=True)) if stream else None)
+    if stream:
+        print()
+        return
+    for index, sample in enumerate(samples):
+        print(f"=== sample {index + 1} ===\n{prime}{sample}")
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    import math
+
+    from .data.text import load_corpus
+    from .tasks.text import load_run, stream_loss
+
+    model, vocab, config = load_run(Path(args.run))
+    text = load_corpus(args.corpus)
+    unknown = vocab.unknown_chars(text)
+    if unknown and not args.skip_unknown:
+        shown = ", ".join(map(repr, unknown[:10])) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+        raise ValueError(f"corpus {args.corpus} has {len(unknown)} characters the model never saw: {shown} "
+                         "(--skip-unknown drops them)")
+    ids = vocab.encode(text, on_unknown="skip")
+    if len(ids) < 2:
+        raise ValueError(f"corpus {args.corpus} has fewer than 2 known characters to score")
+    loss = stream_loss(model, ids, config.eval_streams, config.bptt)
+    bpc = loss / math.log(2)
+    print(f"{args.corpus}: {len(ids)} characters, {bpc:.4f} bits per character, perplexity {2 ** bpc:.3f}")
+
+
+def run_diagnose(args: argparse.Namespace) -> None:
+    from .train.diagnostics import format_summary, run_diagnose as diagnose
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = diagnose(out, steps=args.steps, seed=args.seed)
+    print(format_summary(summary))
+    print(f"figure: {out / 'gradient_decay.png'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rnnkit", description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=positive_int, default=None,
@@ -61,7 +196,70 @@ def build_parser() -> argparse.ArgumentParser:
     namaskar.add_argument("--steps", type=positive_int, default=200)
     namaskar.add_argument("--learning-rate", type=positive_float, default=0.1)
     namaskar.add_argument("--seed", type=int, default=0)
-    namaskar.set_defaults(run=run_namaskar)
+    namaskar.set_defaults(handler=run_namaskar)
+
+    train = commands.add_parser("train", help="train a model; writes a run folder")
+    train.add_argument("task", choices=["text"], help="text: a character-level language model")
+    data = train.add_argument_group("data")
+    data.add_argument("--corpus", default="pydoc",
+                      help="pydoc (CPython's documentation topics), stdlib (CPython's source) or a UTF-8 file/folder")
+    data.add_argument("--batch-size", type=positive_int, default=64, help="parallel streams")
+    data.add_argument("--bptt", type=positive_int, default=100, help="characters per truncated-BPTT chunk")
+    model = train.add_argument_group("model")
+    model.add_argument("--cell", choices=["elman", "jordan", "multilag", "lstm", "gru"], default="lstm")
+    model.add_argument("--embedding-size", type=positive_int, default=64)
+    model.add_argument("--hidden-size", type=positive_int, default=256)
+    model.add_argument("--layers", type=positive_int, default=2)
+    model.add_argument("--dropout", type=probability, default=0.0)
+    model.add_argument("--tie-weights", action="store_true", help="share the embedding with the output layer")
+    loop = train.add_argument_group("training")
+    loop.add_argument("--optimizer", choices=["adam", "adamw", "sgd", "adagrad"], default="adam")
+    loop.add_argument("--lr", type=positive_float, default=2e-3)
+    loop.add_argument("--weight-decay", type=float, default=0.0)
+    loop.add_argument("--schedule", choices=["constant", "cosine", "plateau"], default="cosine")
+    loop.add_argument("--warmup", type=non_negative_int, default=0, help="linear warm-up steps")
+    loop.add_argument("--clip", type=float, default=1.0, help="clip the gradient's global norm (0: off)")
+    loop.add_argument("--clip-value", type=positive_float, default=None, help="clip each gradient entry")
+    loop.add_argument("--minutes", type=positive_float, default=None,
+                      help="training-time budget (default 3 when --max-steps is not given)")
+    loop.add_argument("--max-steps", type=positive_int, default=None)
+    loop.add_argument("--eval-every", type=positive_int, default=100, help="steps between evaluations")
+    loop.add_argument("--patience", type=positive_int, default=None,
+                      help="stop after this many evaluations without improvement")
+    loop.add_argument("--seed", type=int, default=0)
+    run = train.add_argument_group("run folder")
+    run.add_argument("--runs-dir", default="runs")
+    run.add_argument("--name", default=None, help="run folder name (default: text-<date>-<time>)")
+    run.add_argument("--resume", metavar="RUN", default=None, help="continue the run in this folder")
+    run.add_argument("--tensorboard", action="store_true", help="also log to RUN/tensorboard")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(handler=run_train_text)
+
+    gen = commands.add_parser("generate", help="write text with a trained model")
+    gen.add_argument("run", help="run folder of `rnnkit train text`")
+    gen.add_argument("--prime", default="", help="text to continue")
+    gen.add_argument("--length", type=positive_int, default=300)
+    gen.add_argument("--temperature", type=positive_float, default=0.8)
+    gen.add_argument("--greedy", action="store_true", help="always take the most likely character")
+    gen.add_argument("--top-k", type=positive_int, default=None)
+    gen.add_argument("--top-p", type=positive_float, default=None)
+    gen.add_argument("--beam", type=positive_int, default=None, metavar="WIDTH", help="beam search")
+    gen.add_argument("--num-samples", type=positive_int, default=1)
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--skip-unknown", action="store_true", help="drop prime characters the model never saw")
+    gen.set_defaults(handler=run_generate)
+
+    evaluate = commands.add_parser("eval", help="bits per character of a trained model on any text")
+    evaluate.add_argument("run")
+    evaluate.add_argument("--corpus", default="pydoc")
+    evaluate.add_argument("--skip-unknown", action="store_true", help="drop characters the model never saw")
+    evaluate.set_defaults(handler=run_eval)
+
+    diagnose = commands.add_parser("diagnose", help="measure how gradients vanish, explode and survive")
+    diagnose.add_argument("--out", default="runs/diagnose")
+    diagnose.add_argument("--steps", type=positive_int, default=100)
+    diagnose.add_argument("--seed", type=int, default=0)
+    diagnose.set_defaults(handler=run_diagnose)
     return parser
 
 
@@ -70,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     set_threads(args.threads)
     try:
-        args.run(args)
+        args.handler(args)
     except ValueError as error:
         print(f"rnnkit: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -222,9 +222,12 @@ class StreamBatches:
     (batch_size, <= bptt) and targets one character further along the same row. Chunk
     k+1 starts where chunk k stopped, so row b's hidden state can be carried between
     them. The last chunk of an epoch may be shorter than bptt.
+
+    `shard=(rank, world_size)` keeps only this process's contiguous block of
+    batch_size / world_size streams, for data-parallel training over the same global batch.
     """
 
-    def __init__(self, ids, batch_size, bptt, device=None):
+    def __init__(self, ids, batch_size, bptt, device=None, shard=(0, 1)):
         if batch_size < 1 or bptt < 1:
             raise ValueError(f"batch_size and bptt must be >= 1, got batch_size={batch_size}, bptt={bptt}")
         if ids.dim() != 1:
@@ -234,9 +237,14 @@ class StreamBatches:
             raise ValueError(
                 f"{len(ids)} tokens are too few for batch_size={batch_size}: each stream needs >= 2 tokens"
             )
-        self.batch_size = batch_size
+        rank, world_size = shard
+        if batch_size % world_size:
+            raise ValueError(f"batch_size={batch_size} must divide evenly over {world_size} processes")
+        rows = batch_size // world_size
+        self.batch_size = rows
         self.bptt = bptt
-        self.streams = ids[: batch_size * stream_length].view(batch_size, stream_length).to(device)
+        streams = ids[: batch_size * stream_length].view(batch_size, stream_length)
+        self.streams = streams[rank * rows : (rank + 1) * rows].to(device)
 
     def __len__(self):
         # Every token but the last of a stream is an input, and bptt inputs fit in a chunk.

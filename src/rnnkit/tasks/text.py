@@ -1,0 +1,209 @@
+"""Character-level language modelling: learn p(next character | every character so far).
+
+The corpus is one long stream, cut into `batch_size` parallel streams and read in chunks of
+`bptt` characters; the recurrent state is carried from chunk to chunk (truncated BPTT), so
+the model sees context longer than a chunk. Quality is bits per character on held-out text:
+
+    bpc = (1/N) Σ_t −log₂ p(c_{t+1} | c_1 … c_t)   (= mean cross-entropy in nats / ln 2)
+"""
+
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..data.text import StreamBatches, Vocabulary, load_corpus, split_text
+from ..models import SequenceModel
+from ..train.checkpoint import load_checkpoint
+
+
+@dataclass
+class TextConfig:
+    corpus: str = "pydoc"
+    cell: str = "lstm"
+    embedding_size: int = 64
+    hidden_size: int = 256
+    num_layers: int = 2
+    dropout: float = 0.0
+    tie_weights: bool = False
+    batch_size: int = 64          # parallel streams (the global batch when distributed)
+    bptt: int = 100               # characters per chunk: the truncation length of BPTT
+    eval_streams: int = 16
+    sample_length: int = 300      # characters written into samples.txt at each evaluation
+    sample_temperature: float = 0.8
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TextConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def build_model(config: TextConfig, vocab_size: int) -> SequenceModel:
+    return SequenceModel(config.embedding_size, vocab_size, config.hidden_size, cell=config.cell,
+                         vocab_size=vocab_size, dropout=config.dropout, tie_weights=config.tie_weights,
+                         num_layers=config.num_layers)
+
+
+def stream_loss(model, ids: torch.Tensor, streams: int, bptt: int) -> float:
+    """Mean cross-entropy (nats per character) of `model` over `ids`, read as `streams`
+    parallel streams with the state carried across chunks."""
+    batches = StreamBatches(ids, min(streams, max(1, len(ids) // 2)), bptt)
+    total, count, state = 0.0, 0, None
+    with torch.no_grad():
+        for inputs, targets in batches:
+            logits, state = model(inputs, state)
+            total += F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum").item()
+            count += targets.numel()
+    return total / count
+
+
+class TextTask:
+    """The character language model as a task for `rnnkit.train.Trainer`."""
+
+    metric_names = ("bpc",)
+
+    def __init__(self, config: TextConfig, rank: int = 0, world_size: int = 1):
+        self.config = config
+        text = load_corpus(config.corpus)
+        self.vocab = Vocabulary.from_text(text)
+        train, self.val_ids, self.test_ids = split_text(self.vocab.encode(text), (0.9, 0.05, 0.05))
+        self.batches = StreamBatches(train, config.batch_size, config.bptt, shard=(rank, world_size))
+        self.model = build_model(config, len(self.vocab))
+
+    def batches_per_epoch(self) -> int:
+        return len(self.batches)
+
+    def train_batch(self, epoch: int, index: int):
+        return self.batches.chunk(index)
+
+    def batch_tokens(self, batch) -> int:
+        return batch[1].numel()
+
+    def train_loss(self, model, batch, carry):
+        inputs, targets = batch
+        logits, carry = model(inputs, carry)
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten()), carry
+
+    def metrics(self, loss: float) -> dict:
+        return {"bpc": loss / math.log(2)}
+
+    def evaluate(self, model) -> dict:
+        loss = stream_loss(model, self.val_ids, self.config.eval_streams, self.config.bptt)
+        return {"loss": loss, **self.metrics(loss)}
+
+    def test_metrics(self, model) -> dict:
+        loss = stream_loss(model, self.test_ids, self.config.eval_streams, self.config.bptt)
+        return {"loss": loss, **self.metrics(loss)}
+
+    def gradient_flow_loss(self, model):
+        inputs, targets = StreamBatches(self.val_ids, 4, self.config.bptt).chunk(0)
+        logits, _ = model(inputs)
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+    def after_evaluate(self, model, run_dir: Path, step: int) -> None:
+        sample = generate(model, self.vocab, length=self.config.sample_length,
+                          temperature=self.config.sample_temperature, seed=step)[0]
+        with open(Path(run_dir) / "samples.txt", "a", encoding="utf-8") as file:
+            file.write(f"=== step {step} ===\n{sample}\n")
+
+
+def _start_ids(vocab: Vocabulary, prime: str) -> torch.Tensor:
+    """The prime's ids; an empty prime starts after a newline (or the first character)."""
+    if prime:
+        return vocab.encode(prime)
+    return vocab.encode("\n") if "\n" in vocab.ids else torch.tensor([0])
+
+
+@torch.no_grad()
+def generate(model, vocab: Vocabulary, prime: str = "", length: int = 300, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
+             num_samples: int = 1, seed: int | None = None, on_text=None) -> list[str]:
+    """Write `num_samples` continuations of `prime`, `length` characters each (prime excluded).
+
+    The prime is read once; after that every character costs one step, because the
+    recurrent state is carried (nothing is re-read). Sampling draws from
+    softmax(logits / temperature), optionally restricted to the `top_k` most likely
+    characters or to the smallest set whose probability reaches `top_p` (nucleus);
+    `greedy` takes the argmax. `on_text(text)` receives each new character of sample 0 as
+    it is written (streaming output).
+    """
+    if length < 1 or num_samples < 1:
+        raise ValueError(f"length and num_samples must be >= 1, got {length}, {num_samples}")
+    if not greedy and not temperature > 0:
+        raise ValueError(f"temperature must be > 0 (use greedy for argmax), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    model.eval()
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    start = _start_ids(vocab, prime)
+    logits, state = model(start.expand(num_samples, -1))
+    logits = logits[:, -1]
+    written = []
+    for _ in range(length):
+        if greedy:
+            token = logits.argmax(-1, keepdim=True)
+        else:
+            probs = torch.softmax(logits / temperature, dim=-1)
+            if top_k is not None:
+                kth = probs.topk(min(top_k, probs.shape[-1]), dim=-1).values[:, -1:]
+                probs = probs.masked_fill(probs < kth, 0.0)
+            if top_p is not None:
+                ordered, order = probs.sort(dim=-1, descending=True)
+                before = ordered.cumsum(-1) - ordered  # mass of the strictly more likely ones
+                probs = probs.scatter(-1, order, ordered.masked_fill(before >= top_p, 0.0))
+            token = torch.multinomial(probs, 1, generator=generator)
+        written.append(token)
+        if on_text is not None:
+            on_text(vocab.decode(token[0]))
+        logits, state = model(token, state)
+        logits = logits[:, -1]
+    tokens = torch.cat(written, dim=1)
+    return [vocab.decode(row) for row in tokens]
+
+
+@torch.no_grad()
+def beam_search(model, vocab: Vocabulary, prime: str = "", length: int = 300, beam_width: int = 5) -> str:
+    """The continuation of `prime` with the highest total log-probability found by keeping
+    the `beam_width` best partial continuations at every step."""
+    if beam_width < 1 or length < 1:
+        raise ValueError(f"beam_width and length must be >= 1, got {beam_width}, {length}")
+    model.eval()
+    logits, state = model(_start_ids(vocab, prime)[None])
+    scores = torch.zeros(1)
+    tokens = torch.zeros(1, 0, dtype=torch.long)
+    for _ in range(length):
+        log_probs = torch.log_softmax(logits[:, -1], dim=-1)            # (beams, V)
+        candidates = (scores[:, None] + log_probs).flatten()
+        scores, best = candidates.topk(min(beam_width, candidates.numel()))
+        beam, token = best // log_probs.shape[1], best % log_probs.shape[1]
+        tokens = torch.cat([tokens[beam], token[:, None]], dim=1)
+        state = tuple(s.index_select(1, beam) for s in state) if isinstance(state, tuple) else state.index_select(1, beam)
+        logits, state = model(token[:, None], state)
+    return vocab.decode(tokens[0])
+
+
+def load_run(run_dir: Path, checkpoint: str = "best.pt") -> tuple[SequenceModel, Vocabulary, TextConfig]:
+    """The trained model of a text run folder (best checkpoint, else the last one)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ValueError(f"run folder {run_dir} does not exist")
+    path = run_dir / checkpoint
+    if not path.exists():
+        path = run_dir / "last.pt"
+    payload = load_checkpoint(path)
+    run_config = payload.get("config", {})
+    if run_config.get("task") != "text":
+        raise ValueError(f"{path} is not a text-model checkpoint (task {run_config.get('task')!r})")
+    config = TextConfig.from_dict(run_config["text"])
+    vocab = Vocabulary.from_json(run_config["vocab"])
+    model = build_model(config, len(vocab))
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as error:
+        raise ValueError(f"checkpoint {path} does not match its config: {str(error).splitlines()[0]}") from None
+    model.eval()
+    return model, vocab, config
