@@ -18,3 +18,39 @@ def test_readme_has_exactly_the_two_quick_start_commands():
     quick_start = (ROOT / "README.md").read_text().split("## Quick start")[1].split("##")[0]
     commands = re.findall(r"^make \w+", quick_start, flags=re.M)
     assert commands == ["make demo", "make test"]
+
+
+def readme_commands(section: str) -> list[str]:
+    body = (ROOT / "README.md").read_text().split(f"## {section}")[1].split("\n## ")[0]
+    (block,) = re.findall(r"```sh\n(.*?)```", body, flags=re.S)
+    return [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_every_text_model_command_in_the_readme_runs(tmp_path):
+    """Each README command, run as written except for budgets and sizes made tiny and the
+    placeholder file names given real files (the torchrun line is covered by test_distributed)."""
+    import shlex
+    import subprocess
+    import sys
+
+    book = "It was the best of times, it was the worst of times.\n" * 60
+    (tmp_path / "my_book.txt").write_text(book)
+    (tmp_path / "other.txt").write_text(book[:500])
+    tiny = ["--max-steps", "3", "--hidden-size", "16", "--layers", "1", "--batch-size", "4", "--quiet"]
+    commands = readme_commands("The text model")
+    assert len(commands) == 10
+    for command in commands:
+        words = shlex.split(command)
+        if words[0] == "torchrun":
+            continue
+        if "--minutes" in words:
+            at = words.index("--minutes")
+            del words[at:at + 2]
+        if words[1:3] == ["train", "text"]:
+            words += ["--max-steps", "6"] if "--resume" in words else tiny
+        if words[1] == "generate":
+            words += ["--length", "20"]
+        done = subprocess.run([sys.executable, "-m", "rnnkit", *words[1:]], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{command}\n{done.stderr[-2000:]}"
+    assert (tmp_path / "runs" / "diagnose" / "gradient_decay.png").exists()

@@ -43,16 +43,15 @@ def positive_float(text: str) -> float:
     return value
 
 
-def set_threads(threads: int | None) -> None:
-    """Choose torch's CPU threads before torch starts.
+# OpenMP threads that spin while waiting make a 2-thread torch many times slower as soon as
+# anything else holds a core, so waiting threads sleep unless the user chose a policy. This
+# must be set before torch is first imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-    OpenMP threads that spin while waiting make a 2-thread torch many times slower as
-    soon as anything else holds a core, so waiting threads sleep (OMP_WAIT_POLICY=PASSIVE)
-    unless the user set a policy. `--threads` overrides the thread count.
-    """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+def set_threads(threads: int | None) -> None:
+    """`--threads` overrides torch's CPU thread count."""
     if threads is not None:
-        os.environ["OMP_NUM_THREADS"] = str(threads)
         import torch
         torch.set_num_threads(threads)
 
@@ -105,6 +104,10 @@ def run_train_text(args: argparse.Namespace) -> None:
                   "vocab": task.vocab.to_json()}
     if not args.resume:
         run_dir = new_run_dir(args.runs_dir, args.name, "text") if rank == 0 else None
+        if world_size > 1:  # every process needs the folder rank 0 created (its name has a time)
+            names = [str(run_dir)]
+            torch.distributed.broadcast_object_list(names, src=0)
+            run_dir = Path(names[0])
     if rank == 0:
         write_json(run_dir / "config.json", run_config)
     trainer = Trainer(task, train_config, run_dir, run_config, quiet=args.quiet, tensorboard=args.tensorboard)
@@ -185,6 +188,12 @@ def run_diagnose(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # The dataclasses hold the defaults; the flags only expose them.
+    from .tasks.namaskar import NamaskarConfig
+    from .tasks.text import TextConfig
+    from .train.trainer import TrainConfig
+
+    NAMASKAR, TEXT, TRAIN = NamaskarConfig(), TextConfig(), TrainConfig()
     parser = argparse.ArgumentParser(prog="rnnkit", description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="CPU threads for torch (default: torch's choice, with passive waiting)")
@@ -192,10 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     namaskar = commands.add_parser(
         "namaskar", help="train the NumPy reference RNN to predict each next letter of 'namaskar'")
-    namaskar.add_argument("--hidden-size", type=positive_int, default=16)
-    namaskar.add_argument("--steps", type=positive_int, default=200)
-    namaskar.add_argument("--learning-rate", type=positive_float, default=0.1)
-    namaskar.add_argument("--seed", type=int, default=0)
+    namaskar.add_argument("--hidden-size", type=positive_int, default=NAMASKAR.hidden_size)
+    namaskar.add_argument("--steps", type=positive_int, default=NAMASKAR.steps)
+    namaskar.add_argument("--learning-rate", type=positive_float, default=NAMASKAR.learning_rate)
+    namaskar.add_argument("--seed", type=int, default=NAMASKAR.seed)
     namaskar.set_defaults(handler=run_namaskar)
 
     train = commands.add_parser("train", help="train a model; writes a run folder")
@@ -203,30 +212,30 @@ def build_parser() -> argparse.ArgumentParser:
     data = train.add_argument_group("data")
     data.add_argument("--corpus", default="pydoc",
                       help="pydoc (CPython's documentation topics), stdlib (CPython's source) or a UTF-8 file/folder")
-    data.add_argument("--batch-size", type=positive_int, default=64, help="parallel streams")
-    data.add_argument("--bptt", type=positive_int, default=100, help="characters per truncated-BPTT chunk")
+    data.add_argument("--batch-size", type=positive_int, default=TEXT.batch_size, help="parallel streams")
+    data.add_argument("--bptt", type=positive_int, default=TEXT.bptt, help="characters per truncated-BPTT chunk")
     model = train.add_argument_group("model")
-    model.add_argument("--cell", choices=["elman", "jordan", "multilag", "lstm", "gru"], default="lstm")
-    model.add_argument("--embedding-size", type=positive_int, default=64)
-    model.add_argument("--hidden-size", type=positive_int, default=256)
-    model.add_argument("--layers", type=positive_int, default=2)
-    model.add_argument("--dropout", type=probability, default=0.0)
+    model.add_argument("--cell", choices=["elman", "jordan", "multilag", "lstm", "gru"], default=TEXT.cell)
+    model.add_argument("--embedding-size", type=positive_int, default=TEXT.embedding_size)
+    model.add_argument("--hidden-size", type=positive_int, default=TEXT.hidden_size)
+    model.add_argument("--layers", type=positive_int, default=TEXT.num_layers)
+    model.add_argument("--dropout", type=probability, default=TEXT.dropout)
     model.add_argument("--tie-weights", action="store_true", help="share the embedding with the output layer")
     loop = train.add_argument_group("training")
-    loop.add_argument("--optimizer", choices=["adam", "adamw", "sgd", "adagrad"], default="adam")
-    loop.add_argument("--lr", type=positive_float, default=2e-3)
-    loop.add_argument("--weight-decay", type=float, default=0.0)
-    loop.add_argument("--schedule", choices=["constant", "cosine", "plateau"], default="cosine")
-    loop.add_argument("--warmup", type=non_negative_int, default=0, help="linear warm-up steps")
-    loop.add_argument("--clip", type=float, default=1.0, help="clip the gradient's global norm (0: off)")
+    loop.add_argument("--optimizer", choices=["adam", "adamw", "sgd", "adagrad"], default=TRAIN.optimizer)
+    loop.add_argument("--lr", type=positive_float, default=TRAIN.learning_rate)
+    loop.add_argument("--weight-decay", type=float, default=TRAIN.weight_decay)
+    loop.add_argument("--schedule", choices=["constant", "cosine", "plateau"], default=TRAIN.schedule)
+    loop.add_argument("--warmup", type=non_negative_int, default=TRAIN.warmup_steps, help="linear warm-up steps")
+    loop.add_argument("--clip", type=float, default=TRAIN.clip_norm, help="clip the gradient's global norm (0: off)")
     loop.add_argument("--clip-value", type=positive_float, default=None, help="clip each gradient entry")
     loop.add_argument("--minutes", type=positive_float, default=None,
                       help="training-time budget (default 3 when --max-steps is not given)")
     loop.add_argument("--max-steps", type=positive_int, default=None)
-    loop.add_argument("--eval-every", type=positive_int, default=100, help="steps between evaluations")
+    loop.add_argument("--eval-every", type=positive_int, default=TRAIN.eval_every, help="steps between evaluations")
     loop.add_argument("--patience", type=positive_int, default=None,
                       help="stop after this many evaluations without improvement")
-    loop.add_argument("--seed", type=int, default=0)
+    loop.add_argument("--seed", type=int, default=TRAIN.seed)
     run = train.add_argument_group("run folder")
     run.add_argument("--runs-dir", default="runs")
     run.add_argument("--name", default=None, help="run folder name (default: text-<date>-<time>)")

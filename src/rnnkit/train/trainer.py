@@ -59,7 +59,7 @@ class TrainConfig:
     max_seconds: float | None = None     # ... or this much training time (evaluation excluded)
     clip_norm: float | None = 1.0        # rescale gradients whose global L2 norm exceeds this
     clip_value: float | None = None      # clamp every gradient entry to ±clip_value
-    eval_every: int = 200
+    eval_every: int = 100
     log_every: int = 10
     patience: int | None = None          # early stopping: evaluations without improvement
     gradient_flow: bool = True           # record ∂L/∂h_t at each evaluation
@@ -298,6 +298,10 @@ class Trainer:
             ratio = self.update_ratio.after_step()
         self.step += 1
         self.batch_index += 1
+        loss = loss.detach()
+        if self.world_size > 1:  # report the global batch's loss, not this process's share
+            dist.all_reduce(loss)
+            loss /= self.world_size
         return loss.item(), grad_norm.item(), self.task.batch_tokens(batch), ratio
 
     def evaluate(self) -> dict:
@@ -354,6 +358,8 @@ class Trainer:
                     stop_reason = "early stopping"
                     break
         bar.close()
+        if not last_results:  # the budget was spent before this call took a step (a resume)
+            last_results = self.evaluate()
         if self.tensorboard:
             self.tensorboard.close()
         return {"steps": self.step, "epochs": self.epoch, "seconds": round(self.elapsed, 1),

@@ -1,0 +1,79 @@
+"""Text quality bar (issue 3): validation bpc at equal training time, rnnkit vs the reference.
+
+Both models train in this one process, one after the other, on the same `pydoc` split
+(90/5/5) with the same thread count, and are scored by the same definition of validation
+bits per character (16 streams, state carried). Run:
+
+    python benchmarks/text_quality.py --minutes 8 --threads 1
+    python benchmarks/text_quality.py --minutes 8 --set hidden_size=512 --set learning_rate=3e-3
+
+`--set` changes one field of rnnkit's TextConfig/TrainConfig (for exploring; the numbers
+in RESULTS.md are for the defaults). Prints both curves and the ratio of final val bpc.
+"""
+
+import argparse
+import csv
+import dataclasses
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from char_lm_reference import train_reference  # noqa: E402
+
+from rnnkit.tasks.text import TextConfig, TextTask  # noqa: E402
+from rnnkit.train.trainer import TrainConfig, Trainer  # noqa: E402
+
+
+def parse_settings(pairs):
+    text, train = TextConfig(), TrainConfig()
+    for pair in pairs:
+        name, value = pair.split("=", 1)
+        target = text if hasattr(text, name) else train
+        kind = type(getattr(target, name)) if getattr(target, name) is not None else float
+        setattr(target, name, value.lower() == "true" if kind is bool else kind(value))
+    return text, train
+
+
+def train_rnnkit(text_config, train_config, seconds):
+    torch.manual_seed(train_config.seed)
+    task = TextTask(text_config)
+    train_config.max_seconds, train_config.max_steps, train_config.gradient_flow = seconds, None, False
+    with tempfile.TemporaryDirectory() as run_dir:
+        Trainer(task, train_config, Path(run_dir), {}, quiet=True).fit()
+        with open(Path(run_dir) / "metrics.csv", newline="") as file:
+            return [(float(r["elapsed_s"]), float(r["val_bpc"])) for r in csv.DictReader(file) if r["val_bpc"]]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=8.0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    parser.add_argument("--skip-reference", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    text_config, train_config = parse_settings(args.set)
+    seconds = args.minutes * 60
+    print(f"threads={args.threads} minutes={args.minutes}")
+    print("rnnkit:", {k: v for k, v in dataclasses.asdict(text_config).items() if k != "corpus"})
+    print("rnnkit:", dataclasses.asdict(train_config))
+    ours = train_rnnkit(text_config, train_config, seconds)
+    print("rnnkit curve (s, val bpc):", " ".join(f"{s:.0f}:{b:.3f}" for s, b in ours), flush=True)
+    if args.skip_reference:
+        return
+    task = TextTask(TextConfig())  # the same split and vocabulary
+    train_ids = task.batches.streams.flatten()  # 64 streams laid end to end = the training split
+    reference = train_reference(train_ids, task.val_ids, len(task.vocab), seconds)
+    print("reference curve (s, val bpc):", " ".join(f"{s:.0f}:{b:.3f}" for s, b in reference))
+    print(f"final val bpc: rnnkit {ours[-1][1]:.3f}  reference {reference[-1][1]:.3f}  "
+          f"ratio {ours[-1][1] / reference[-1][1]:.3f} (target <= 0.90)")
+
+
+if __name__ == "__main__":
+    main()
