@@ -130,8 +130,14 @@ def test_clipping_each_backward_message_keeps_the_gradient_bounded(decay):
 
 
 def test_gated_cells_carry_the_gradient_further_than_elman(decay):
-    assert decay["LSTM"][50] > 1e3 * decay[ELMAN][50]
-    assert decay["GRU"][50] > 1e3 * decay[ELMAN][50]
+    assert decay["LSTM (default init)"][50] > 1e3 * decay[ELMAN][50]
+    assert decay["GRU (default init)"][50] > 1e3 * decay[ELMAN][50]
+
+
+def test_gates_biased_open_let_the_gradient_survive_a_hundred_steps(decay):
+    for label in ("LSTM, forget-gate bias +3", "GRU, update-gate bias +3"):
+        assert decay[label][99] > 1e-3 * decay[label][0]
+        assert decay[label][99] > 1e25 * decay[ELMAN][99]
 
 
 def test_run_diagnose_writes_a_plot_a_table_and_a_summary(tmp_path):

@@ -14,7 +14,11 @@ from rnnkit.plots import plot_gradient_flow, plot_lines, plot_run, plot_training
 from rnnkit.report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-CONFIG = {"task": "text", "model": {"cell": "lstm", "hidden_size": 512, "layers": 2}, "train": {"lr": 0.003, "steps": 200}}
+CONFIG = {
+    "task": "text",
+    "model": {"cell": "lstm", "hidden_size": 512, "layers": 2},
+    "train": {"lr": 0.003, "steps": 200},
+}
 SAMPLES = [
     "the quick brown fox",
     "  indented line\nand a second one",

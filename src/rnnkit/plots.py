@@ -57,10 +57,10 @@ def _plot_train_and_val(ax, metrics, name, ylabel):
     """Draw train_<name> as a line and val_<name> as markers on a line (evaluation is sparse)."""
     step = metrics["step"]
     for split, style in (("train", {}), ("val", {"marker": "o", "markersize": 4})):
-        values = metrics.get(f"{split}_{name}")
-        if values is None:
-            continue
+        values = metrics.get(f"{split}_{name}", np.array([]))
         logged = np.isfinite(values)
+        if not logged.any():
+            continue
         if logged.sum() == 1:
             style = {**style, "marker": "o"}  # a lone point draws no line
         ax.plot(step[logged], values[logged], label=split, linewidth=1.2, **style)
@@ -111,19 +111,24 @@ def plot_training_curves(metrics_csv, out_png):
 # gradient flow
 
 
+def _arrow(direction):
+    """"→" for a forward direction label, "←" for a backward one, any other label as it is."""
+    return ARROWS.get(direction.lower(), direction)
+
+
 def _direction_key(direction):
     """Sort forward before backward, then any other direction label by name."""
-    arrow = ARROWS.get(direction.lower())
-    return ("→←".index(arrow) if arrow else 2, direction)
+    arrow = _arrow(direction)
+    return (0 if arrow == "→" else 1 if arrow == "←" else 2), direction
 
 
 def plot_gradient_flow(gradient_flow_csv, out_png):
     """Draw how ‖∂L/∂h_t‖ spreads back through time, from gradient_flow.csv; return out_png.
 
     Top: a heat map for the last recorded training step, one row per (layer, direction), one
-    column per time step t, colour = log10 of the gradient norm. Bottom: the mean over rows
+    column per time step t, colour = log10 of the gradient norm. Bottom: the mean over layers
     of that log10 norm against t, one line per recorded training step (at most
-    MAX_FLOW_LINES, evenly spread), so one sees the flow change as training goes on.
+    MAX_FLOW_LINES, evenly spread) and direction, so one sees the flow change with training.
     Zero norms have no logarithm and are left blank.
     """
     columns = read_csv_columns(gradient_flow_csv)
@@ -156,7 +161,7 @@ def plot_gradient_flow(gradient_flow_csv, out_png):
         cmap="viridis",
         extent=(t_first - 0.5, t_last + 0.5, len(rows) - 0.5, -0.5),
     )
-    ax_heat.set_yticks(range(len(rows)), [f"layer {l} {ARROWS.get(d.lower(), d)}" for l, d in rows])
+    ax_heat.set_yticks(range(len(rows)), [f"layer {l} {_arrow(d)}" for l, d in rows])
     ax_heat.set(xlabel="time step t", title=f"gradient norm per layer and time step at training step {last_step}")
     fig.colorbar(image, ax=ax_heat, label=r"$\log_{10}\,\|\partial L/\partial h_t\|$")
 
@@ -164,18 +169,25 @@ def plot_gradient_flow(gradient_flow_csv, out_png):
     shown = steps[np.unique(np.linspace(0, len(steps) - 1, min(len(steps), MAX_FLOW_LINES)).round().astype(int))]
     colours = matplotlib.colormaps["plasma"](np.linspace(0, 0.85, len(shown)))  # skip the faint yellow end
     t_axis = np.arange(t_first, t_last + 1)
+    # Directions get their own lines: forward and backward flows decay in opposite senses of t,
+    # so one mean over both would flatten exactly what the plot is meant to show.
+    directions = sorted({d for _, d in rows}, key=_direction_key)
+    direction_of_row = np.array([d for _, d in rows])
     for training_step, colour in zip(shown, colours):
-        # A masked mean skips blank cells without warning about all-blank columns.
-        mean = np.ma.masked_invalid(log_norms_at(training_step)).mean(axis=0).filled(np.nan)
-        ax_mean.plot(t_axis, mean, color=colour, linewidth=1.4, label=f"step {training_step}")
+        log_norms = log_norms_at(training_step)
+        for d, linestyle in zip(directions, ["-", "--", ":", "-."]):
+            # A masked mean skips blank cells without warning about all-blank columns.
+            mean = np.ma.masked_invalid(log_norms[direction_of_row == d]).mean(axis=0).filled(np.nan)
+            label = f"step {training_step}" + (f" {_arrow(d)}" if len(directions) > 1 else "")
+            ax_mean.plot(t_axis, mean, color=colour, linestyle=linestyle, linewidth=1.4, label=label)
     ax_mean.set(
         xlim=ax_heat.get_xlim(),
         xlabel="time step t",
         ylabel=r"mean $\log_{10}\,\|\partial L/\partial h_t\|$",
-        title="mean over layers and directions, by training step",
+        title="mean over layers, by training step",
     )
     ax_mean.grid(alpha=0.3)
-    ax_mean.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax_mean.legend(fontsize="small", ncol=len(directions))
     return _save(fig, out_png)
 
 

@@ -39,7 +39,7 @@ pre { background: #f6f8fa; padding: 0.8em; overflow-x: auto; white-space: pre-wr
 def write_report(run_dir):
     """Write run_dir/report.html atomically from whatever the run folder holds; return its path."""
     run_dir = Path(run_dir)
-    sections = (_metrics_section(run_dir), _figures_section(run_dir), _samples_section(run_dir), _config_section(run_dir))
+    sections = [make(run_dir) for make in (_metrics_section, _figures_section, _samples_section, _config_section)]
     name = html.escape(run_dir.resolve().name)
     generated = datetime.datetime.now().astimezone().isoformat(sep=" ", timespec="seconds")
     # The "data:," icon stops browsers from requesting /favicon.ico when the page is served.
@@ -55,7 +55,7 @@ def write_report(run_dir):
 <body>
 <h1>{name}</h1>
 <p class="generated">generated {generated} by rnnkit {__version__}</p>
-{"".join(section for section in sections if section)}
+{"".join(sections)}
 </body>
 </html>
 """
@@ -94,7 +94,9 @@ def _format(value):
 def _value_html(value):
     """A value as escaped HTML: a dict as a two-column table (nested dicts nest), the rest as text."""
     if isinstance(value, dict):
-        rows = "".join(f"<tr><th>{html.escape(str(key))}</th><td>{_value_html(item)}</td></tr>" for key, item in value.items())
+        rows = "".join(
+            f"<tr><th>{html.escape(str(key))}</th><td>{_value_html(item)}</td></tr>" for key, item in value.items()
+        )
         return f"<table>{rows}</table>"
     return html.escape(_format(value))
 
@@ -141,7 +143,10 @@ def _figures_section(run_dir):
     for png in sorted(run_dir.glob("*.png"), key=_figure_order):
         caption = html.escape(png.stem.replace("_", " ").replace("-", " "))
         data = base64.b64encode(png.read_bytes()).decode("ascii")
-        figures.append(f'<figure><img src="data:image/png;base64,{data}" alt="{caption}"><figcaption>{caption}</figcaption></figure>')
+        figures.append(
+            f'<figure><img src="data:image/png;base64,{data}" alt="{caption}">'
+            f"<figcaption>{caption}</figcaption></figure>"
+        )
     return _section("Figures", "\n".join(figures)) if figures else ""
 
 

@@ -20,12 +20,9 @@ def new_run_dir(runs_dir: Path, name: str | None, prefix: str) -> Path:
 
 def finish_run(run_dir: Path, summary: dict) -> Path:
     """Write summary.json, the figures and report.html; return the report's path."""
-    from .plots import plot_gradient_flow, plot_training_curves
+    from .plots import plot_run
     from .report import write_report
 
     write_json(run_dir / "summary.json", summary)
-    if (run_dir / "metrics.csv").exists():
-        plot_training_curves(run_dir / "metrics.csv", run_dir / "training_curves.png")
-    if (run_dir / "gradient_flow.csv").exists():
-        plot_gradient_flow(run_dir / "gradient_flow.csv", run_dir / "gradient_flow.png")
+    plot_run(run_dir)
     return write_report(run_dir)
