@@ -2,12 +2,54 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from rnnkit.bptt import ElmanSequence, GRUSequence, JordanSequence, LSTMSequence, run_sequence
+from rnnkit.bptt import (SEQUENCES, ElmanSequence, GRUSequence, JordanSequence, LayerNormLSTMSequence,
+                         LSTMSequence, run_layer_norm_lstm, run_sequence)
 from rnnkit.cells import ElmanCell, GRUCell, JordanCell, LSTMCell, MultiLagCell
 from rnnkit.recurrent import Recurrent
 
-pytestmark = pytest.mark.usefixtures("float64")
+pytestmark = pytest.mark.usefixtures("float64", "layer_norm_lstm_registered")
+
+
+class LayerNormLSTMCell(nn.Module):
+    """The layer-normalised LSTM step (Ba et al. 2016), the explicit-loop reference for
+    `LayerNormLSTMSequence` until `rnnkit.cells` has this cell:
+
+        [i, f, g, o]_t = act(LN_ih(W_ih x_t) + LN_hh(W_hh h_{t-1}) + bias)
+        c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t,   h_t = o_t ⊙ tanh(LN_c(c_t))
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, eps: float = 1e-5):
+        super().__init__()
+        self.input_size, self.hidden_size, self.eps = input_size, hidden_size, eps
+        self.state_sizes = (hidden_size, hidden_size)
+        self.weight_ih = nn.Parameter(torch.randn(4 * hidden_size, input_size) / input_size ** 0.5)
+        self.weight_hh = nn.Parameter(torch.randn(4 * hidden_size, hidden_size) / hidden_size ** 0.5)
+        self.bias = nn.Parameter(0.1 * torch.randn(4 * hidden_size))
+        for name, size in [("ln_ih", 4 * hidden_size), ("ln_hh", 4 * hidden_size), ("ln_c", hidden_size)]:
+            # gains away from 1 and biases away from 0, so a wrong gradient for either shows
+            setattr(self, f"{name}_weight", nn.Parameter(1 + 0.1 * torch.randn(size)))
+            setattr(self, f"{name}_bias", nn.Parameter(0.1 * torch.randn(size)))
+
+    def forward(self, x, state):
+        h, c = state
+        gates = (F.layer_norm(F.linear(x, self.weight_ih), (4 * self.hidden_size,), self.ln_ih_weight,
+                              self.ln_ih_bias, self.eps)
+                 + F.layer_norm(F.linear(h, self.weight_hh), (4 * self.hidden_size,), self.ln_hh_weight,
+                                self.ln_hh_bias, self.eps)
+                 + self.bias)
+        i, f, g, o = gates.chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(F.layer_norm(c, (self.hidden_size,), self.ln_c_weight, self.ln_c_bias,
+                                                       self.eps))
+        return h, (h, c)
+
+
+@pytest.fixture
+def layer_norm_lstm_registered(monkeypatch):
+    monkeypatch.setitem(SEQUENCES, LayerNormLSTMCell, run_layer_norm_lstm)
 
 CELLS = {
     "elman-tanh": lambda: ElmanCell(3, 4),
@@ -18,6 +60,7 @@ CELLS = {
     "multilag-3": lambda: MultiLagCell(3, 4, lags=3, nonlinearity="relu"),
     "lstm": lambda: LSTMCell(3, 4),
     "gru": lambda: GRUCell(3, 4),
+    "layernorm-lstm": lambda: LayerNormLSTMCell(3, 4),
 }
 VALID = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)
 
@@ -93,6 +136,11 @@ def function_inputs(name, batch=2, steps=4):
     elif isinstance(cell, JordanCell):
         function, names, options = JordanSequence, ["weight_ih", "bias_ih", "weight_yh", "weight_hy", "bias_hy"], (cell.nonlinearity,)
         states = [state]
+    elif isinstance(cell, LayerNormLSTMCell):
+        function, options = LayerNormLSTMSequence, (cell.eps,)
+        names = ["weight_ih", "weight_hh", "bias", "ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias",
+                 "ln_c_weight", "ln_c_bias"]
+        states = list(state.split(cell.hidden_size, dim=-1))
     else:
         function, names, options = {LSTMCell: LSTMSequence, GRUCell: GRUSequence}[type(cell)], \
             ["weight_ih", "weight_hh", "bias_ih", "bias_hh"], ()
@@ -101,7 +149,7 @@ def function_inputs(name, batch=2, steps=4):
     return function, inputs, options
 
 
-@pytest.mark.parametrize("name", ["elman-tanh", "elman-relu", "jordan", "multilag-3", "lstm", "gru"])
+@pytest.mark.parametrize("name", ["elman-tanh", "elman-relu", "jordan", "multilag-3", "lstm", "gru", "layernorm-lstm"])
 @pytest.mark.parametrize("valid", [None, VALID[1:, :4]], ids=["full", "padded"])
 def test_gradcheck(name, valid):
     torch.manual_seed(2)
@@ -120,7 +168,7 @@ def graph_size(node) -> int:
     return len(seen)
 
 
-@pytest.mark.parametrize("name", ["elman-tanh", "jordan", "multilag-2", "lstm", "gru"])
+@pytest.mark.parametrize("name", ["elman-tanh", "jordan", "multilag-2", "lstm", "gru", "layernorm-lstm"])
 def test_one_backward_node_holding_only_per_step_buffers(name):
     """No per-step autograd graph: one node whatever T, whose saved tensors are O(T·B·H)."""
     torch.manual_seed(3)
@@ -132,7 +180,7 @@ def test_one_backward_node_holding_only_per_step_buffers(name):
         assert graph_size(node) == 1 + len(inputs)  # this node and the inputs' AccumulateGrad
         parameters = sum(t.numel() for t in inputs[1:])
         saved = sum(t.numel() for t in node.saved_tensors if t is not None)
-        assert saved <= (steps + 1) * 2 * 4 * (3 + 4 * 4) + parameters
+        assert saved <= (steps + 1) * 2 * (3 + 6 * 4 * 4) + parameters  # ≤ 6 (B, 4H) blocks a step
         with torch.no_grad():
             plain = function.apply(*inputs, None, *options)
         assert plain[0].grad_fn is None

@@ -225,3 +225,18 @@ def test_unknown_prime_characters_are_reported(tmp_path, corpus, capsys):
     assert "dropped" in captured.err and captured.out.startswith("the ")
     model, vocab, _ = load_run(run_dir)
     assert len(vocab) == len(set(TEXT))
+
+
+def test_a_non_finite_loss_skips_the_update(tmp_path, corpus):
+    trainer, task, run_dir = train(tmp_path, corpus, max_steps=10)
+    train_loss = task.train_loss
+
+    def poisoned_at_step_5(model, batch, carry):
+        loss, carry = train_loss(model, batch, carry)
+        return (loss * float("nan") if trainer.step == 4 else loss), carry
+
+    task.train_loss = poisoned_at_step_5
+    summary = trainer.fit()
+    assert summary["skipped_steps"] == 1 and summary["steps"] == 10
+    saved = load_checkpoint(run_dir / "last.pt")["model"]
+    assert all(torch.isfinite(weight).all() for weight in saved.values())

@@ -15,13 +15,17 @@ and h_{t-1} for every step:
     ∂L/∂b_ih = ∂L/∂b_hh = Σ_t δ_t                      ∂L/∂h_0  = W_hhᵀ δ_1
 
 The Functions below do exactly that. The forward keeps what the backward needs (states,
-activated gates) and builds no per-step autograd graph; the backward computes the
-pointwise factors that do not depend on the recursion (f'(a_t), gate derivatives) for all
-steps at once before its loop, so each backward step is one matrix product and a few
-pointwise operations. The backward is not itself differentiable (no double backward).
+activated gates) and builds no per-step autograd graph. The backward runs the recursion
+step by step, one matrix product and a few pointwise operations on that step's (B, ·)
+block each, then forms every weight and input gradient as one product over all steps.
+In the equations, e_t is the gradient reaching a step's state from outside the recursion:
+its output's gradient, plus the final state's at t = T. The backward is not itself
+differentiable (no double backward).
 
 Layout: time-major inside, (T, B, ·), so each step is a contiguous block of rows. State
-buffers hold the initial state at index 0 and the state after step t at index t + 1.
+buffers hold the initial state at index 0 and the state after step t at index t + 1. The
+recurrent weights are transposed once per call into row-major copies: the per-step
+products run faster on those than on transposed views.
 
 Padding: `valid` (B, T) bool marks the steps that count (None: all). On any other step the
 state is kept and the output is zero, as in `Recurrent`'s loop path; in the backward such
@@ -61,6 +65,12 @@ def _outputs(states: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
     return outputs if keep is None else outputs * keep.transpose(0, 1)
 
 
+def _project(xs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out=None) -> torch.Tensor:
+    """xs Wᵀ + b for all steps at once; mm, then the bias (addmm would first copy b into
+    every row: one more pass over the largest buffer of the forward)."""
+    return torch.mm(xs, weight.t(), out=out).add_(bias)
+
+
 def _grad_buffer(grad_outputs, grad_final, valid, width: int) -> torch.Tensor:
     """G (T+1, B, width): G[t+1] = the gradient reaching the state after step t from outside
     the recursion — the step's output gradient in its first F columns (none on padded steps,
@@ -75,6 +85,42 @@ def _grad_buffer(grad_outputs, grad_final, valid, width: int) -> torch.Tensor:
     return G
 
 
+def _normalize(v: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """v̂ = (v − mean v) / sqrt(var v + eps) over the last dim (biased variance, as in layer norm);
+    returns v̂ and the reciprocal std r, which is all that its backward needs."""
+    var, mean = torch.var_mean(v, dim=-1, keepdim=True, correction=0)
+    rstd = (var + eps).rsqrt()
+    return (v - mean) * rstd, rstd
+
+
+def _normalize_backward(grad, normed, rstd) -> torch.Tensor:
+    """∂L/∂v from ∂L/∂v̂ for v̂ = _normalize(v):  r ⊙ (∂L/∂v̂ − mean ∂L/∂v̂ − v̂ ⊙ mean(∂L/∂v̂ ⊙ v̂))."""
+    return rstd * (grad - normed * (grad * normed).mean(-1, keepdim=True))
+
+
+def _lstm_gates_(z: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Activate LSTM gate pre-activations (B, 4H) in place, σ on i, f, o and tanh on g; return i, f, g, o."""
+    hidden = z.shape[1] // 4
+    z[:, :2 * hidden].sigmoid_()
+    z[:, 2 * hidden:3 * hidden].tanh_()
+    z[:, 3 * hidden:].sigmoid_()
+    return z.chunk(4, dim=1)
+
+
+def _lstm_gates_backward(gates, kappa, c_prev, gamma, squashed, out) -> torch.Tensor:
+    """δ = ∂L/∂(gate pre-activations) into `out` (B, 4H), from the activated gates, κ = ∂L/∂c_t,
+    c_{t-1}, and γ = ∂L/∂h_t for h_t = o ⊙ squashed:
+        δ = [κ ⊙ g ⊙ i(1 − i),  κ ⊙ c_{t-1} ⊙ f(1 − f),  κ ⊙ i ⊙ (1 − g²),  γ ⊙ squashed ⊙ o(1 − o)]"""
+    i, f, g, o = gates.chunk(4, dim=1)
+    d_i, d_f, d_g, d_o = out.chunk(4, dim=1)
+    torch.mul(kappa, g, out=d_i)
+    torch.mul(kappa, c_prev, out=d_f)
+    torch.mul(gamma, squashed, out=d_o)
+    out.mul_(torch.addcmul(gates, gates, gates, value=-1))  # σ' = s(1 − s); g's block is redone:
+    torch.mul(kappa, i, out=d_g).mul_(1 - g * g)
+    return out
+
+
 class ElmanSequence(Function):
     """Elman layer over a sequence; with weight_hh = [W_1 | … | W_K] of shape (H, K·H) it is
     the K-lag `MultiLagCell` (K = 1 is `ElmanCell`).
@@ -84,8 +130,8 @@ class ElmanSequence(Function):
 
     Forward, t = 1 … T:
         a_t = W_ih x_t + b_ih + W_hh s_{t-1} + b_hh,   h_t = f(a_t),   s_t = [h_t | s_{t-1} minus its last block]
-    Backward, with g_t = ∂L/∂s_t from outside the recursion (output in the first block, final state):
-        ∂L/∂s_t = g_t + W_hhᵀ δ_{t+1} + [∂L/∂s_{t+1} minus its first block | 0]
+    Backward, e_t (in the first block, but for the final state's) as in the module docstring:
+        ∂L/∂s_t = e_t + W_hhᵀ δ_{t+1} + [∂L/∂s_{t+1} minus its first block | 0]
         δ_t     = (first block of ∂L/∂s_t) ⊙ f'(a_t),   f' = 1 − h_t² (tanh) or [h_t > 0] (relu)
         ∂L/∂W_hh = Σ_t δ_t s_{t-1}ᵀ   ∂L/∂W_ih = Σ_t δ_t x_tᵀ   ∂L/∂b_ih = ∂L/∂b_hh = Σ_t δ_t
         ∂L/∂x_t  = W_ihᵀ δ_t         ∂L/∂s_0 as above
@@ -103,9 +149,10 @@ class ElmanSequence(Function):
         S = x.new_empty(steps + 1, batch, width)
         S[0] = state
         # Every step's input part at once, written where h_t will be; the loop adds W_hh s_{t-1}.
-        torch.addmm(bias_ih + bias_hh, xs, weight_ih.t(), out=S[1:, :, :hidden].view(-1, hidden))
+        _project(xs, weight_ih, bias_ih + bias_hh, out=S[1:, :, :hidden].view(-1, hidden))
+        weight_hh_t = weight_hh.t().contiguous()
         for t in range(steps):
-            ACTIVATE_[nonlinearity](S[t + 1, :, :hidden].addmm_(S[t], weight_hh.t()))
+            ACTIVATE_[nonlinearity](S[t + 1, :, :hidden].addmm_(S[t], weight_hh_t))
             if width > hidden:  # the older lags move one block on
                 S[t + 1, :, hidden:] = S[t, :, :-hidden]
             if keep is not None:
@@ -146,8 +193,8 @@ class JordanSequence(Function):
 
     Forward, t = 1 … T:
         a_t = W_ih x_t + b_ih + W_yh y_{t-1},   h_t = f(a_t),   y_t = W_hy h_t + b_hy
-    Backward, with g_t = ∂L/∂y_t from outside the recursion (output, final state):
-        γ_t = ∂L/∂y_t = g_t + W_yhᵀ δ_{t+1}
+    Backward:
+        γ_t = ∂L/∂y_t = e_t + W_yhᵀ δ_{t+1}
         δ_t = (W_hyᵀ γ_t) ⊙ f'(a_t)
         ∂L/∂W_hy = Σ_t γ_t h_tᵀ       ∂L/∂b_hy = Σ_t γ_t     ∂L/∂W_yh = Σ_t δ_t y_{t-1}ᵀ
         ∂L/∂W_ih = Σ_t δ_t x_tᵀ       ∂L/∂b_ih = Σ_t δ_t     ∂L/∂x_t  = W_ihᵀ δ_t
@@ -163,12 +210,13 @@ class JordanSequence(Function):
         batch, steps, _ = x.shape
         keep = _step_mask(valid)
         xs = _time_major(x)
-        hs = torch.addmm(bias_ih, xs, weight_ih.t()).view(steps, batch, -1)  # a_t less W_yh y_{t-1}
+        hs = _project(xs, weight_ih, bias_ih).view(steps, batch, -1)  # a_t less W_yh y_{t-1}
         ys = x.new_empty(steps + 1, batch, weight_hy.shape[0])
         ys[0] = y0
+        weight_yh_t, weight_hy_t = weight_yh.t().contiguous(), weight_hy.t().contiguous()
         for t in range(steps):
-            h = ACTIVATE_[nonlinearity](hs[t].addmm_(ys[t], weight_yh.t()))
-            torch.addmm(bias_hy, h, weight_hy.t(), out=ys[t + 1])
+            h = ACTIVATE_[nonlinearity](hs[t].addmm_(ys[t], weight_yh_t))
+            torch.addmm(bias_hy, h, weight_hy_t, out=ys[t + 1])
             if keep is not None:
                 torch.where(keep[t], ys[t + 1], ys[t], out=ys[t + 1])
         ctx.save_for_backward(xs, hs, ys, weight_ih, weight_yh, weight_hy, keep)
@@ -204,8 +252,8 @@ class LSTMSequence(Function):
     Forward, t = 1 … T, with σ on i, f, o and tanh on g:
         [i, f, g, o]_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)
         c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t,   h_t = o_t ⊙ tanh(c_t)
-    Backward, with g_t = ∂L/∂h_t and ∂L/∂c_T from outside, δ_t = ∂L/∂(gate pre-activations):
-        γ_t = ∂L/∂h_t = g_t + W_hhᵀ δ_{t+1}
+    Backward, with δ_t = ∂L/∂(gate pre-activations) and κ_{T+1} ⊙ f_{T+1} read as ∂L/∂c_T:
+        γ_t = ∂L/∂h_t = e_t + W_hhᵀ δ_{t+1}
         κ_t = ∂L/∂c_t = γ_t ⊙ o_t ⊙ (1 − tanh² c_t) + κ_{t+1} ⊙ f_{t+1}
         δ_t = [κ_t ⊙ g_t ⊙ i_t(1 − i_t),  κ_t ⊙ c_{t-1} ⊙ f_t(1 − f_t),
                κ_t ⊙ i_t ⊙ (1 − g_t²),   γ_t ⊙ tanh c_t ⊙ o_t(1 − o_t)]
@@ -222,16 +270,13 @@ class LSTMSequence(Function):
         hidden = h0.shape[-1]
         keep = _step_mask(valid)
         xs = _time_major(x)
-        gates = torch.addmm(bias_ih + bias_hh, xs, weight_ih.t()).view(steps, batch, 4 * hidden)
+        gates = _project(xs, weight_ih, bias_ih + bias_hh).view(steps, batch, 4 * hidden)
         hs, cs = x.new_empty(2, steps + 1, batch, hidden)
         hs[0], cs[0] = h0, c0
         tanh_cs = torch.empty_like(hs[1:])
+        weight_hh_t = weight_hh.t().contiguous()
         for t in range(steps):
-            z = gates[t].addmm_(hs[t], weight_hh.t())
-            z[:, :2 * hidden].sigmoid_()  # i, f
-            z[:, 2 * hidden:3 * hidden].tanh_()  # g
-            z[:, 3 * hidden:].sigmoid_()  # o
-            i, f, g, o = z.chunk(4, dim=1)
+            i, f, g, o = _lstm_gates_(gates[t].addmm_(hs[t], weight_hh_t))
             torch.mul(f, cs[t], out=cs[t + 1]).addcmul_(i, g)
             torch.mul(o, torch.tanh(cs[t + 1], out=tanh_cs[t]), out=hs[t + 1])
             if keep is not None:
@@ -246,34 +291,116 @@ class LSTMSequence(Function):
         xs, gates, hs, cs, tanh_cs, weight_ih, weight_hh, keep = ctx.saved_tensors
         steps, batch, hidden = tanh_cs.shape
         valid = None if keep is None else keep.to(hs.dtype)
-        # The pointwise factors of the recursion, for all steps at once.
-        i, f, g, o = gates.chunk(4, dim=2)
-        dh_dc = o * (1 - tanh_cs * tanh_cs)  # ∂h_t/∂c_t
-        dh_do = tanh_cs * o * (1 - o)  # ∂h_t/∂(o pre-activation)
-        dc_difg = torch.stack([g * i * (1 - i), cs[:-1] * f * (1 - f), i * (1 - g * g)], dim=2)
-        dc_dc = f.clone()  # ∂c_t/∂c_{t-1}
-        if valid is not None:  # a padded step: no gates, c and h pass through
-            dh_dc *= valid
-            dh_do *= valid
-            dc_difg *= valid[..., None]
-            dc_dc.mul_(valid).add_(1 - valid)
         Gh = _grad_buffer(grad_outputs, grad_h, valid, hidden)  # Gh[t] ends as γ_t
         Gc = torch.zeros_like(Gh)  # Gc[t] ends as κ_t
         Gc[steps] = grad_c
         delta = torch.empty_like(gates)
         for t in reversed(range(steps)):
-            gamma, kappa = Gh[t + 1], Gc[t + 1].addcmul_(Gh[t + 1], dh_dc[t])
-            torch.mul(kappa[:, None], dc_difg[t], out=delta[t, :, :3 * hidden].view(batch, 3, hidden))
-            torch.mul(gamma, dh_do[t], out=delta[t, :, 3 * hidden:])
-            torch.mul(kappa, dc_dc[t], out=Gc[t])
-            Gh[t].addmm_(delta[t], weight_hh)
-            if valid is not None:
+            f, o = gates[t, :, hidden:2 * hidden], gates[t, :, 3 * hidden:]
+            gamma, kappa, tanh_c = Gh[t + 1], Gc[t + 1], tanh_cs[t]
+            gamma_o = gamma * o if valid is None else gamma * o * valid[t]  # padded: h_t is not o ⊙ tanh c_t
+            kappa.addcmul_(gamma_o, 1 - tanh_c * tanh_c)  # κ_t
+            _lstm_gates_backward(gates[t], kappa, cs[t], gamma, tanh_c, out=delta[t])
+            torch.mul(kappa, f, out=Gc[t])
+            if valid is not None:  # a padded step keeps h and c: δ_t = 0, γ_t and κ_t pass on unchanged
+                delta[t].mul_(valid[t])
+                torch.where(keep[t], Gc[t], kappa, out=Gc[t])
                 Gh[t].addcmul_(gamma, 1 - valid[t])
+            Gh[t].addmm_(delta[t], weight_hh)
         delta = delta.view(-1, 4 * hidden)
         grad_x = (delta @ weight_ih).view(steps, batch, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None
         grad_bias = delta.sum(0)
         return (grad_x, Gh[0], Gc[0], delta.t() @ xs, delta.t() @ hs[:-1].view(-1, hidden),
                 grad_bias, grad_bias, None)
+
+
+class LayerNormLSTMSequence(Function):
+    """Layer-normalised LSTM (Ba, Kiros & Hinton 2016) over a sequence, gates in order (i, f, g, o).
+
+    LN(v) = w ⊙ v̂ + b with v̂ = (v − mean v) / sqrt(var v + eps) over the features, each LN with
+    its own gain w and bias b. Forward, t = 1 … T, with u_t = W_ih x_t and v_t = W_hh h_{t-1}:
+        [i, f, g, o]_t = act(LN_ih(u_t) + LN_hh(v_t) + bias)
+        c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t,   ℓ_t = LN_c(c_t),   h_t = o_t ⊙ tanh(ℓ_t)
+    Backward, with δ_t = ∂L/∂(gate pre-activations), LN'ᵀ(d) = r ⊙ (d − mean d − v̂ ⊙ mean(d ⊙ v̂))
+    the gradient through v ↦ v̂, and κ_{T+1} ⊙ f_{T+1} read as ∂L/∂c_T:
+        γ_t = ∂L/∂h_t = e_t + W_hhᵀ ∂L/∂v_{t+1}
+        ∂L/∂ℓ_t = γ_t ⊙ o_t ⊙ (1 − tanh² ℓ_t)
+        κ_t = ∂L/∂c_t = LN'ᵀ(w_c ⊙ ∂L/∂ℓ_t) + κ_{t+1} ⊙ f_{t+1}
+        δ_t = [κ_t ⊙ g_t ⊙ i_t(1 − i_t),  κ_t ⊙ c_{t-1} ⊙ f_t(1 − f_t),
+               κ_t ⊙ i_t ⊙ (1 − g_t²),   γ_t ⊙ tanh ℓ_t ⊙ o_t(1 − o_t)]
+        ∂L/∂v_t = LN'ᵀ(w_hh ⊙ δ_t)          ∂L/∂u_t = LN'ᵀ(w_ih ⊙ δ_t)
+        ∂L/∂W_hh = Σ_t ∂L/∂v_t h_{t-1}ᵀ     ∂L/∂W_ih = Σ_t ∂L/∂u_t x_tᵀ     ∂L/∂x_t = W_ihᵀ ∂L/∂u_t
+        ∂L/∂bias = ∂L/∂b_ih = ∂L/∂b_hh = Σ_t δ_t,  ∂L/∂w_ih = Σ_t δ_t ⊙ û_t,  ∂L/∂w_hh = Σ_t δ_t ⊙ v̂_t
+        ∂L/∂b_c = Σ_t ∂L/∂ℓ_t,  ∂L/∂w_c = Σ_t ∂L/∂ℓ_t ⊙ ĉ_t,  ∂L/∂h_0 = W_hhᵀ ∂L/∂v_1,  ∂L/∂c_0 = κ_1 ⊙ f_1
+    LN_ih does not depend on the recursion, so it runs, forwards and backwards, on all steps at once.
+
+    apply(x (B, T, I), h0 (B, H), c0 (B, H), weight_ih, weight_hh, bias, ln_ih_weight, ln_ih_bias,
+          ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, valid, eps)
+      -> outputs (B, T, H), final h (B, H), final c (B, H)
+    """
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, weight_ih, weight_hh, bias, ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias,
+                ln_c_weight, ln_c_bias, valid=None, eps=1e-5):
+        batch, steps, _ = x.shape
+        hidden = h0.shape[-1]
+        keep = _step_mask(valid)
+        xs = _time_major(x)
+        u_hat, u_rstd = _normalize(xs @ weight_ih.t(), eps)
+        gates = torch.addcmul(bias + ln_ih_bias + ln_hh_bias, u_hat, ln_ih_weight).view(steps, batch, 4 * hidden)
+        v_hat, v_rstd = torch.empty_like(gates), x.new_empty(steps, batch, 1)
+        hs, cs = x.new_empty(2, steps + 1, batch, hidden)
+        hs[0], cs[0] = h0, c0
+        c_hat, c_rstd = torch.empty_like(hs[1:]), torch.empty_like(v_rstd)
+        tanh_ls = torch.empty_like(hs[1:])
+        weight_hh_t = weight_hh.t().contiguous()
+        for t in range(steps):
+            v_hat[t], v_rstd[t] = _normalize(hs[t] @ weight_hh_t, eps)
+            i, f, g, o = _lstm_gates_(gates[t].addcmul_(v_hat[t], ln_hh_weight))
+            torch.mul(f, cs[t], out=cs[t + 1]).addcmul_(i, g)
+            c_hat[t], c_rstd[t] = _normalize(cs[t + 1], eps)
+            torch.addcmul(ln_c_bias, c_hat[t], ln_c_weight, out=tanh_ls[t]).tanh_()
+            torch.mul(o, tanh_ls[t], out=hs[t + 1])
+            if keep is not None:
+                torch.where(keep[t], cs[t + 1], cs[t], out=cs[t + 1])
+                torch.where(keep[t], hs[t + 1], hs[t], out=hs[t + 1])
+        ctx.save_for_backward(xs, u_hat, u_rstd, gates, v_hat, v_rstd, hs, cs, c_hat, c_rstd, tanh_ls,
+                              weight_ih, weight_hh, ln_ih_weight, ln_hh_weight, ln_c_weight, keep)
+        return _outputs(hs[1:], keep), hs[steps], cs[steps]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_outputs, grad_h, grad_c):
+        (xs, u_hat, u_rstd, gates, v_hat, v_rstd, hs, cs, c_hat, c_rstd, tanh_ls,
+         weight_ih, weight_hh, ln_ih_weight, ln_hh_weight, ln_c_weight, keep) = ctx.saved_tensors
+        steps, batch, hidden = tanh_ls.shape
+        valid = None if keep is None else keep.to(hs.dtype)
+        Gh = _grad_buffer(grad_outputs, grad_h, valid, hidden)  # Gh[t] ends as γ_t
+        Gc = torch.zeros_like(Gh)  # Gc[t] ends as κ_t
+        Gc[steps] = grad_c
+        delta, grad_v = torch.empty_like(gates), torch.empty_like(gates)  # δ_t, ∂L/∂v_t
+        grad_l = torch.empty_like(tanh_ls)  # ∂L/∂ℓ_t
+        for t in reversed(range(steps)):
+            f, o = gates[t, :, hidden:2 * hidden], gates[t, :, 3 * hidden:]
+            gamma, kappa, tanh_l = Gh[t + 1], Gc[t + 1], tanh_ls[t]
+            gamma_o = gamma * o if valid is None else gamma * o * valid[t]  # padded: h_t is not o ⊙ tanh ℓ_t
+            torch.mul(gamma_o, 1 - tanh_l * tanh_l, out=grad_l[t])
+            kappa += _normalize_backward(grad_l[t] * ln_c_weight, c_hat[t], c_rstd[t])  # κ_t
+            _lstm_gates_backward(gates[t], kappa, cs[t], gamma, tanh_l, out=delta[t])
+            torch.mul(kappa, f, out=Gc[t])
+            if valid is not None:  # a padded step keeps h and c: δ_t = 0, γ_t and κ_t pass on unchanged
+                delta[t].mul_(valid[t])
+                torch.where(keep[t], Gc[t], kappa, out=Gc[t])
+                Gh[t].addcmul_(gamma, 1 - valid[t])
+            grad_v[t] = _normalize_backward(delta[t] * ln_hh_weight, v_hat[t], v_rstd[t])
+            Gh[t].addmm_(grad_v[t], weight_hh)
+        delta, grad_v = delta.view(-1, 4 * hidden), grad_v.view(-1, 4 * hidden)
+        grad_u = _normalize_backward(delta * ln_ih_weight, u_hat, u_rstd)
+        grad_x = (grad_u @ weight_ih).view(steps, batch, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None
+        grad_bias = delta.sum(0)
+        return (grad_x, Gh[0], Gc[0], grad_u.t() @ xs, grad_v.t() @ hs[:-1].view(-1, hidden), grad_bias,
+                (delta * u_hat).sum(0), grad_bias, (delta * v_hat.view(-1, 4 * hidden)).sum(0), grad_bias,
+                (grad_l * c_hat).sum((0, 1)), grad_l.sum((0, 1)), None, None)
 
 
 class GRUSequence(Function):
@@ -282,9 +409,9 @@ class GRUSequence(Function):
     Forward, t = 1 … T, with [x_r, x_z, x_n] = W_ih x_t + b_ih and [m_r, m_z, m_n] = W_hh h_{t-1} + b_hh:
         r_t = σ(x_r + m_r),   z_t = σ(x_z + m_z),   n_t = tanh(x_n + r_t ⊙ m_n)
         h_t = (1 − z_t) ⊙ n_t + z_t ⊙ h_{t-1}
-    Backward, with g_t = ∂L/∂h_t from outside, ν_t = (1 − z_t)(1 − n_t²) = ∂h_t/∂(n pre-activation),
-    δ_t = ∂L/∂[m_r, m_z, m_n] and δˣ_t = ∂L/∂[x_r, x_z, x_n]:
-        γ_t = ∂L/∂h_t = g_t + W_hhᵀ δ_{t+1} + γ_{t+1} ⊙ z_{t+1}
+    Backward, with ν_t = (1 − z_t)(1 − n_t²) = ∂h_t/∂(n pre-activation), δ_t = ∂L/∂[m_r, m_z, m_n]
+    and δˣ_t = ∂L/∂[x_r, x_z, x_n]:
+        γ_t = ∂L/∂h_t = e_t + W_hhᵀ δ_{t+1} + γ_{t+1} ⊙ z_{t+1}
         δ_t  = γ_t ⊙ [ν_t ⊙ m_n ⊙ r_t(1 − r_t),  (h_{t-1} − n_t) ⊙ z_t(1 − z_t),  ν_t ⊙ r_t]
         δˣ_t = δ_t with its last block γ_t ⊙ ν_t
         ∂L/∂W_hh = Σ_t δ_t h_{t-1}ᵀ   ∂L/∂b_hh = Σ_t δ_t   ∂L/∂W_ih = Σ_t δˣ_t x_tᵀ   ∂L/∂b_ih = Σ_t δˣ_t
@@ -300,14 +427,15 @@ class GRUSequence(Function):
         hidden = h0.shape[-1]
         keep = _step_mask(valid)
         xs = _time_major(x)
-        from_x = torch.addmm(bias_ih, xs, weight_ih.t()).view(steps, batch, 3 * hidden)
+        from_x = _project(xs, weight_ih, bias_ih).view(steps, batch, 3 * hidden)
         from_h = torch.empty_like(from_x)  # m_t = W_hh h_{t-1} + b_hh
         rz = x.new_empty(steps, batch, 2 * hidden)
         n = x.new_empty(steps, batch, hidden)
         hs = x.new_empty(steps + 1, batch, hidden)
         hs[0] = h0
+        weight_hh_t = weight_hh.t().contiguous()
         for t in range(steps):
-            torch.addmm(bias_hh, hs[t], weight_hh.t(), out=from_h[t])
+            torch.addmm(bias_hh, hs[t], weight_hh_t, out=from_h[t])
             torch.add(from_x[t, :, :2 * hidden], from_h[t, :, :2 * hidden], out=rz[t]).sigmoid_()
             r, z = rz[t].chunk(2, dim=1)
             torch.addcmul(from_x[t, :, 2 * hidden:], r, from_h[t, :, 2 * hidden:], out=n[t]).tanh_()
@@ -323,26 +451,68 @@ class GRUSequence(Function):
         xs, from_h, rz, n, hs, weight_ih, weight_hh, keep = ctx.saved_tensors
         steps, batch, hidden = n.shape
         valid = None if keep is None else keep.to(hs.dtype)
-        # The pointwise factors of the recursion, for all steps at once.
-        r, z = rz.chunk(2, dim=2)
-        nu = (1 - z) * (1 - n * n)
-        dh_dm = torch.stack([nu * from_h[..., 2 * hidden:] * r * (1 - r), (hs[:-1] - n) * z * (1 - z), nu * r], dim=2)
-        dh_dh = z.clone()  # ∂h_t/∂h_{t-1} outside W_hh
-        if valid is not None:  # a padded step: no gates, h passes through
-            nu *= valid
-            dh_dm *= valid[..., None]
-            dh_dh.mul_(valid).add_(1 - valid)
         G = _grad_buffer(grad_outputs, grad_final, valid, hidden)  # G[t] ends as γ_t
-        delta = torch.empty_like(from_h)
+        delta = torch.empty_like(from_h)  # δ_t
+        delta_x_n = torch.empty_like(n)  # γ_t ⊙ ν_t, the last block of δˣ_t
         for t in reversed(range(steps)):
-            torch.mul(G[t + 1, :, None], dh_dm[t], out=delta[t].view(batch, 3, hidden))
-            G[t].addcmul_(G[t + 1], dh_dh[t]).addmm_(delta[t], weight_hh)
-        delta_x = delta.clone()
-        torch.mul(G[1:], nu, out=delta_x[..., 2 * hidden:])
-        delta, delta_x = delta.view(-1, 3 * hidden), delta_x.view(-1, 3 * hidden)
+            r, z = rz[t].chunk(2, dim=1)
+            slope_r, slope_z = torch.addcmul(rz[t], rz[t], rz[t], value=-1).chunk(2, dim=1)  # σ' = s(1 − s)
+            d_r, d_z, d_n = delta[t].chunk(3, dim=1)
+            gamma = G[t + 1] if valid is None else G[t + 1] * valid[t]  # padded: h_t is kept, no gates
+            gamma_nu = torch.mul(gamma, 1 - z, out=delta_x_n[t]).mul_(1 - n[t] * n[t])
+            torch.mul(gamma_nu, r, out=d_n)
+            torch.mul(gamma_nu, from_h[t, :, 2 * hidden:], out=d_r).mul_(slope_r)
+            torch.sub(hs[t], n[t], out=d_z).mul_(gamma).mul_(slope_z)
+            G[t].addcmul_(gamma, z).addmm_(delta[t], weight_hh)
+            if valid is not None:
+                G[t].addcmul_(G[t + 1], 1 - valid[t])
+        delta_x = torch.cat([delta[..., :2 * hidden], delta_x_n], dim=2).view(-1, 3 * hidden)
+        delta = delta.view(-1, 3 * hidden)
         grad_x = (delta_x @ weight_ih).view(steps, batch, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None
         return (grad_x, G[0], delta_x.t() @ xs, delta.t() @ hs[:-1].view(-1, hidden),
                 delta_x.sum(0), delta.sum(0), None)
+
+
+def _run_elman(cell, x, state, valid):
+    outputs, final = ElmanSequence.apply(x, torch.cat(state, dim=-1), cell.weight_ih, cell.weight_hh,
+                                         cell.bias_ih, cell.bias_hh, valid, cell.nonlinearity)
+    return outputs, final.split(cell.hidden_size, dim=-1)
+
+
+def _run_jordan(cell, x, state, valid):
+    outputs, y = JordanSequence.apply(x, *state, cell.weight_ih, cell.bias_ih, cell.weight_yh, cell.weight_hy,
+                                      cell.bias_hy, valid, cell.nonlinearity)
+    return outputs, (y,)
+
+
+def _run_lstm(cell, x, state, valid):
+    outputs, h, c = LSTMSequence.apply(x, *state, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh, valid)
+    return outputs, (h, c)
+
+
+def _run_gru(cell, x, state, valid):
+    outputs, h = GRUSequence.apply(x, *state, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh, valid)
+    return outputs, (h,)
+
+
+def run_layer_norm_lstm(cell, x, state, valid):
+    """For a LayerNorm-LSTM cell with state (h, c), parameters named as in `LayerNormLSTMSequence`
+    and an `eps`; to be entered in `SEQUENCES` under that cell's class."""
+    outputs, h, c = LayerNormLSTMSequence.apply(
+        x, *state, cell.weight_ih, cell.weight_hh, cell.bias, cell.ln_ih_weight, cell.ln_ih_bias,
+        cell.ln_hh_weight, cell.ln_hh_bias, cell.ln_c_weight, cell.ln_c_bias, valid, cell.eps)
+    return outputs, (h, c)
+
+
+# Cell class → run(cell, x, state, valid) -> (outputs, final state tuple), forwards in time. By exact
+# class: a subclass may change the equations.
+SEQUENCES = {
+    ElmanCell: _run_elman,
+    MultiLagCell: _run_elman,
+    JordanCell: _run_jordan,
+    LSTMCell: _run_lstm,
+    GRUCell: _run_gru,
+}
 
 
 def run_sequence(cell: Cell, x: torch.Tensor, state: State, valid: torch.Tensor | None = None,
@@ -355,22 +525,11 @@ def run_sequence(cell: Cell, x: torch.Tensor, state: State, valid: torch.Tensor 
     Returns outputs (B, T, cell.output_size) and the final state tuple — what
     `Recurrent._loop` computes for this cell in this direction.
     """
+    run = SEQUENCES.get(type(cell))
+    if run is None:
+        raise TypeError(f"run_sequence has no hand-derived BPTT for {type(cell).__name__}")
     if reverse:
         x = x.flip(1)
         valid = None if valid is None else valid.flip(1)
-    if isinstance(cell, (ElmanCell, MultiLagCell)):
-        outputs, final = ElmanSequence.apply(x, torch.cat(state, dim=-1), cell.weight_ih, cell.weight_hh,
-                                             cell.bias_ih, cell.bias_hh, valid, cell.nonlinearity)
-        final = final.split(cell.hidden_size, dim=-1)
-    elif isinstance(cell, JordanCell):
-        outputs, *final = JordanSequence.apply(x, *state, cell.weight_ih, cell.bias_ih, cell.weight_yh,
-                                               cell.weight_hy, cell.bias_hy, valid, cell.nonlinearity)
-    elif isinstance(cell, LSTMCell):
-        outputs, *final = LSTMSequence.apply(x, *state, cell.weight_ih, cell.weight_hh,
-                                             cell.bias_ih, cell.bias_hh, valid)
-    elif isinstance(cell, GRUCell):
-        outputs, *final = GRUSequence.apply(x, *state, cell.weight_ih, cell.weight_hh,
-                                            cell.bias_ih, cell.bias_hh, valid)
-    else:
-        raise TypeError(f"run_sequence has no hand-derived BPTT for {type(cell).__name__}")
+    outputs, final = run(cell, x, state, valid)
     return (outputs.flip(1) if reverse else outputs), tuple(final)

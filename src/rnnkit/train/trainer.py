@@ -27,6 +27,7 @@ change with the batch or chunk size.
 """
 
 import csv
+import io
 import math
 import os
 import signal
@@ -38,6 +39,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from ..files import atomic_write_text
 from .checkpoint import load_checkpoint, save_checkpoint
 from .diagnostics import UpdateRatio, append_gradient_flow_csv, gradient_flow_rows
 
@@ -169,6 +171,10 @@ class Trainer:
     run_dir/gradient_flow.csv   ‖∂L/∂h_t‖ per layer, direction and step t, at each evaluation
     """
 
+    # Where the run stands: saved in every checkpoint, restored by `resume`.
+    PROGRESS = ("step", "epoch", "batch_index", "elapsed", "best_val_loss",
+                "evaluations_without_improvement", "skipped_steps")
+
     def __init__(self, task, config: TrainConfig, run_dir: Path, run_config: dict,
                  quiet: bool = False, tensorboard: bool = False):
         config.validate()
@@ -206,10 +212,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
-            "trainer": {"step": self.step, "epoch": self.epoch, "batch_index": self.batch_index,
-                        "elapsed": self.elapsed, "best_val_loss": self.best_val_loss,
-                        "skipped_steps": self.skipped_steps,
-                        "evaluations_without_improvement": self.evaluations_without_improvement},
+            "trainer": {name: getattr(self, name) for name in self.PROGRESS},
             "carry": self.carry,
             "rng": torch.get_rng_state(),
         }
@@ -228,8 +231,8 @@ class Trainer:
             raise ValueError(f"checkpoint {path} does not match this model: "
                              f"{str(error).strip().splitlines()[0]}") from None
         self.schedule.load_state_dict(payload["schedule"])
-        for name, value in payload["trainer"].items():
-            setattr(self, name, value)
+        for name in self.PROGRESS:
+            setattr(self, name, payload["trainer"][name])
         self.carry = payload["carry"]
         torch.set_rng_state(payload["rng"])
         self._truncate_metrics()
@@ -241,16 +244,20 @@ class Trainer:
             return
         with open(path, newline="") as file:
             rows = [row for row in csv.DictReader(file) if int(row["step"]) <= self.step]
-        self._write_metric_rows(rows, mode="w")
+        text = io.StringIO()
+        writer = csv.DictWriter(text, self.metric_columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(path, text.getvalue())
 
-    def _write_metric_rows(self, rows: list[dict], mode: str = "a") -> None:
+    def _append_metric_row(self, row: dict) -> None:
         path = self.run_dir / "metrics.csv"
-        new = mode == "w" or not path.exists()
-        with open(path, mode, newline="") as file:
+        new = not path.exists()
+        with open(path, "a", newline="") as file:
             writer = csv.DictWriter(file, self.metric_columns, restval="")
             if new:
                 writer.writeheader()
-            writer.writerows(rows)
+            writer.writerow(row)
 
     # ----------------------------------------------------------------- the loop
     def progress(self) -> float:
@@ -380,7 +387,7 @@ class Trainer:
     def _log(self, row: dict, bar) -> None:
         if self.rank != 0:
             return
-        self._write_metric_rows([row])
+        self._append_metric_row(row)
         shown = {k: row[k] for k in ("train_loss", *(f"train_{m}" for m in self.task.metric_names),
                                      "tokens_per_s") if k in row}
         bar.set_postfix(shown, refresh=False)
