@@ -26,12 +26,12 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from char_lm_reference import train_reference  # noqa: E402
 
-from rnnkit.tasks.text import TextConfig, TextTask  # noqa: E402
-from rnnkit.train.trainer import TrainConfig, Trainer  # noqa: E402
+from rnnkit.tasks.text import TextConfig, TextTask, default_train_config  # noqa: E402
+from rnnkit.train.trainer import Trainer  # noqa: E402
 
 
 def parse_settings(pairs):
-    text, train = TextConfig(), TrainConfig()
+    text, train = TextConfig(), default_train_config()
     for pair in pairs:
         name, value = pair.split("=", 1)
         target = text if hasattr(text, name) else train
@@ -56,6 +56,7 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--plot", type=Path, default=None, help="write both curves to this PNG")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     text_config, train_config = parse_settings(args.set)
@@ -73,6 +74,12 @@ def main():
     print("reference curve (s, val bpc):", " ".join(f"{s:.0f}:{b:.3f}" for s, b in reference))
     print(f"final val bpc: rnnkit {ours[-1][1]:.3f}  reference {reference[-1][1]:.3f}  "
           f"ratio {ours[-1][1] / reference[-1][1]:.3f} (target <= 0.90)")
+    if args.plot:
+        from rnnkit.plots import plot_lines
+
+        curves = {"rnnkit default": tuple(zip(*ours)), "reference char-LSTM": tuple(zip(*reference))}
+        plot_lines(curves, args.plot, title=f"validation bpc, {args.threads} thread(s)",
+                   xlabel="training seconds", ylabel="bits per character")
 
 
 if __name__ == "__main__":

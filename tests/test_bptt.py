@@ -2,54 +2,23 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from rnnkit.bptt import (SEQUENCES, ElmanSequence, GRUSequence, JordanSequence, LayerNormLSTMSequence,
-                         LSTMSequence, run_layer_norm_lstm, run_sequence)
-from rnnkit.cells import ElmanCell, GRUCell, JordanCell, LSTMCell, MultiLagCell
+from rnnkit.bptt import ElmanSequence, GRUSequence, JordanSequence, LayerNormLSTMSequence, LSTMSequence, run_sequence
+from rnnkit.cells import ElmanCell, GRUCell, JordanCell, LayerNormLSTMCell, LSTMCell, MultiLagCell
 from rnnkit.recurrent import Recurrent
 
-pytestmark = pytest.mark.usefixtures("float64", "layer_norm_lstm_registered")
+pytestmark = pytest.mark.usefixtures("float64")
 
 
-class LayerNormLSTMCell(nn.Module):
-    """The layer-normalised LSTM step (Ba et al. 2016), the explicit-loop reference for
-    `LayerNormLSTMSequence` until `rnnkit.cells` has this cell:
+def perturbed_layer_norm_lstm(input_size: int, hidden_size: int) -> LayerNormLSTMCell:
+    """Gains away from 1 and biases away from 0, so a wrong gradient for either shows."""
+    cell = LayerNormLSTMCell(input_size, hidden_size)
+    with torch.no_grad():
+        for name, parameter in cell.named_parameters():
+            if name.startswith("ln_") or name == "bias":
+                parameter.add_(0.1 * torch.randn_like(parameter))
+    return cell
 
-        [i, f, g, o]_t = act(LN_ih(W_ih x_t) + LN_hh(W_hh h_{t-1}) + bias)
-        c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t,   h_t = o_t ⊙ tanh(LN_c(c_t))
-    """
-
-    def __init__(self, input_size: int, hidden_size: int, eps: float = 1e-5):
-        super().__init__()
-        self.input_size, self.hidden_size, self.eps = input_size, hidden_size, eps
-        self.state_sizes = (hidden_size, hidden_size)
-        self.weight_ih = nn.Parameter(torch.randn(4 * hidden_size, input_size) / input_size ** 0.5)
-        self.weight_hh = nn.Parameter(torch.randn(4 * hidden_size, hidden_size) / hidden_size ** 0.5)
-        self.bias = nn.Parameter(0.1 * torch.randn(4 * hidden_size))
-        for name, size in [("ln_ih", 4 * hidden_size), ("ln_hh", 4 * hidden_size), ("ln_c", hidden_size)]:
-            # gains away from 1 and biases away from 0, so a wrong gradient for either shows
-            setattr(self, f"{name}_weight", nn.Parameter(1 + 0.1 * torch.randn(size)))
-            setattr(self, f"{name}_bias", nn.Parameter(0.1 * torch.randn(size)))
-
-    def forward(self, x, state):
-        h, c = state
-        gates = (F.layer_norm(F.linear(x, self.weight_ih), (4 * self.hidden_size,), self.ln_ih_weight,
-                              self.ln_ih_bias, self.eps)
-                 + F.layer_norm(F.linear(h, self.weight_hh), (4 * self.hidden_size,), self.ln_hh_weight,
-                                self.ln_hh_bias, self.eps)
-                 + self.bias)
-        i, f, g, o = gates.chunk(4, dim=-1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(F.layer_norm(c, (self.hidden_size,), self.ln_c_weight, self.ln_c_bias,
-                                                       self.eps))
-        return h, (h, c)
-
-
-@pytest.fixture
-def layer_norm_lstm_registered(monkeypatch):
-    monkeypatch.setitem(SEQUENCES, LayerNormLSTMCell, run_layer_norm_lstm)
 
 CELLS = {
     "elman-tanh": lambda: ElmanCell(3, 4),
@@ -60,9 +29,10 @@ CELLS = {
     "multilag-3": lambda: MultiLagCell(3, 4, lags=3, nonlinearity="relu"),
     "lstm": lambda: LSTMCell(3, 4),
     "gru": lambda: GRUCell(3, 4),
-    "layernorm-lstm": lambda: LayerNormLSTMCell(3, 4),
+    "layernorm-lstm": lambda: perturbed_layer_norm_lstm(3, 4),
 }
-VALID = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)
+VALID = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)  # left-aligned
+HOLES = torch.tensor([[0, 1, 1, 0, 1], [1, 0, 0, 1, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)  # any mask works too
 
 
 def explicit_loop(cell, x, state, valid=None, reverse=False):
@@ -92,7 +62,7 @@ def results_and_gradients(run, cell, x, state):
 
 @pytest.mark.parametrize("name", CELLS)
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-@pytest.mark.parametrize("valid", [None, VALID], ids=["full", "padded"])
+@pytest.mark.parametrize("valid", [None, VALID, HOLES], ids=["full", "padded", "holes"])
 def test_same_outputs_state_and_gradients_as_the_explicit_loop(name, reverse, valid):
     torch.manual_seed(0)
     cell = CELLS[name]()
@@ -107,13 +77,11 @@ def test_same_outputs_state_and_gradients_as_the_explicit_loop(name, reverse, va
         assert torch.all(hand[0][~valid] == 0)
 
 
-@pytest.mark.parametrize("name", ["elman-relu", "jordan", "multilag-2", "lstm", "gru"])
-def test_both_directions_of_a_bidirectional_layer_match_recurrent_loop_path(name):
+@pytest.mark.parametrize("kind, options", [("elman", {"nonlinearity": "relu"}), ("jordan", {"output_size": 2}),
+                                           ("multilag", {"lags": 2}), ("lstm", {}), ("gru", {})], ids=str)
+def test_both_directions_of_a_bidirectional_layer_match_recurrent_loop_path(kind, options):
     torch.manual_seed(1)
-    options = {"elman-relu": ("elman", {"nonlinearity": "relu"}), "jordan": ("jordan", {"output_size": 2}),
-               "multilag-2": ("multilag", {"lags": 2}), "lstm": ("lstm", {}), "gru": ("gru", {})}
-    kind, cell_options = options[name]
-    layer = Recurrent(kind, 3, 4, bidirectional=True, **cell_options)
+    layer = Recurrent(kind, 3, 4, bidirectional=True, **options)
     x = torch.randn(3, 5, 3)
     state = tuple(torch.randn(2, 3, size) for size in layer.state_sizes)
     outputs, final = layer(x, state[0] if len(state) == 1 else state, mask=VALID, path="loop")
@@ -125,31 +93,46 @@ def test_both_directions_of_a_bidirectional_layer_match_recurrent_loop_path(name
         torch.testing.assert_close(torch.stack([s[i] for _, s in hand]), expected, rtol=0, atol=1e-12)
 
 
-def function_inputs(name, batch=2, steps=4):
-    """(Function, differentiable inputs, valid mask, trailing options) on a tiny random layer."""
+@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.parametrize("batch, steps", [(1, 1), (1, 3), (2, 1)])
+def test_one_step_and_one_sequence(name, batch, steps):
+    torch.manual_seed(5)
     cell = CELLS[name]()
-    x = torch.randn(batch, steps, cell.input_size)
-    state = torch.randn(batch, sum(cell.state_sizes))
-    if isinstance(cell, (ElmanCell, MultiLagCell)):
-        function, names, options = ElmanSequence, ["weight_ih", "weight_hh", "bias_ih", "bias_hh"], (cell.nonlinearity,)
-        states = [state]
-    elif isinstance(cell, JordanCell):
-        function, names, options = JordanSequence, ["weight_ih", "bias_ih", "weight_yh", "weight_hy", "bias_hy"], (cell.nonlinearity,)
-        states = [state]
-    elif isinstance(cell, LayerNormLSTMCell):
-        function, options = LayerNormLSTMSequence, (cell.eps,)
-        names = ["weight_ih", "weight_hh", "bias", "ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias",
-                 "ln_c_weight", "ln_c_bias"]
-        states = list(state.split(cell.hidden_size, dim=-1))
+    x = torch.randn(batch, steps, 3, requires_grad=True)
+    state = tuple(torch.randn(batch, size, requires_grad=True) for size in cell.state_sizes)
+    hand = results_and_gradients(lambda *a: run_sequence(*a, reverse=True), cell, x, state)
+    loop = results_and_gradients(lambda *a: explicit_loop(*a, reverse=True), cell, x, state)
+    for a, b in zip(hand, loop):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+GATES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+FUNCTIONS = {  # cell class → (its Function, the parameters that Function takes, in order)
+    ElmanCell: (ElmanSequence, GATES),
+    MultiLagCell: (ElmanSequence, GATES),
+    JordanCell: (JordanSequence, ("weight_ih", "bias_ih", "weight_yh", "weight_hy", "bias_hy")),
+    LSTMCell: (LSTMSequence, GATES),
+    GRUCell: (GRUSequence, GATES),
+    LayerNormLSTMCell: (LayerNormLSTMSequence, ("weight_ih", "weight_hh", "bias", "ln_ih_weight", "ln_ih_bias",
+                                                "ln_hh_weight", "ln_hh_bias", "ln_c_weight", "ln_c_bias")),
+}
+
+
+def function_inputs(name, batch=2, steps=4):
+    """(Function, its differentiable inputs, its options after `valid`) for a tiny random layer."""
+    cell = CELLS[name]()
+    function, names = FUNCTIONS[type(cell)]
+    if function is ElmanSequence:  # one state, the K lags side by side
+        states = [torch.randn(batch, sum(cell.state_sizes))]
     else:
-        function, names, options = {LSTMCell: LSTMSequence, GRUCell: GRUSequence}[type(cell)], \
-            ["weight_ih", "weight_hh", "bias_ih", "bias_hh"], ()
-        states = list(state.split(cell.hidden_size, dim=-1))
+        states = [torch.randn(batch, size) for size in cell.state_sizes]
+    x = torch.randn(batch, steps, cell.input_size)
     inputs = [t.detach().clone().requires_grad_() for t in [x, *states, *(getattr(cell, n) for n in names)]]
-    return function, inputs, options
+    return function, inputs, tuple(getattr(cell, n) for n in ("nonlinearity", "eps") if hasattr(cell, n))
 
 
-@pytest.mark.parametrize("name", ["elman-tanh", "elman-relu", "jordan", "multilag-3", "lstm", "gru", "layernorm-lstm"])
+@pytest.mark.parametrize("name", ["elman-tanh", "elman-relu", "jordan", "multilag-3", "lstm", "gru",
+                                  "layernorm-lstm"])
 @pytest.mark.parametrize("valid", [None, VALID[1:, :4]], ids=["full", "padded"])
 def test_gradcheck(name, valid):
     torch.manual_seed(2)

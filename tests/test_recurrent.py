@@ -42,6 +42,23 @@ def test_fused_and_loop_paths_agree(cell, options, num_layers, bidirectional, le
         torch.testing.assert_close(a, b, rtol=0, atol=1e-8)
 
 
+@pytest.mark.parametrize("cell, options", ALL_CELLS + [("lnlstm", {})], ids=lambda v: str(v))
+@pytest.mark.parametrize("num_layers, bidirectional, lengths",
+                         list(itertools.product([1, 2], [False, True], LENGTHS)))
+def test_hand_bptt_and_loop_paths_agree(cell, options, num_layers, bidirectional, lengths):
+    torch.manual_seed(0)
+    layer = Recurrent(cell, 4, 5, num_layers=num_layers, bidirectional=bidirectional,
+                      initial_state="learned", **options)
+    with torch.no_grad():
+        for init in layer.initial_state:
+            init.normal_()
+    x = torch.randn(3, 6, 4, requires_grad=True)
+    bptt = outputs_and_gradients(layer, x, "bptt", lengths)
+    loop = outputs_and_gradients(layer, x, "loop", lengths)
+    for a, b in zip(itertools.chain(*bptt), itertools.chain(*loop)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-8)
+
+
 @pytest.mark.parametrize("cell, torch_rnn", [("elman", nn.RNN), ("lstm", nn.LSTM), ("gru", nn.GRU)])
 def test_same_function_as_torch_module_with_copied_weights(cell, torch_rnn):
     torch.manual_seed(1)

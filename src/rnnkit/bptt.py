@@ -40,7 +40,7 @@ import torch
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
-from .cells import Cell, ElmanCell, GRUCell, JordanCell, LSTMCell, MultiLagCell, State
+from .cells import Cell, ElmanCell, GRUCell, JordanCell, LayerNormLSTMCell, LSTMCell, MultiLagCell, State
 
 ACTIVATE_ = {"tanh": torch.tanh_, "relu": torch.relu_}  # in place, on the pre-activation
 DERIVATIVE = {  # f'(a) written with h = f(a), so only h needs keeping
@@ -95,7 +95,7 @@ def _normalize(v: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]
 
 def _normalize_backward(grad, normed, rstd) -> torch.Tensor:
     """∂L/∂v from ∂L/∂v̂ for v̂ = _normalize(v):  r ⊙ (∂L/∂v̂ − mean ∂L/∂v̂ − v̂ ⊙ mean(∂L/∂v̂ ⊙ v̂))."""
-    return rstd * (grad - normed * (grad * normed).mean(-1, keepdim=True))
+    return rstd * (grad - grad.mean(-1, keepdim=True) - normed * (grad * normed).mean(-1, keepdim=True))
 
 
 def _lstm_gates_(z: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -107,18 +107,17 @@ def _lstm_gates_(z: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return z.chunk(4, dim=1)
 
 
-def _lstm_gates_backward(gates, kappa, c_prev, gamma, squashed, out) -> torch.Tensor:
+def _lstm_gates_backward(gates, kappa, c_prev, gamma, squashed, out) -> None:
     """δ = ∂L/∂(gate pre-activations) into `out` (B, 4H), from the activated gates, κ = ∂L/∂c_t,
     c_{t-1}, and γ = ∂L/∂h_t for h_t = o ⊙ squashed:
         δ = [κ ⊙ g ⊙ i(1 − i),  κ ⊙ c_{t-1} ⊙ f(1 − f),  κ ⊙ i ⊙ (1 − g²),  γ ⊙ squashed ⊙ o(1 − o)]"""
-    i, f, g, o = gates.chunk(4, dim=1)
+    i, _, g, _ = gates.chunk(4, dim=1)
     d_i, d_f, d_g, d_o = out.chunk(4, dim=1)
     torch.mul(kappa, g, out=d_i)
     torch.mul(kappa, c_prev, out=d_f)
     torch.mul(gamma, squashed, out=d_o)
     out.mul_(torch.addcmul(gates, gates, gates, value=-1))  # σ' = s(1 − s); g's block is redone:
     torch.mul(kappa, i, out=d_g).mul_(1 - g * g)
-    return out
 
 
 class ElmanSequence(Function):
@@ -130,7 +129,7 @@ class ElmanSequence(Function):
 
     Forward, t = 1 … T:
         a_t = W_ih x_t + b_ih + W_hh s_{t-1} + b_hh,   h_t = f(a_t),   s_t = [h_t | s_{t-1} minus its last block]
-    Backward, e_t (in the first block, but for the final state's) as in the module docstring:
+    Backward, with e_t the gradient from outside (the output's, in the first block; the final state's):
         ∂L/∂s_t = e_t + W_hhᵀ δ_{t+1} + [∂L/∂s_{t+1} minus its first block | 0]
         δ_t     = (first block of ∂L/∂s_t) ⊙ f'(a_t),   f' = 1 − h_t² (tanh) or [h_t > 0] (relu)
         ∂L/∂W_hh = Σ_t δ_t s_{t-1}ᵀ   ∂L/∂W_ih = Σ_t δ_t x_tᵀ   ∂L/∂b_ih = ∂L/∂b_hh = Σ_t δ_t
@@ -153,7 +152,7 @@ class ElmanSequence(Function):
         weight_hh_t = weight_hh.t().contiguous()
         for t in range(steps):
             ACTIVATE_[nonlinearity](S[t + 1, :, :hidden].addmm_(S[t], weight_hh_t))
-            if width > hidden:  # the older lags move one block on
+            if width > hidden:  # K > 1: the older lags move one block on
                 S[t + 1, :, hidden:] = S[t, :, :-hidden]
             if keep is not None:
                 torch.where(keep[t], S[t + 1], S[t], out=S[t + 1])
@@ -237,7 +236,7 @@ class JordanSequence(Function):
         for t in reversed(range(steps)):
             torch.mm(G[t + 1], weight_hy, out=delta[t]).mul_(derivative[t])
             G[t].addmm_(delta[t], weight_yh)
-            if valid is not None:
+            if valid is not None:  # a padded step keeps y: its gradient passes through
                 G[t].addcmul_(G[t + 1], 1 - valid[t])
         gamma = G[1:] if valid is None else G[1:] * valid  # a padded step does not use W_hy
         gamma, delta = gamma.reshape(steps * batch, -1), delta.view(-1, hidden)
@@ -464,7 +463,7 @@ class GRUSequence(Function):
             torch.mul(gamma_nu, from_h[t, :, 2 * hidden:], out=d_r).mul_(slope_r)
             torch.sub(hs[t], n[t], out=d_z).mul_(gamma).mul_(slope_z)
             G[t].addcmul_(gamma, z).addmm_(delta[t], weight_hh)
-            if valid is not None:
+            if valid is not None:  # a padded step keeps h: its gradient passes through
                 G[t].addcmul_(G[t + 1], 1 - valid[t])
         delta_x = torch.cat([delta[..., :2 * hidden], delta_x_n], dim=2).view(-1, 3 * hidden)
         delta = delta.view(-1, 3 * hidden)
@@ -486,7 +485,8 @@ def _run_jordan(cell, x, state, valid):
 
 
 def _run_lstm(cell, x, state, valid):
-    outputs, h, c = LSTMSequence.apply(x, *state, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh, valid)
+    outputs, h, c = LSTMSequence.apply(x, *state, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh,
+                                       valid)
     return outputs, (h, c)
 
 
@@ -495,9 +495,7 @@ def _run_gru(cell, x, state, valid):
     return outputs, (h,)
 
 
-def run_layer_norm_lstm(cell, x, state, valid):
-    """For a LayerNorm-LSTM cell with state (h, c), parameters named as in `LayerNormLSTMSequence`
-    and an `eps`; to be entered in `SEQUENCES` under that cell's class."""
+def _run_layer_norm_lstm(cell, x, state, valid):
     outputs, h, c = LayerNormLSTMSequence.apply(
         x, *state, cell.weight_ih, cell.weight_hh, cell.bias, cell.ln_ih_weight, cell.ln_ih_bias,
         cell.ln_hh_weight, cell.ln_hh_bias, cell.ln_c_weight, cell.ln_c_bias, valid, cell.eps)
@@ -512,6 +510,7 @@ SEQUENCES = {
     JordanCell: _run_jordan,
     LSTMCell: _run_lstm,
     GRUCell: _run_gru,
+    LayerNormLSTMCell: _run_layer_norm_lstm,
 }
 
 

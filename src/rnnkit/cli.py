@@ -57,6 +57,7 @@ def set_threads(threads: int | None) -> None:
 
 
 def run_namaskar(args: argparse.Namespace) -> None:
+    from .cells import CELLS
     from .tasks.namaskar import NamaskarConfig, train_namaskar
 
     config = NamaskarConfig(hidden_size=args.hidden_size, steps=args.steps,
@@ -189,11 +190,11 @@ def run_diagnose(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     # The dataclasses hold the defaults; the flags only expose them.
+    from .cells import CELLS
     from .tasks.namaskar import NamaskarConfig
-    from .tasks.text import TextConfig
-    from .train.trainer import TrainConfig
+    from .tasks.text import TextConfig, default_train_config
 
-    NAMASKAR, TEXT, TRAIN = NamaskarConfig(), TextConfig(), TrainConfig()
+    NAMASKAR, TEXT, TRAIN = NamaskarConfig(), TextConfig(), default_train_config()
     parser = argparse.ArgumentParser(prog="rnnkit", description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="CPU threads for torch (default: torch's choice, with passive waiting)")
@@ -215,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--batch-size", type=positive_int, default=TEXT.batch_size, help="parallel streams")
     data.add_argument("--bptt", type=positive_int, default=TEXT.bptt, help="characters per truncated-BPTT chunk")
     model = train.add_argument_group("model")
-    model.add_argument("--cell", choices=["elman", "jordan", "multilag", "lstm", "gru"], default=TEXT.cell)
+    model.add_argument("--cell", choices=sorted(CELLS), default=TEXT.cell)
     model.add_argument("--embedding-size", type=positive_int, default=TEXT.embedding_size)
     model.add_argument("--hidden-size", type=positive_int, default=TEXT.hidden_size)
     model.add_argument("--layers", type=positive_int, default=TEXT.num_layers)

@@ -5,17 +5,20 @@ second cell backwards in time for bidirectional layers, and starts from a zero, 
 learned initial state. Padded batches are described by `lengths` (or a left-aligned
 `mask`): a padded step changes no state, and its output is zero.
 
-Two paths compute the same function:
+Three paths compute the same function:
 - "fused": PyTorch's sequence kernels (`torch.rnn_tanh`, `torch.rnn_relu`, `torch.lstm`,
   `torch.gru`, cuDNN on GPU), fed with the cells' own parameters; only for cells with a
   `fused_mode`.
-- "loop": the explicit per-step loop over `cell(x_t, state)`, for every cell and for
-  whatever needs each step: a `step_hook(layer, direction, t, output)` (an attribute, so
-  it can be set on a layer deep inside a model) sees every step's output before padding is
-  applied — the very tensor the next step's state is built from,
-  so `output.retain_grad()` there yields ∂L/∂h_t (gradient-flow diagnostics).
-"auto" picks "fused" where the cell has a kernel. Tests hold the two paths to the same
-outputs and gradients.
+- "bptt": `rnnkit.bptt`'s sequence-level autograd Functions, one per layer and direction:
+  the input projection and every weight gradient are one matrix product over all steps,
+  and only the δ recursion runs step by step. Every cell has one.
+- "loop": the explicit per-step loop over `cell(x_t, state)`, for whatever needs each
+  step: a `step_hook(layer, direction, t, output)` (an attribute, so it can be set on a
+  layer deep inside a model) sees every step's output before padding is applied — the very
+  tensor the next step's state is built from, so `output.retain_grad()` there yields
+  ∂L/∂h_t (gradient-flow diagnostics).
+"auto" picks "loop" while a step hook is set, else "fused" where the cell has a kernel,
+else "bptt". Tests hold the paths to the same outputs and gradients.
 """
 
 import torch
@@ -23,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from .bptt import run_sequence
 from .cells import Cell, State, make_cell
 
 FUSED_KERNELS = {
@@ -31,7 +35,7 @@ FUSED_KERNELS = {
     "lstm": torch.lstm,
     "gru": torch.gru,
 }
-PATHS = ("auto", "fused", "loop")
+PATHS = ("auto", "fused", "bptt", "loop")
 INITIAL_STATES = ("zeros", "learned")
 
 
@@ -106,15 +110,16 @@ class Recurrent(nn.Module):
         if path not in PATHS:
             raise ValueError(f"path must be one of {PATHS}, got {path!r}")
         if path == "auto":
-            path = "fused" if self.fused_mode and self.step_hook is None else "loop"
+            path = "loop" if self.step_hook is not None else "fused" if self.fused_mode else "bptt"
+        if path != "loop" and self.step_hook is not None:
+            raise ValueError(f"step_hook needs path='loop' (path='{path}' has no per-step access)")
         if path == "fused":
-            if self.step_hook is not None:
-                raise ValueError("step_hook needs path='loop' (the fused kernels have no per-step access)")
             if not self.fused_mode:
                 raise ValueError(f"path='fused': {type(self.cells[0]).__name__} has no fused kernel")
             outputs, states = self._fused(x, states, lengths)
         else:
-            outputs, states = self._loop(x, states, lengths)
+            run_direction = self._step_by_step if path == "loop" else self._hand_bptt
+            outputs, states = self._unroll(x, states, lengths, run_direction)
         if not self.batch_first:
             outputs = outputs.transpose(0, 1)
         return outputs, states[0] if len(states) == 1 else states
@@ -132,35 +137,47 @@ class Recurrent(nn.Module):
                              f"{', '.join(map(str, expected))}, got {[tuple(s.shape) for s in states]}")
         return states
 
-    def _loop(self, x: torch.Tensor, states: State, lengths: torch.Tensor | None):
-        steps = x.shape[1]
-        valid = None if lengths is None else torch.arange(steps, device=x.device) < lengths[:, None].to(x.device)
+    def _unroll(self, x: torch.Tensor, states: State, lengths: torch.Tensor | None, run_direction):
+        """Layers bottom to top, each direction by `run_direction(layer, direction, cell, x,
+        state, valid) -> (outputs, final state)`; dropout between layers."""
+        valid = None if lengths is None else torch.arange(x.shape[1], device=x.device) < lengths[:, None].to(x.device)
         layer_input = x
         finals = []  # per cell: its final state
         for layer in range(self.num_layers):
             direction_outputs = []
             for direction in range(self.num_directions):
                 index = layer * self.num_directions + direction
-                cell = self.cells[index]
                 state = tuple(s[index] for s in states)
-                outputs = [None] * steps
-                order = range(steps) if direction == 0 else range(steps - 1, -1, -1)
-                for t in order:
-                    output, new_state = cell(layer_input[:, t], state)
-                    if self.step_hook is not None:
-                        self.step_hook(layer, direction, t, output)
-                    if valid is not None:  # padded step: keep the state, emit zeros
-                        keep = valid[:, t, None]
-                        new_state = tuple(torch.where(keep, new, old) for new, old in zip(new_state, state))
-                        output = output * keep
-                    state = new_state
-                    outputs[t] = output
-                direction_outputs.append(torch.stack(outputs, dim=1))
+                outputs, state = run_direction(layer, direction, self.cells[index], layer_input, state, valid)
+                direction_outputs.append(outputs)
                 finals.append(state)
             layer_input = torch.cat(direction_outputs, dim=-1)
             if layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, self.training)
         return layer_input, tuple(torch.stack(parts) for parts in zip(*finals))
+
+    def _step_by_step(self, layer: int, direction: int, cell: Cell, x: torch.Tensor, state: State,
+                      valid: torch.Tensor | None):
+        """One direction of one layer as the explicit loop over `cell(x_t, state)`."""
+        steps = x.shape[1]
+        outputs = [None] * steps
+        for t in range(steps) if direction == 0 else range(steps - 1, -1, -1):
+            output, new_state = cell(x[:, t], state)
+            if self.step_hook is not None:
+                self.step_hook(layer, direction, t, output)
+            if valid is not None:  # padded step: keep the state, emit zeros
+                keep = valid[:, t, None]
+                new_state = tuple(torch.where(keep, new, old) for new, old in zip(new_state, state))
+                output = output * keep
+            state = new_state
+            outputs[t] = output
+        return torch.stack(outputs, dim=1), state
+
+    @staticmethod
+    def _hand_bptt(layer: int, direction: int, cell: Cell, x: torch.Tensor, state: State,
+                   valid: torch.Tensor | None):
+        """One direction of one layer through `rnnkit.bptt`'s sequence-level autograd Functions."""
+        return run_sequence(cell, x, state, valid, reverse=direction == 1)
 
     def _fused(self, x: torch.Tensor, states: State, lengths: torch.Tensor | None):
         weights = [p for cell in self.cells for p in (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)]

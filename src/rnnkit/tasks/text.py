@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ..data.text import StreamBatches, Vocabulary, load_corpus, split_text
 from ..models import SequenceModel
 from ..train.checkpoint import load_checkpoint
+from ..train.trainer import TrainConfig
 
 
 @dataclass
@@ -24,11 +25,11 @@ class TextConfig:
     corpus: str = "pydoc"
     cell: str = "lstm"
     embedding_size: int = 64
-    hidden_size: int = 256
-    num_layers: int = 2
+    hidden_size: int = 512
+    num_layers: int = 1
     dropout: float = 0.0
     tie_weights: bool = False
-    batch_size: int = 64          # parallel streams (the global batch when distributed)
+    batch_size: int = 32          # parallel streams (the global batch when distributed)
     bptt: int = 100               # characters per chunk: the truncation length of BPTT
     eval_streams: int = 16
     sample_length: int = 300      # characters written into samples.txt at each evaluation
@@ -38,6 +39,12 @@ class TextConfig:
     def from_dict(cls, values: dict) -> "TextConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def default_train_config() -> TrainConfig:
+    """Training defaults for the text model, chosen on the pydoc validation split at a fixed
+    8-minute budget on one CPU thread (benchmarks/RESULTS.md has the runs behind them)."""
+    return TrainConfig(learning_rate=6e-3, warmup_steps=100)
 
 
 def build_model(config: TextConfig, vocab_size: int) -> SequenceModel:
