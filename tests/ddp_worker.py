@@ -17,7 +17,8 @@ torch.set_num_threads(1)
 setup_distributed()
 rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 torch.manual_seed(0)
-config = TextConfig(corpus=corpus, hidden_size=32, num_layers=2, embedding_size=16, batch_size=8, bptt=20)
+config = TextConfig(corpus=corpus, hidden_size=32, num_layers=2, embedding_size=16, batch_size=8, bptt=20,
+                    dropout=0.0)  # dropout masks would differ between 1 and 2 processes
 task = TextTask(config, rank, world_size)
 run_dir = out / f"world{world_size}-rank{rank}"
 run_dir.mkdir(parents=True)

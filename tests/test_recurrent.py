@@ -215,3 +215,15 @@ def test_step_hook_refuses_the_fused_path():
         layer = Recurrent("gru", 2, 3)
         layer.step_hook = lambda *a: None
         layer(torch.randn(1, 2, 2), path="fused")
+
+
+@pytest.mark.parametrize("steps, cell, expected", [
+    (1, "lstm", "loop"), (5, "gru", "loop"), (6, "lstm", "fused"), (6, "elman", "fused"),
+    (6, "jordan", "bptt"), (50, "lnlstm", "bptt"), (1, "multilag", "loop"),
+])
+def test_auto_path_rule(steps, cell, expected):
+    """Short sequences on CPU take the loop (the fused kernels' per-call set-up dominates)."""
+    layer = Recurrent(cell, 2, 3)
+    assert layer._fastest_path(torch.randn(1, steps, 2)) == expected
+    layer.step_hook = lambda *a: None
+    assert layer._fastest_path(torch.randn(1, steps, 2)) == "loop"

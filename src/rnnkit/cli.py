@@ -188,6 +188,21 @@ def run_diagnose(args: argparse.Namespace) -> None:
     print(f"figure: {out / 'gradient_decay.png'}")
 
 
+def run_bench(args: argparse.Namespace) -> None:
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "speed.py"
+    if not script.is_file():
+        raise ValueError(f"bench needs the repository's benchmarks folder, not found at {script.parent} "
+                         "(rnnkit is installed outside its repository)")
+    spec = importlib.util.spec_from_file_location("rnnkit_bench_speed", script)
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    threads = args.bench_threads or args.threads or 1
+    argv = (["--quick"] if args.quick else []) + ["--threads", str(threads)]
+    speed.main(argv + (["--out", args.out] if args.out else []), prog="rnnkit bench")
+
+
 def build_parser() -> argparse.ArgumentParser:
     # The dataclasses hold the defaults; the flags only expose them.
     from .cells import CELLS
@@ -270,6 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--steps", type=positive_int, default=100)
     diagnose.add_argument("--seed", type=int, default=0)
     diagnose.set_defaults(handler=run_diagnose)
+
+    bench = commands.add_parser("bench", help="speed benchmark (benchmarks/speed.py); writes benchmarks/RESULTS.md")
+    bench.add_argument("--quick", action="store_true", help="fewer repetitions, small and medium shapes (< 2 min)")
+    bench.add_argument("--threads", dest="bench_threads", type=positive_int, default=None, metavar="N",
+                       help="torch CPU threads (default 1)")
+    bench.add_argument("--out", default=None, metavar="PATH", help="results file (default benchmarks/RESULTS.md)")
+    bench.set_defaults(handler=run_bench)
     return parser
 
 

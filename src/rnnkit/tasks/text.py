@@ -27,7 +27,7 @@ class TextConfig:
     embedding_size: int = 64
     hidden_size: int = 512
     num_layers: int = 1
-    dropout: float = 0.0
+    dropout: float = 0.25         # on the embedding and before the output layer
     tie_weights: bool = False
     batch_size: int = 32          # parallel streams (the global batch when distributed)
     bptt: int = 100               # characters per chunk: the truncation length of BPTT

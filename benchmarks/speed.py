@@ -1,0 +1,772 @@
+"""Speed benchmark (`rnnkit bench`): training throughput, GEMM efficiency, generation, memory.
+
+Everything is measured in ONE process (the memory runs each get a child process, so that each
+peak is its own), with the same thread count (`--threads`, default 1). Run:
+
+    rnnkit bench [--quick] [--threads N] [--out benchmarks/RESULTS.md]
+    python benchmarks/speed.py [--quick] [--threads N] [--out PATH]
+
+1. Training throughput. Shapes small (B=32, H=64, T=50), medium (B=64, H=256, T=100), large
+   (B=32, H=512, T=200); one layer, unidirectional, batch_first, input size = hidden size.
+   One measured step = forward over x (B, T, H) from a zero state, loss = mean(outputs ⊙ R)
+   for a fixed random R, backward, `torch.optim.SGD(lr=1e-3).step()`, zero_grad. Contenders
+   per cell: rnnkit `Recurrent(path="auto")`; also path="bptt" for Elman, LSTM and GRU (whose
+   "auto" is the fused kernel); the torch module (nn.RNN tanh/relu for Elman, nn.RNN tanh for
+   Jordan and multi-lag, nn.LSTM for LSTM and LayerNorm-LSTM, nn.GRU for GRU); the Python loop
+   (`Recurrent(path="loop")`, and for Elman/LSTM/GRU also a plain loop over
+   torch.nn.RNNCell/LSTMCell/GRUCell). After warm-up, R interleaved rounds: round r times
+   every contender of the shape once, in an order shuffled anew each round (seeded; a plain
+   rotation would keep every contender behind the same neighbour, whose leftover cache and
+   allocator state then biases it the same way every round); the median per contender is
+   reported as tokens/s = B·T / median seconds, and its spread as the interquartile range of
+   the step times ÷ their median. Two rows run the very same kernel (Elman "auto" = the fused
+   torch.rnn_tanh/relu = nn.RNN), so their ratio shows the noise of the measurement.
+   Ratios: ×torch = tokens/s ÷ the torch module's tokens/s (same run); ×loop = ÷ rnnkit's
+   path="loop"; ×cell-loop = ÷ the nn.*Cell loop.
+
+2. GEMM efficiency. Useful FLOPs of one step count only the matrix products:
+       forward  F = 2·B·T·G·H·(I + H_rec)  [+ 2·B·T·H·O for Jordan's output projection]
+       useful   = 3·F                        (backward = two products per forward product)
+   with G gates (1 Elman/Jordan/multi-lag, 3 GRU, 4 LSTM/LayerNorm-LSTM), H_rec the width of the
+   recurrent input (H; K·H for K-lag; O = output size for Jordan). The GEMM rate is torch.mm
+   fp32 measured in this process on exactly the products of that step: for every forward
+   product (M, K) × (K, N) done c times — the input projection (B·T, I) × (I, G·H) once, the
+   recurrent product (B, H_rec) × (H_rec, G·H) T times, Jordan's (B, H) × (H, O) T times — its
+   backward products dA = (M, N) × (N, K) c times and dW = (N, c·M) × (c·M, K) once (the weight
+   gradient summed over all steps in one product). The rate is the FLOP-weighted harmonic
+   combination  rate = Σ f_i / Σ (f_i / rate_i)  (the rate at which that mix of products would
+   run back to back), and efficiency = useful FLOPs / median step time / rate.
+
+3. Generation with the default text model `build_model(TextConfig(), vocab_size=103)` (untrained
+   weights; speed does not depend on them), a 100-character prime: `rnnkit.tasks.text.generate`
+   (the state carried; the prime read once) single stream and with num_samples=32 (chars/s
+   counts every stream), against re-reading: every new character runs the model over the whole
+   text so far (quadratic, so fewer characters are written).
+
+4. Peak memory (peak RSS, VmHWM, of a child process) of training a small text model on a synthetic
+   stream of L characters: full BPTT = the whole stream as ONE sequence (batch 1, one
+   forward/backward); truncated BPTT = `StreamBatches` (batch 32, bptt 100), the state carried
+   and detached, every chunk of the stream processed. A full-BPTT run whose peak or time,
+   extrapolated linearly from the shorter runs, would pass MEMORY_LIMIT_MB or
+   FULL_BPTT_TIME_LIMIT_S is skipped and reported as skipped.
+
+Results are printed and written into --out between `<!-- speed:begin -->` and
+`<!-- speed:end -->`; the rest of that file is left as it is.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the rnnkit command does
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+BEGIN, END = "<!-- speed:begin -->", "<!-- speed:end -->"
+DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS.md"
+SHAPES = {"small": (32, 64, 50), "medium": (64, 256, 100), "large": (32, 512, 200)}  # (B, H, T)
+VOCAB_SIZE = 103
+MEMORY_MODEL = {"cell": "lstm", "embedding_size": 64, "hidden_size": 128}  # TextConfig fields
+MEMORY_LIMIT_MB = 8000
+FULL_BPTT_TIME_LIMIT_S = 300
+
+# Targets (issue "speed"), checked in `targets`.
+HAND_BPTT_VS_RNN = 1.25
+FUSED_VS_TORCH = 1.0
+CUSTOM_VS_LSTM = 0.85
+CUSTOM_VS_LOOP_SMALL = 3.0
+EFFICIENCY = 0.85
+GENERATION_CHARS_S = 20_000
+TRUNCATED_FLATNESS = 0.10
+
+
+@dataclass
+class Settings:
+    rounds: dict           # shape -> interleaved rounds
+    inner: dict            # shape -> steps per timed measurement
+    warmup: int
+    gemm_seconds: float    # minimum time per GEMM rate measurement
+    gen_chars: int         # carried state, single stream
+    gen_batched_chars: int  # carried state, per stream, 32 streams
+    reread_chars: int      # re-reading the prefix
+    memory_lengths: tuple
+
+
+FULL = Settings(rounds={"small": 15, "medium": 15, "large": 9}, inner={"small": 5, "medium": 1, "large": 1},
+                warmup=1, gemm_seconds=0.1, gen_chars=2000, gen_batched_chars=500, reread_chars=100,
+                memory_lengths=(10_000, 100_000, 1_000_000))
+QUICK = Settings(rounds={"small": 5, "medium": 4}, inner={"small": 3, "medium": 1},
+                 warmup=1, gemm_seconds=0.03, gen_chars=500, gen_batched_chars=200, reread_chars=50,
+                 memory_lengths=(10_000, 100_000))
+
+
+# -----------------------------------------------------------------------------
+# what is compared
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """A cell as benchmarked: its rnnkit name and options, the torch module it is compared
+    with, its nn.*Cell (if any), and what its products look like (gates, recurrent width)."""
+    label: str
+    cell: str
+    options: dict = field(default_factory=dict, hash=False, compare=False)
+    torch_ref: str = "nn.RNN(tanh)"
+    torch_cell: str | None = None
+    gates: int = 1
+    lags: int = 1              # H_rec = lags · H
+    jordan: bool = False       # + output projection; H_rec = O = H
+    bptt_too: bool = False     # "auto" is the fused kernel: also time path="bptt"
+
+
+CELL_SPECS = (
+    CellSpec("elman-tanh", "elman", {"nonlinearity": "tanh"}, "nn.RNN(tanh)", "nn.RNNCell(tanh)", bptt_too=True),
+    CellSpec("elman-relu", "elman", {"nonlinearity": "relu"}, "nn.RNN(relu)", "nn.RNNCell(relu)", bptt_too=True),
+    CellSpec("jordan", "jordan", {}, "nn.RNN(tanh)", jordan=True),
+    CellSpec("multilag-2", "multilag", {"lags": 2}, "nn.RNN(tanh)", lags=2),
+    CellSpec("multilag-3", "multilag", {"lags": 3}, "nn.RNN(tanh)", lags=3),
+    CellSpec("lstm", "lstm", {}, "nn.LSTM", "nn.LSTMCell", gates=4, bptt_too=True),
+    CellSpec("gru", "gru", {}, "nn.GRU", "nn.GRUCell", gates=3, bptt_too=True),
+    CellSpec("lnlstm", "lnlstm", {}, "nn.LSTM", gates=4),
+)
+TORCH_SPECS = {  # the torch modules, as specs for their FLOPs
+    "nn.RNN(tanh)": CellSpec("nn.RNN(tanh)", "elman"),
+    "nn.RNN(relu)": CellSpec("nn.RNN(relu)", "elman"),
+    "nn.LSTM": CellSpec("nn.LSTM", "lstm", gates=4),
+    "nn.GRU": CellSpec("nn.GRU", "gru", gates=3),
+}
+CUSTOM_CELLS = ("jordan", "multilag-2", "multilag-3", "lnlstm")
+HAND_BPTT_CELLS = (("elman-tanh", "bptt"), ("elman-relu", "bptt"), ("jordan", "auto"),
+                   ("multilag-2", "auto"), ("multilag-3", "auto"))
+
+
+def forward_products(spec: CellSpec, batch: int, hidden: int, steps: int) -> list[tuple[int, int, int, int]]:
+    """The forward matrix products of one layer over a sequence: (M, K, N, count) for
+    (M, K) × (K, N) done `count` times."""
+    width = spec.gates * hidden
+    products = [(batch * steps, hidden, width, 1), (batch, spec.lags * hidden, width, steps)]
+    if spec.jordan:
+        products.append((batch, hidden, hidden, steps))
+    return products
+
+
+def step_products(spec: CellSpec, batch: int, hidden: int, steps: int) -> list[tuple[int, int, int, int]]:
+    """Forward and backward products (rows, inner, cols, count) of one training step."""
+    products = []
+    for m, k, n, count in forward_products(spec, batch, hidden, steps):
+        products += [(m, k, n, count), (m, n, k, count), (n, m * count, k, 1)]
+    return products
+
+
+def useful_flops(spec: CellSpec, batch: int, hidden: int, steps: int) -> int:
+    """3 × the forward GEMM FLOPs: 3 · 2·B·T·G·H·(I + H_rec) (+ 3 · 2·B·T·H·O for Jordan)."""
+    return 3 * sum(2 * m * k * n * count for m, k, n, count in forward_products(spec, batch, hidden, steps))
+
+
+# -----------------------------------------------------------------------------
+# training steps
+
+
+def _training_step(forward, parameters, x: torch.Tensor, weight: torch.Tensor):
+    """forward(x) -> outputs; returns a function doing one full training step."""
+    optimizer = torch.optim.SGD(parameters, lr=1e-3)
+
+    def step():
+        loss = (forward(x) * weight).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def _cell_loop(cell: nn.Module, hidden: int, lstm: bool):
+    def forward(x):
+        h = x.new_zeros(x.shape[0], hidden)
+        state = (h, h) if lstm else h
+        outputs = []
+        for t in range(x.shape[1]):
+            state = cell(x[:, t], state)
+            outputs.append(state[0] if lstm else state)
+        return torch.stack(outputs, dim=1)
+    return forward
+
+
+def build_step(key: str, batch: int, hidden: int, steps: int, seed: int = 0):
+    """The training-step function of contender `key` ("torch/nn.LSTM", "lstm/auto",
+    "lstm/bptt", "lstm/loop", "lstm/cell-loop", ...) at this shape."""
+    from rnnkit.recurrent import Recurrent
+
+    torch.manual_seed(seed)
+    x = torch.randn(batch, steps, hidden)
+    weight = torch.randn(batch, steps, hidden)
+    group, kind = key.split("/", 1)
+    if group == "torch":
+        modules = {"nn.RNN(tanh)": lambda: nn.RNN(hidden, hidden, nonlinearity="tanh", batch_first=True),
+                   "nn.RNN(relu)": lambda: nn.RNN(hidden, hidden, nonlinearity="relu", batch_first=True),
+                   "nn.LSTM": lambda: nn.LSTM(hidden, hidden, batch_first=True),
+                   "nn.GRU": lambda: nn.GRU(hidden, hidden, batch_first=True)}
+        module = modules[kind]()
+        return _training_step(lambda inputs: module(inputs)[0], module.parameters(), x, weight)
+    spec = SPEC_BY_LABEL[group]
+    if kind == "cell-loop":
+        name = spec.torch_cell
+        if name.startswith("nn.RNNCell"):
+            cell = nn.RNNCell(hidden, hidden, nonlinearity=spec.options["nonlinearity"])
+        else:
+            cell = {"nn.LSTMCell": nn.LSTMCell, "nn.GRUCell": nn.GRUCell}[name](hidden, hidden)
+        return _training_step(_cell_loop(cell, hidden, name == "nn.LSTMCell"), cell.parameters(), x, weight)
+    layer = Recurrent(spec.cell, hidden, hidden, **spec.options)
+    return _training_step(lambda inputs: layer(inputs, path=kind)[0], layer.parameters(), x, weight)
+
+
+SPEC_BY_LABEL = {spec.label: spec for spec in CELL_SPECS}
+
+
+def contender_keys(specs=CELL_SPECS) -> list[str]:
+    """Every contender of a shape, each once (torch modules are shared between cells)."""
+    keys = []
+    for spec in specs:
+        keys.append(f"{spec.label}/auto")
+        if spec.bptt_too:
+            keys.append(f"{spec.label}/bptt")
+        keys.append(f"{spec.label}/loop")
+        if spec.torch_cell:
+            keys.append(f"{spec.label}/cell-loop")
+        if f"torch/{spec.torch_ref}" not in keys:
+            keys.append(f"torch/{spec.torch_ref}")
+    if any(spec.label in CUSTOM_CELLS for spec in specs) and "torch/nn.LSTM" not in keys:
+        keys.append("torch/nn.LSTM")  # the custom cells' 0.85× target is against nn.LSTM
+    return keys
+
+
+def contender_spec(key: str) -> CellSpec:
+    group, kind = key.split("/", 1)
+    return TORCH_SPECS[kind] if group == "torch" else SPEC_BY_LABEL[group]
+
+
+def time_contenders(keys: list[str], batch: int, hidden: int, steps: int, rounds: int, warmup: int = 1,
+                    inner: int = 1, progress=None) -> dict[str, list[float]]:
+    """Seconds per training step of each contender: `warmup` untimed steps each, then `rounds`
+    interleaved rounds; each round times every contender once (`inner` steps, averaged), in a
+    seeded random order drawn anew each round."""
+    step_fns = {key: build_step(key, batch, hidden, steps) for key in keys}
+    for key, step in step_fns.items():
+        for _ in range(warmup):
+            step()
+    times = {key: [] for key in keys}
+    generator = torch.Generator().manual_seed(0)
+    for r in range(rounds):
+        for index in torch.randperm(len(keys), generator=generator).tolist():
+            key = keys[index]
+            start = time.perf_counter()
+            for _ in range(inner):
+                step_fns[key]()
+            times[key].append((time.perf_counter() - start) / inner)
+        if progress:
+            progress(f"  round {r + 1}/{rounds} done")
+    return times
+
+
+# -----------------------------------------------------------------------------
+# GEMM rate
+
+
+def gemm_rate(rows: int, inner: int, cols: int, min_seconds: float, cache: dict) -> float:
+    """FLOP/s of torch.mm fp32 on (rows, inner) × (inner, cols): the median of 3 timings, each
+    repeating the product for at least `min_seconds`."""
+    shape = (rows, inner, cols)
+    if shape not in cache:
+        a, b = torch.randn(rows, inner), torch.randn(inner, cols)
+        out = torch.empty(rows, cols)
+        torch.mm(a, b, out=out)
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        once = max(time.perf_counter() - start, 1e-7)
+        reps = max(1, int(min_seconds / once))
+        rates = []
+        for _ in range(3):
+            start = time.perf_counter()
+            for _ in range(reps):
+                torch.mm(a, b, out=out)
+            rates.append(2 * rows * inner * cols * reps / (time.perf_counter() - start))
+        cache[shape] = statistics.median(rates)
+    return cache[shape]
+
+
+def step_gemm_rate(spec: CellSpec, batch: int, hidden: int, steps: int, min_seconds: float, cache: dict) -> float:
+    """Σ f_i / Σ (f_i / rate_i) over the step's products (see the module docstring)."""
+    total = seconds = 0.0
+    for rows, inner, cols, count in step_products(spec, batch, hidden, steps):
+        flops = 2 * rows * inner * cols * count
+        total += flops
+        seconds += flops / gemm_rate(rows, inner, cols, min_seconds, cache)
+    return total / seconds
+
+
+# -----------------------------------------------------------------------------
+# one shape
+
+
+def summarize(times: dict[str, list[float]], batch: int, hidden: int, steps: int, rates: dict[str, float],
+              specs=CELL_SPECS) -> list[dict]:
+    """Rows (one per cell and contender): tokens/s = B·T / median step seconds, ratios to the
+    same run's torch module / rnnkit loop / nn.*Cell loop, GEMM efficiency."""
+    tokens = batch * steps
+    speed = {key: tokens / statistics.median(values) for key, values in times.items()}
+    rows = []
+    for spec in specs:
+        kinds = ["auto"] + (["bptt"] if spec.bptt_too else []) + ["loop"] + (["cell-loop"] if spec.torch_cell else [])
+        entries = [(f"{spec.label}/{kind}", kind) for kind in kinds] + [(f"torch/{spec.torch_ref}", "torch")]
+        for key, kind in entries:
+            if key not in speed:
+                continue
+            rate = rates.get(key)
+            flops = useful_flops(contender_spec(key), batch, hidden, steps)
+            rows.append({
+                "cell": spec.label, "kind": kind, "contender": _contender_name(spec, kind),
+                "tokens_s": speed[key], "seconds": statistics.median(times[key]),
+                "spread": _spread(times[key]),
+                "x_torch": _ratio(speed[key], speed.get(f"torch/{spec.torch_ref}")),
+                "x_loop": _ratio(speed[key], speed.get(f"{spec.label}/loop")),
+                "x_cell_loop": _ratio(speed[key], speed.get(f"{spec.label}/cell-loop")),
+                "x_lstm": _ratio(speed[key], speed.get("torch/nn.LSTM")),
+                "gflops": flops / statistics.median(times[key]) / 1e9,
+                "efficiency": None if rate is None else flops / statistics.median(times[key]) / rate,
+            })
+    return rows
+
+
+def _spread(values: list[float]) -> float:
+    """Interquartile range ÷ median (0 with fewer than 2 values)."""
+    if len(values) < 2:
+        return 0.0
+    low, _, high = statistics.quantiles(values, n=4, method="inclusive")
+    return (high - low) / statistics.median(values)
+
+
+def _ratio(a, b):
+    return None if b is None else a / b
+
+
+def _contender_name(spec: CellSpec, kind: str) -> str:
+    if kind == "torch":
+        return spec.torch_ref
+    if kind == "cell-loop":
+        return f"{spec.torch_cell} loop"
+    if kind == "auto":
+        from rnnkit.cells import CELLS
+        return "rnnkit auto (fused)" if CELLS[spec.cell].fused_mode or spec.cell == "elman" else "rnnkit auto (bptt)"
+    return f"rnnkit {kind}"
+
+
+def run_shape(name: str, settings: Settings, gemm_cache: dict, log, specs=CELL_SPECS) -> dict:
+    batch, hidden, steps = SHAPES[name]
+    keys = contender_keys(specs)
+    log(f"[{name}] B={batch} H={hidden} T={steps}: {len(keys)} contenders, "
+        f"{settings.rounds[name]} rounds × {settings.inner[name]} step(s)")
+    start = time.perf_counter()
+    rates = {key: step_gemm_rate(contender_spec(key), batch, hidden, steps, settings.gemm_seconds, gemm_cache)
+             for key in keys}
+    log(f"  GEMM rates measured in {time.perf_counter() - start:.1f} s")
+    times = time_contenders(keys, batch, hidden, steps, settings.rounds[name], settings.warmup,
+                            settings.inner[name], progress=log)
+    rows = summarize(times, batch, hidden, steps, rates, specs)
+    cell_rates = {spec.label: rates[f"{spec.label}/auto"] for spec in specs}
+    return {"shape": name, "batch": batch, "hidden": hidden, "steps": steps, "rows": rows,
+            "gemm_rates": cell_rates, "seconds": time.perf_counter() - start}
+
+
+# -----------------------------------------------------------------------------
+# generation
+
+
+def run_generation(settings: Settings, log) -> dict:
+    from rnnkit.data.text import Vocabulary
+    from rnnkit.tasks.text import TextConfig, build_model, generate
+
+    vocab = Vocabulary([chr(32 + i) for i in range(VOCAB_SIZE)])
+    torch.manual_seed(0)
+    model = build_model(TextConfig(), VOCAB_SIZE).eval()
+    prime = vocab.decode(torch.randint(0, VOCAB_SIZE, (100,)))
+    generate(model, vocab, prime, length=20, seed=0)  # warm-up
+
+    def timed(function):
+        start = time.perf_counter()
+        function()
+        return time.perf_counter() - start
+
+    single = timed(lambda: generate(model, vocab, prime, length=settings.gen_chars, seed=0))
+    batched = timed(lambda: generate(model, vocab, prime, length=settings.gen_batched_chars, num_samples=32, seed=0))
+
+    @torch.no_grad()
+    def reread():
+        ids = vocab.encode(prime)[None]
+        generator = torch.Generator().manual_seed(0)
+        for _ in range(settings.reread_chars):
+            logits, _ = model(ids)
+            token = torch.multinomial(torch.softmax(logits[:, -1], dim=-1), 1, generator=generator)
+            ids = torch.cat([ids, token], dim=1)
+
+    rereading = timed(reread)
+
+    @torch.no_grad()
+    def one_step_us(path, repeats=100):
+        """µs for the recurrent layer alone to take one step from a carried state (what
+        `generate` does per character), by path: where the time of a character goes."""
+        x = model.input(torch.tensor([[5]]))
+        _, state = model.recurrent(model.input(vocab.encode(prime)[None]))
+        for _ in range(5):
+            model.recurrent(x, state, path=path)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            model.recurrent(x, state, path=path)
+        return (time.perf_counter() - start) / repeats * 1e6
+
+    result = {
+        "model": "build_model(TextConfig(), vocab_size=103): embedding 64 → LSTM 512 → linear 103",
+        "single_chars": settings.gen_chars, "single_chars_s": settings.gen_chars / single,
+        "batched_chars": settings.gen_batched_chars * 32, "batched_chars_s": settings.gen_batched_chars * 32 / batched,
+        "reread_chars": settings.reread_chars, "reread_chars_s": settings.reread_chars / rereading,
+        "step_us": {path: one_step_us(path) for path in ("fused", "bptt", "loop")},
+    }
+    log(f"[generation] single {result['single_chars_s']:.0f} chars/s, 32 streams {result['batched_chars_s']:.0f}, "
+        f"re-reading {result['reread_chars_s']:.0f}")
+    return result
+
+
+# -----------------------------------------------------------------------------
+# memory
+
+
+def _max_rss_mb() -> float:
+    """This process's peak resident set size in MB: VmHWM, which starts afresh at exec (Linux's
+    ru_maxrss does not: it keeps the parent's high-water mark across fork + exec)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+
+
+def memory_child(mode: str, length: int) -> dict:
+    """Train the memory model once over a synthetic stream of `length` characters; peak RSS."""
+    from rnnkit.data.text import StreamBatches
+    from rnnkit.tasks.text import TextConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(TextConfig(**MEMORY_MODEL), VOCAB_SIZE)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    ids = torch.randint(0, VOCAB_SIZE, (length,))
+    baseline = _max_rss_mb()
+    start = time.perf_counter()
+    chunks = 0
+    if mode == "full":
+        logits, _ = model(ids[None, :-1])
+        F.cross_entropy(logits[0], ids[1:]).backward()
+        optimizer.step()
+        chunks = 1
+    else:
+        state = None
+        for inputs, targets in StreamBatches(ids, 32, 100):
+            logits, state = model(inputs, state)
+            F.cross_entropy(logits.flatten(0, 1), targets.flatten()).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+            chunks += 1
+    return {"mode": mode, "length": length, "peak_mb": _max_rss_mb(), "baseline_mb": baseline,
+            "seconds": time.perf_counter() - start, "chunks": chunks}
+
+
+def _run_child(mode: str, length: int, threads: int) -> dict:
+    command = [sys.executable, str(Path(__file__).resolve()), "--memory-child", mode, str(length),
+               "--threads", str(threads)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"mode": mode, "length": length, "skipped": f"child failed: {done.stderr.strip().splitlines()[-1:]}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_memory(settings: Settings, threads: int, log) -> dict:
+    results = {"full": [], "truncated": []}
+    for mode in ("truncated", "full"):
+        for length in settings.memory_lengths:
+            done = results[mode]
+            if mode == "full" and len(done) >= 2 and all("peak_mb" in d for d in done[-2:]):
+                (a, b) = done[-2:]  # linear in length: extrapolate from the last two
+                slope_mb = (b["peak_mb"] - a["peak_mb"]) / (b["length"] - a["length"])
+                peak = b["peak_mb"] + slope_mb * (length - b["length"])
+                seconds = b["seconds"] * length / b["length"]
+                if peak > MEMORY_LIMIT_MB or seconds > FULL_BPTT_TIME_LIMIT_S:
+                    done.append({"mode": mode, "length": length, "skipped":
+                                 f"skipped: extrapolated peak ≈ {peak:.0f} MB, time ≈ {seconds:.0f} s "
+                                 f"(limits {MEMORY_LIMIT_MB} MB, {FULL_BPTT_TIME_LIMIT_S} s)"})
+                    log(f"[memory] {mode} {length}: {done[-1]['skipped']}")
+                    continue
+            done.append(_run_child(mode, length, threads))
+            entry = done[-1]
+            log(f"[memory] {mode} {length}: " + (entry.get("skipped") or
+                f"peak {entry['peak_mb']:.0f} MB (baseline {entry['baseline_mb']:.0f}) in {entry['seconds']:.1f} s"))
+    results["model"] = ("build_model(TextConfig(cell='lstm', embedding_size=64, hidden_size=128), 103) — "
+                        "smaller than the default (H=512) so that 1M characters fit the time budget")
+    return results
+
+
+# -----------------------------------------------------------------------------
+# targets and report
+
+
+def _fmt(value, digits=2, suffix=""):
+    return "—" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def _row(rows, cell, kind):
+    return next((r for r in rows if r["cell"] == cell and r["kind"] == kind), None)
+
+
+def targets(shapes: dict, generation: dict, memory: dict) -> list[tuple[str, bool | None, str]]:
+    """(target, met (None: not measured), the numbers)."""
+    checks = []
+
+    def check(title, pairs, threshold, wanted_shapes):
+        """pairs: (shape, label, value); met when every value >= threshold."""
+        missing = [s for s in wanted_shapes if s not in shapes]
+        values = [(s, label, v) for s, label, v in pairs if v is not None]
+        if not values:
+            checks.append((title, None, "not measured (" + ", ".join(missing) + " not run)"))
+            return
+        failing = [f"{label}@{s} {v:.2f}" for s, label, v in values if v < threshold]
+        text = "; ".join(f"{label}@{s} {v:.2f}" for s, label, v in values)
+        if missing:
+            text += f" (not run: {', '.join(missing)})"
+        met = not failing and not missing
+        checks.append((title, met if not missing or failing else None,
+                       text + (f" — below: {', '.join(failing)}" if failing else "")))
+
+    mid = [s for s in ("medium", "large")]
+    pairs = [(s, f"{c}[{k}]", (_row(shapes[s]["rows"], c, k) or {}).get("x_torch"))
+             for s in mid if s in shapes for c, k in HAND_BPTT_CELLS]
+    check(f"Elman/Jordan/multi-lag hand BPTT ≥ {HAND_BPTT_VS_RNN}× nn.RNN (medium, large)", pairs,
+          HAND_BPTT_VS_RNN, mid)
+    every = list(SHAPES)
+    pairs = [(s, c, (_row(shapes[s]["rows"], c, "auto") or {}).get("x_torch"))
+             for s in every if s in shapes for c in ("lstm", "gru")]
+    check(f"LSTM/GRU auto ≥ {FUSED_VS_TORCH}× nn.LSTM/nn.GRU (every shape)", pairs, FUSED_VS_TORCH, every)
+    pairs = [(s, c, (_row(shapes[s]["rows"], c, "auto") or {}).get("x_lstm"))
+             for s in every if s in shapes for c in CUSTOM_CELLS]
+    check(f"custom cells (Jordan, multi-lag, LayerNorm-LSTM) auto ≥ {CUSTOM_VS_LSTM}× nn.LSTM (every shape)",
+          pairs, CUSTOM_VS_LSTM, every)
+    pairs = [("small", c, (_row(shapes["small"]["rows"], c, "auto") or {}).get("x_loop"))
+             for c in CUSTOM_CELLS] if "small" in shapes else []
+    check(f"custom cells auto ≥ {CUSTOM_VS_LOOP_SMALL}× their Python loop (small)", pairs,
+          CUSTOM_VS_LOOP_SMALL, ["small"])
+    pairs = [(s, spec.label, (_row(shapes[s]["rows"], spec.label, "auto") or {}).get("efficiency"))
+             for s in mid if s in shapes for spec in CELL_SPECS]
+    check(f"GEMM efficiency of auto ≥ {EFFICIENCY:.0%} (medium, large, every cell)", pairs, EFFICIENCY, mid)
+    single = generation["single_chars_s"]
+    checks.append((f"generation ≥ {GENERATION_CHARS_S:,} chars/s single stream", single >= GENERATION_CHARS_S,
+                   f"{single:,.0f} chars/s"))
+    truncated = [d for d in memory["truncated"] if "peak_mb" in d]
+    if truncated and truncated[0]["length"] == 10_000:
+        base = truncated[0]["peak_mb"]
+        spread = max(abs(d["peak_mb"] / base - 1) for d in truncated)
+        longest = truncated[-1]["length"]
+        text = ", ".join(f"{d['length']:,}: {d['peak_mb']:.0f} MB" for d in truncated) + f"; max change {spread:.1%}"
+        met = spread <= TRUNCATED_FLATNESS if longest >= 1_000_000 else None
+        if longest < 1_000_000:
+            text += f" (only up to {longest:,} characters measured)"
+        checks.append((f"truncated BPTT peak memory flat within {TRUNCATED_FLATNESS:.0%} from 10k to 1M characters",
+                       met if not (longest < 1_000_000 and spread > TRUNCATED_FLATNESS) else False, text))
+    return checks
+
+
+def shape_table(shape: dict) -> str:
+    lines = [f"### {shape['shape']}: B={shape['batch']}, H=I={shape['hidden']}, T={shape['steps']} "
+             f"({shape['batch'] * shape['steps']:,} tokens per step)",
+             "",
+             "| cell | contender | tokens/s | spread | × torch module | × rnnkit loop | × nn.Cell loop | GFLOP/s "
+             "| GEMM eff. |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in shape["rows"]:
+        lines.append(f"| {r['cell']} | {r['contender']} | {r['tokens_s']:,.0f} | {100 * r['spread']:.0f}% | "
+                     f"{_fmt(r['x_torch'])} | "
+                     f"{_fmt(r['x_loop'])} | {_fmt(r['x_cell_loop'])} | {r['gflops']:.1f} | "
+                     f"{_fmt(None if r['efficiency'] is None else 100 * r['efficiency'], 0, '%')} |")
+    lines += ["", "GEMM rate (fp32 torch.mm on the step's products, GFLOP/s): " +
+              ", ".join(f"{cell} {rate / 1e9:.1f}" for cell, rate in shape["gemm_rates"].items())]
+    return "\n".join(lines)
+
+
+def noise_gauge(shapes: dict) -> str:
+    """Elman "auto" runs the same kernel as nn.RNN: their ratio is the measurement's noise."""
+    parts = [f"{name} {cell[6:]} {_row(shape['rows'], cell, 'auto')['x_torch']:.2f}"
+             for name, shape in shapes.items() for cell in ("elman-tanh", "elman-relu")]
+    return ("Noise gauge — rnnkit Elman \"auto\" and nn.RNN run the same fused kernel, so their ratio "
+            "would be 1.00 without noise: " + ", ".join(parts) + ".")
+
+
+def fused_vs_bptt(shapes: dict) -> str:
+    lines = ["| shape | cell | fused tokens/s | hand BPTT tokens/s | bptt ÷ fused | faster |", "|---|---|---:|---:|---:|---|"]
+    for name, shape in shapes.items():
+        for cell in ("elman-tanh", "elman-relu", "lstm", "gru"):
+            fused, bptt = _row(shape["rows"], cell, "auto"), _row(shape["rows"], cell, "bptt")
+            if fused and bptt:
+                ratio = bptt["tokens_s"] / fused["tokens_s"]
+                lines.append(f"| {name} | {cell} | {fused['tokens_s']:,.0f} | {bptt['tokens_s']:,.0f} | "
+                             f"{ratio:.2f} | {'hand BPTT' if ratio > 1 else 'fused'} |")
+    return "\n".join(lines)
+
+
+def reference_comparison(shapes: dict) -> str:
+    if "medium" not in shapes:
+        return ""
+    rows = shapes["medium"]["rows"]
+    lstm, rnn = _row(rows, "lstm", "torch"), _row(rows, "elman-tanh", "torch")
+    cell_loop = _row(rows, "lstm", "cell-loop")
+    return (f"Reference machine (medium, 1 thread): nn.LSTM ≈ 13.0k tokens/s (≈ 92% of GEMM rate), nn.RNN ≈ 38.5k "
+            f"(≈ 74%), LSTMCell loop ≈ 0.68× nn.LSTM. Here: nn.LSTM {lstm['tokens_s'] / 1e3:.1f}k "
+            f"({100 * lstm['efficiency']:.0f}%), nn.RNN {rnn['tokens_s'] / 1e3:.1f}k ({100 * rnn['efficiency']:.0f}%), "
+            f"LSTMCell loop {cell_loop['x_torch']:.2f}× nn.LSTM.")
+
+
+def generation_table(gen: dict) -> str:
+    carried = gen["single_chars_s"]
+    return "\n".join([
+        f"Model: {gen['model']}; prime of 100 characters; sampling at temperature 1.", "",
+        "| method | characters written | chars/s | ÷ re-reading |", "|---|---:|---:|---:|",
+        f"| carried state, 1 stream (`generate`) | {gen['single_chars']:,} | {carried:,.0f} | "
+        f"{carried / gen['reread_chars_s']:.1f} |",
+        f"| carried state, 32 streams (`generate(num_samples=32)`) | {gen['batched_chars']:,} | "
+        f"{gen['batched_chars_s']:,.0f} | {gen['batched_chars_s'] / gen['reread_chars_s']:.1f} |",
+        f"| re-reading the whole text so far, 1 stream | {gen['reread_chars']:,} | {gen['reread_chars_s']:,.0f} | 1.0 |",
+        "", "One step of the recurrent layer alone (batch 1, one character, carried state), by path: " +
+        ", ".join(f"{path} {us:.0f} µs" for path, us in gen["step_us"].items()) +
+        " (`generate` runs the model's default path, \"auto\").",
+    ])
+
+
+def memory_table(memory: dict) -> str:
+    lines = [f"Model: {memory['model']}. Peak RSS of a child process (torch and the model included; "
+             "baseline = peak before training).", "",
+             "| BPTT | stream length | peak MB | baseline MB | peak ÷ 10k peak | seconds |", "|---|---:|---:|---:|---:|---:|"]
+    for mode in ("full", "truncated"):
+        entries = memory[mode]
+        base = next((d["peak_mb"] for d in entries if d.get("length") == 10_000 and "peak_mb" in d), None)
+        label = "full (one sequence, batch 1)" if mode == "full" else "truncated (batch 32, bptt 100, state carried)"
+        for d in entries:
+            if "peak_mb" in d:
+                lines.append(f"| {label} | {d['length']:,} | {d['peak_mb']:.0f} | {d['baseline_mb']:.0f} | "
+                             f"{_fmt(None if base is None else d['peak_mb'] / base)} | {d['seconds']:.1f} |")
+            else:
+                lines.append(f"| {label} | {d['length']:,} | {d['skipped']} | | | |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} logical CPUs"
+
+
+def report(command: str, quick: bool, threads: int, shapes: dict, generation: dict, memory: dict,
+           seconds: float) -> str:
+    lines = ["## Speed (`rnnkit bench`)", "",
+             f"- command: `{command}`" + (" (quick: fewer rounds, no large shape, memory up to 100k)" if quick else ""),
+             f"- machine: {machine()}; torch {torch.__version__}; **threads: {threads}**",
+             f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; total time {seconds:.0f} s",
+             "- method: one process, interleaved rounds (order shuffled each round), medians; a step = forward + loss + "
+             "backward + SGD step; efficiency = useful FLOPs (3 × forward GEMM FLOPs) / time ÷ the measured "
+             "torch.mm rate on the same products (see benchmarks/speed.py)", "",
+             "### Targets", ""]
+    for title, met, text in targets(shapes, generation, memory):
+        status = "not measured" if met is None else ("met" if met else "NOT MET")
+        lines.append(f"- **{status}** — {title}: {text}")
+    lines += ["", reference_comparison(shapes), "", noise_gauge(shapes), "",
+              "### Fused kernel vs hand BPTT", "", fused_vs_bptt(shapes), ""]
+    for shape in shapes.values():
+        lines += [shape_table(shape), ""]
+    lines += ["### Generation", "", generation_table(generation), "",
+              "### Peak memory vs stream length", "", memory_table(memory)]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, text: str) -> None:
+    """Put `text` between the speed markers of `path`, keeping everything outside them; create
+    the file if missing; append the section if the markers are not there yet."""
+    path = Path(path)
+    section = f"{BEGIN}\n{text.rstrip()}\n{END}"
+    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
+    start, stop = old.find(BEGIN), old.find(END)
+    if start != -1 and stop > start:
+        new = old[:start] + section + old[stop + len(END):]
+    else:
+        new = old.rstrip("\n") + "\n\n" + section + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(new, encoding="utf-8")
+    temporary.replace(path)
+
+
+# -----------------------------------------------------------------------------
+
+
+def parse_args(argv, prog):
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small and medium shapes, fewer rounds (< 2 minutes)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the RESULTS.md to write the section into")
+    parser.add_argument("--memory-child", nargs=2, metavar=("MODE", "LENGTH"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    return args
+
+
+def main(argv: list[str] | None = None, prog: str = "python benchmarks/speed.py") -> dict:
+    args = parse_args(argv, prog)
+    torch.set_num_threads(args.threads)
+    if args.memory_child:
+        mode, length = args.memory_child
+        print(json.dumps(memory_child(mode, int(length))))
+        return {}
+    started = time.perf_counter()
+    settings = QUICK if args.quick else FULL
+
+    def log(message):
+        print(message, file=sys.stderr, flush=True)
+
+    log(f"rnnkit speed benchmark: threads={torch.get_num_threads()} torch {torch.__version__} "
+        f"{'quick' if args.quick else 'full'}")
+    gemm_cache: dict = {}
+    shapes = {name: run_shape(name, settings, gemm_cache, log) for name in settings.rounds}
+    generation = run_generation(settings, log)
+    memory = run_memory(settings, args.threads, log)
+    command = " ".join([prog] + (list(argv) if argv is not None else sys.argv[1:]))
+    text = report(command, args.quick, args.threads, shapes, generation, memory, time.perf_counter() - started)
+    print(text)
+    write_section(args.out, text)
+    log(f"wrote {args.out} in {time.perf_counter() - started:.0f} s")
+    return {"shapes": shapes, "generation": generation, "memory": memory}
+
+
+if __name__ == "__main__":
+    main()

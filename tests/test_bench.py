@@ -1,0 +1,79 @@
+"""benchmarks/speed.py (`rnnkit bench`): one tiny measurement and the RESULTS.md writer, not the benchmark."""
+
+import importlib.util
+import statistics
+from pathlib import Path
+
+import pytest
+
+from rnnkit.cli import main
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
+
+
+@pytest.fixture(scope="module")
+def speed():
+    spec = importlib.util.spec_from_file_location("speed_under_test", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_measurement_gives_positive_speeds_and_documented_ratios(speed):
+    specs = [speed.SPEC_BY_LABEL["lstm"], speed.SPEC_BY_LABEL["jordan"]]
+    keys = speed.contender_keys(specs)
+    assert {"lstm/auto", "lstm/bptt", "lstm/loop", "lstm/cell-loop", "torch/nn.LSTM",
+            "jordan/auto", "jordan/loop", "torch/nn.RNN(tanh)"} == set(keys)
+    batch, hidden, steps = 2, 4, 3
+    times = speed.time_contenders(keys, batch, hidden, steps, rounds=2, warmup=1)
+    assert all(len(values) == 2 and min(values) > 0 for values in times.values())
+    rates = {key: 1e9 for key in keys}
+    rows = speed.summarize(times, batch, hidden, steps, rates, specs)
+    speed_of = {key: batch * steps / statistics.median(values) for key, values in times.items()}
+    lstm = {r["kind"]: r for r in rows if r["cell"] == "lstm"}
+    assert set(lstm) == {"auto", "bptt", "loop", "cell-loop", "torch"}
+    assert all(r["tokens_s"] > 0 for r in rows)
+    assert lstm["auto"]["x_torch"] == pytest.approx(speed_of["lstm/auto"] / speed_of["torch/nn.LSTM"])
+    assert lstm["bptt"]["x_loop"] == pytest.approx(speed_of["lstm/bptt"] / speed_of["lstm/loop"])
+    assert lstm["auto"]["x_cell_loop"] == pytest.approx(speed_of["lstm/auto"] / speed_of["lstm/cell-loop"])
+    assert lstm["torch"]["x_torch"] == pytest.approx(1.0)
+    flops = 3 * 2 * batch * steps * 4 * hidden * (hidden + hidden)  # 3 · 2·B·T·G·H·(I + H)
+    assert speed.useful_flops(specs[0], batch, hidden, steps) == flops
+    assert lstm["auto"]["efficiency"] == pytest.approx(flops / statistics.median(times["lstm/auto"]) / 1e9)
+    jordan = {r["kind"]: r for r in rows if r["cell"] == "jordan"}
+    assert jordan["auto"]["x_cell_loop"] is None  # no nn.*Cell for Jordan
+    assert jordan["auto"]["x_lstm"] == pytest.approx(speed_of["jordan/auto"] / speed_of["torch/nn.LSTM"])
+    # Jordan: 2·B·T·H·(I + O) + 2·B·T·H·O forward
+    assert speed.useful_flops(specs[1], batch, hidden, steps) == 3 * 2 * batch * steps * hidden * (3 * hidden)
+
+
+def test_gemm_rate_is_the_flop_weighted_harmonic_combination(speed):
+    spec = speed.SPEC_BY_LABEL["elman-tanh"]
+    products = speed.step_products(spec, 2, 4, 3)
+    cache = {(rows, inner, cols): float(i + 1) for i, (rows, inner, cols, _) in enumerate(products)}
+    flops = [2 * r * k * n * c for r, k, n, c in products]
+    expected = sum(flops) / sum(f / cache[(r, k, n)] for f, (r, k, n, _) in zip(flops, products))
+    assert speed.step_gemm_rate(spec, 2, 4, 3, 0.0, cache) == pytest.approx(expected)
+    assert sum(flops) == speed.useful_flops(spec, 2, 4, 3)
+
+
+def test_results_writer_replaces_only_its_section(speed, tmp_path):
+    out = tmp_path / "RESULTS.md"
+    speed.write_section(out, "first")
+    assert speed.BEGIN in out.read_text() and "first" in out.read_text()
+    other = "# Results\n\nintro\n\n<!-- quality:begin -->\nquality numbers\n<!-- quality:end -->\n\n"
+    out.write_text(other + f"{speed.BEGIN}\nold speed\n{speed.END}\n\ntrailing text\n")
+    speed.write_section(out, "new speed")
+    text = out.read_text()
+    assert text == other + f"{speed.BEGIN}\nnew speed\n{speed.END}\n\ntrailing text\n"
+    plain = tmp_path / "plain.md"
+    plain.write_text("# Other\n\nkept\n")
+    speed.write_section(plain, "added")
+    assert plain.read_text() == f"# Other\n\nkept\n\n{speed.BEGIN}\nadded\n{speed.END}\n"
+
+
+def test_bench_command_rejects_bad_threads(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--threads", "0"])
+    assert exit_info.value.code == 2
+    assert "error:" in capsys.readouterr().err
