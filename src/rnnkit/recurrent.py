@@ -18,7 +18,7 @@ Three paths compute the same function:
   tensor the next step's state is built from, so `output.retain_grad()` there yields
   ∂L/∂h_t (gradient-flow diagnostics).
 "auto" picks "loop" while a step hook is set or for a short sequence on CPU, else "fused"
-where the cell has a kernel, else "bptt". Tests hold the paths to the same outputs and
+where the cell has a kernel, else "bptt" (except for the cells in LOOP_FASTER_THAN_HAND_BPTT). Tests hold the paths to the same outputs and
 gradients.
 """
 
@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .bptt import run_sequence
-from .cells import Cell, State, make_cell
+from .cells import Cell, LayerNormLSTMCell, State, make_cell
 
 FUSED_KERNELS = {
     "rnn_tanh": torch.rnn_tanh,
@@ -38,6 +38,10 @@ FUSED_KERNELS = {
 }
 PATHS = ("auto", "fused", "bptt", "loop")
 SHORT_SEQUENCE = 5  # up to this many steps, "auto" runs the per-step loop on CPU (see _fastest_path)
+# Cells whose hand-BPTT Function is still slower than their loop (`rnnkit bench`, 1 thread:
+# LayerNorm-LSTM by hand runs at 0.66×, 0.66× and 0.97× the loop's speed at the small, medium
+# and large shapes), so "auto" keeps them on the loop until that Function is faster.
+LOOP_FASTER_THAN_HAND_BPTT = (LayerNormLSTMCell,)
 INITIAL_STATES = ("zeros", "learned")
 
 
@@ -137,7 +141,9 @@ class Recurrent(nn.Module):
         """
         if self.step_hook is not None or (x.shape[1] <= SHORT_SEQUENCE and x.device.type == "cpu"):
             return "loop"
-        return "fused" if self.fused_mode else "bptt"
+        if self.fused_mode:
+            return "fused"
+        return "loop" if isinstance(self.cells[0], LOOP_FASTER_THAN_HAND_BPTT) else "bptt"
 
     def _initial_states(self, batch: int, like: torch.Tensor) -> State:
         if self.initial_state is None:
