@@ -4,6 +4,7 @@ Bad input ends with one line `rnnkit: error: …` and exit status 2, never a tra
 """
 
 import argparse
+import math
 import os
 import sys
 from dataclasses import asdict
@@ -124,7 +125,8 @@ def run_train_text(args: argparse.Namespace) -> None:
     report = finish_run(run_dir, summary)
     sample = generate(task.model, task.vocab, length=300, temperature=0.8, seed=train_config.seed)[0]
     print(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s ({summary['stop_reason']})")
-    print(f"validation bpc {summary['val_bpc']:.3f}   test bpc {test['bpc']:.3f} (best checkpoint)")
+    best_val_bpc = summary["best_val_loss"] / math.log(2)
+    print(f"validation bpc {best_val_bpc:.3f}   test bpc {test['bpc']:.3f} (best checkpoint)")
     print(f"--- a 300-character sample (temperature 0.8) ---\n{sample}\n---")
     print(f"report: {report}")
 
@@ -158,8 +160,6 @@ def run_generate(args: argparse.Namespace) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> None:
-    import math
-
     from .data.text import load_corpus
     from .tasks.text import load_run, stream_loss
 
