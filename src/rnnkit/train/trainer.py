@@ -335,9 +335,11 @@ class Trainer:
         """Train until the budget is spent, early stopping triggers or an interrupt arrives."""
         config = self.config
         bar_total = config.max_steps if config.max_steps is not None else int(config.max_seconds)
+        # A time budget counts training seconds; a rate of "seconds per second" says nothing.
+        time_format = "{l_bar}{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}{postfix}]"
         bar = tqdm(total=bar_total, initial=min(self.step if config.max_steps else int(self.elapsed), bar_total),
-                   unit="step" if config.max_steps else "s", disable=self.quiet or self.rank != 0,
-                   dynamic_ncols=True, leave=False)
+                   unit="step", bar_format=None if config.max_steps else time_format,
+                   disable=self.quiet or self.rank != 0, dynamic_ncols=True, leave=False)
         window = {"loss": 0.0, "grad_norm": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0}
         last_results, stop_reason = {}, "budget"
         with Interrupted() as interrupt:
