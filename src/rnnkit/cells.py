@@ -26,9 +26,11 @@ State = tuple[torch.Tensor, ...]
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
 
 
-def _check_size(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+def check_positive(**sizes) -> None:
+    """ValueError naming the first argument that is not a positive integer."""
+    for name, value in sizes.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _check_activation(nonlinearity: str) -> None:
@@ -43,8 +45,7 @@ class Cell(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int):
         super().__init__()
-        _check_size("input_size", input_size)
-        _check_size("hidden_size", hidden_size)
+        check_positive(input_size=input_size, hidden_size=hidden_size)
         self.input_size = input_size
         self.hidden_size = hidden_size
 
@@ -109,7 +110,7 @@ class JordanCell(Cell):
                  nonlinearity: str = "tanh"):
         super().__init__(input_size, hidden_size)
         output_size = hidden_size if output_size is None else output_size
-        _check_size("output_size", output_size)
+        check_positive(output_size=output_size)
         _check_activation(nonlinearity)
         self.nonlinearity = nonlinearity
         self._output_size = output_size

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cells import check_positive
 from .recurrent import Recurrent
 
 POOLINGS = ("last", "mean", "max")
@@ -38,12 +39,6 @@ def last_output(state, num_directions: int) -> torch.Tensor:
     """
     top = _as_tuple(state)[0][-num_directions:]
     return top.transpose(0, 1).reshape(top.shape[1], -1)
-
-
-def _check_positive(**sizes) -> None:
-    for name, value in sizes.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _check_tokens(tokens: torch.Tensor, vocab_size: int, name: str) -> None:
@@ -84,7 +79,7 @@ class SequenceClassifier(nn.Module):
     def __init__(self, input_size: int, num_classes: int, hidden_size: int, cell: str = "lstm",
                  vocab_size: int | None = None, pooling: str = "last", **recurrent_options):
         super().__init__()
-        _check_positive(num_classes=num_classes)
+        check_positive(num_classes=num_classes)
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.pooling = pooling
@@ -123,7 +118,7 @@ class SequenceModel(nn.Module):
                  vocab_size: int | None = None, dropout: float = 0.0, tie_weights: bool = False,
                  **recurrent_options):
         super().__init__()
-        _check_positive(output_size=output_size)
+        check_positive(output_size=output_size)
         self.input = SequenceInput(input_size, vocab_size)
         self.recurrent = Recurrent(cell, input_size, hidden_size, dropout=dropout, **recurrent_options)
         self.dropout = nn.Dropout(dropout)
@@ -168,7 +163,7 @@ class Decoder(nn.Module):
     def __init__(self, vocab_size: int, embedding_size: int, hidden_size: int, cell: str = "lstm",
                  **recurrent_options):
         super().__init__()
-        _check_positive(vocab_size=vocab_size, embedding_size=embedding_size)
+        check_positive(vocab_size=vocab_size, embedding_size=embedding_size)
         if recurrent_options.get("bidirectional"):
             raise ValueError("bidirectional must be False for a decoder: it cannot read tokens it has not written")
         self.vocab_size = vocab_size
@@ -196,7 +191,7 @@ class Decoder(nn.Module):
     @torch.no_grad()
     def greedy(self, state, start_token: int, max_length: int, end_token: int | None = None) -> torch.Tensor:
         """(batch, ≤ max_length) tokens; after a sequence writes `end_token` it only repeats it."""
-        _check_positive(max_length=max_length)
+        check_positive(max_length=max_length)
         batch = _as_tuple(state)[0].shape[1]
         token = torch.full((batch, 1), start_token, dtype=torch.long, device=_as_tuple(state)[0].device)
         finished = torch.zeros(batch, 1, dtype=torch.bool, device=token.device)
@@ -227,7 +222,7 @@ class ConditionedGenerator(nn.Module):
     def __init__(self, condition_size: int, vocab_size: int, hidden_size: int, cell: str = "lstm",
                  embedding_size: int = 32, **recurrent_options):
         super().__init__()
-        _check_positive(condition_size=condition_size)
+        check_positive(condition_size=condition_size)
         self.decoder = Decoder(vocab_size, embedding_size, hidden_size, cell, **recurrent_options)
         self.bridge = StateBridge(condition_size, self.decoder.recurrent)
 
