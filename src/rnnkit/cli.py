@@ -203,6 +203,36 @@ def run_bench(args: argparse.Namespace) -> None:
     speed.main(argv + (["--out", args.out] if args.out else []), prog="rnnkit bench")
 
 
+def run_predict(args: argparse.Namespace) -> None:
+    import importlib
+    import json
+
+    run_dir = Path(args.run)
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise ValueError(f"{run_dir} is not a run folder (no config.json)")
+    try:
+        task = json.loads(config_path.read_text(encoding="utf-8"))["task"]
+        module = importlib.import_module(f"rnnkit.tasks.{task}")
+        predict = module.predict_command
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ImportError, AttributeError):
+        raise ValueError(f"{config_path} names no task that `rnnkit predict` can run") from None
+    predict(run_dir, args.inputs, args.file)
+
+
+def add_task_commands(commands) -> None:
+    """Each module in rnnkit.tasks that defines add_commands(commands) adds its own verbs."""
+    import importlib
+    import pkgutil
+
+    from . import tasks
+
+    for info in sorted(pkgutil.iter_modules(tasks.__path__), key=lambda info: info.name):
+        module = importlib.import_module(f"rnnkit.tasks.{info.name}")
+        if hasattr(module, "add_commands"):
+            module.add_commands(commands)
+
+
 def build_parser() -> argparse.ArgumentParser:
     # The dataclasses hold the defaults; the flags only expose them.
     from .cells import CELLS
@@ -292,6 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="torch CPU threads (default 1)")
     bench.add_argument("--out", default=None, metavar="PATH", help="results file (default benchmarks/RESULTS.md)")
     bench.set_defaults(handler=run_bench)
+
+    predict = commands.add_parser("predict", help="run a trained task model on new input")
+    predict.add_argument("run", help="run folder of a trained task (classify, tag, translate, caption, forecast)")
+    predict.add_argument("inputs", nargs="*", help="inputs, e.g. dates to translate")
+    predict.add_argument("--file", default=None, help="read the inputs from this file instead")
+    predict.set_defaults(handler=run_predict)
+
+    add_task_commands(commands)
     return parser
 
 
