@@ -1,4 +1,4 @@
-"""Every Python code block in the README runs, so the README cannot rot."""
+"""Every Python code block in the README and in docs/ runs, so the documentation cannot rot."""
 
 import re
 from pathlib import Path
@@ -12,6 +12,25 @@ BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), fl
 @pytest.mark.parametrize("code", BLOCKS, ids=[f"README-block-{i}" for i in range(len(BLOCKS))])
 def test_readme_python_block_runs(code):
     exec(compile(code, "README.md", "exec"), {})
+
+
+DOC_PAGES = sorted((ROOT / "docs").glob("*.md"))
+
+
+@pytest.mark.parametrize("page", DOC_PAGES, ids=[page.name for page in DOC_PAGES])
+def test_docs_page_python_blocks_run_in_order(page, tmp_path, monkeypatch):
+    """A page's blocks build on each other, as a reader would type them, in a fresh folder."""
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    for code in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S):
+        exec(compile(code, str(page), "exec"), namespace)
+
+
+def test_docs_index_lists_every_page():
+    index = (ROOT / "docs" / "README.md").read_text()
+    for page in DOC_PAGES:
+        if page.name != "README.md":
+            assert f"]({page.name})" in index, page.name
 
 
 def test_readme_has_exactly_the_two_quick_start_commands():

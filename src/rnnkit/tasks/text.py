@@ -8,7 +8,7 @@ the model sees context longer than a chunk. Quality is bits per character on hel
 """
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -214,3 +214,116 @@ def load_run(run_dir: Path, checkpoint: str = "best.pt") -> tuple[SequenceModel,
         raise ValueError(f"checkpoint {path} does not match its config: {str(error).splitlines()[0]}") from None
     model.eval()
     return model, vocab, config
+
+
+def train_text_model(text_config: TextConfig, train_config: TrainConfig, runs_dir="runs", name: str | None = None,
+                     resume: Path | None = None, quiet: bool = False, tensorboard: bool = False):
+    """Train (or, with `resume`, continue) a text run and write its report; returns
+    (run_dir, summary, task) with the task's model holding the best checkpoint's weights.
+    Distributed when started by torchrun: rank 0 owns the run folder, and the other ranks
+    return (run_dir, None, task)."""
+    import os
+
+    from ..files import write_json
+    from ..runs import finish_run, new_run_dir
+    from ..train.trainer import Trainer
+
+    rank = int(os.environ.get("RANK", "0"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    train_config.validate()
+    torch.manual_seed(train_config.seed)
+    task = TextTask(text_config, rank, world_size)
+    run_config = {"task": "text", "text": asdict(text_config), "train": asdict(train_config),
+                  "vocab": task.vocab.to_json()}
+    if resume is not None:
+        run_dir = Path(resume)
+    else:
+        run_dir = new_run_dir(runs_dir, name, "text") if rank == 0 else None
+        if world_size > 1:  # every process needs the folder rank 0 created (its name has a time)
+            names = [str(run_dir)]
+            torch.distributed.broadcast_object_list(names, src=0)
+            run_dir = Path(names[0])
+    if rank == 0:
+        write_json(run_dir / "config.json", run_config)
+    trainer = Trainer(task, train_config, run_dir, run_config, quiet=quiet, tensorboard=tensorboard)
+    if resume is not None:
+        trainer.resume(run_dir / "last.pt")
+    summary = trainer.fit()
+    if rank != 0:
+        return run_dir, None, task
+    task.model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
+    test = task.test_metrics(task.model)
+    summary.update({"test_loss": test["loss"], "test_bpc": test["bpc"],
+                    "best_val_bpc": summary["best_val_loss"] / math.log(2)})
+    finish_run(run_dir, summary)
+    return run_dir, summary, task
+
+
+class TextModel:
+    """A character language model and its vocabulary: the Python face of `rnnkit train text`,
+    `rnnkit generate` and `rnnkit eval`.
+
+        model = TextModel.train(corpus="pydoc", minutes=3)     # writes runs/text-<time>/
+        print(model.generate("The ", length=200, temperature=0.8))
+        model.bits_per_character("Some held-out text.")
+        model = TextModel.load("runs/text-20261122-101500")
+    """
+
+    def __init__(self, model: SequenceModel, vocab: Vocabulary, config: TextConfig, run_dir: Path | None = None):
+        self.model, self.vocab, self.config, self.run_dir = model, vocab, config, run_dir
+        self.summary: dict | None = None
+
+    @classmethod
+    def train(cls, corpus: str = "pydoc", *, minutes: float | None = None, runs_dir="runs", name: str | None = None,
+              quiet: bool = True, **options) -> "TextModel":
+        """Train on `corpus` (pydoc, stdlib, or a UTF-8 file/folder). `options` are fields of
+        TextConfig (hidden_size, cell, num_layers, …) and of TrainConfig (learning_rate,
+        max_steps, …); without max_steps or minutes the budget is 3 minutes."""
+        text_fields = {f.name for f in fields(TextConfig)} - {"corpus"}
+        train_fields = {f.name for f in fields(TrainConfig)}
+        unknown = set(options) - text_fields - train_fields
+        if unknown:
+            raise ValueError(f"unknown option(s) {sorted(unknown)}; TextConfig takes {sorted(text_fields)}, "
+                             f"TrainConfig takes {sorted(train_fields)}")
+        text_config = TextConfig(corpus=corpus, **{k: v for k, v in options.items() if k in text_fields})
+        train_config = default_train_config()
+        for key, value in options.items():
+            if key in train_fields:
+                setattr(train_config, key, value)
+        if minutes is not None:
+            train_config.max_seconds = minutes * 60
+        elif train_config.max_steps is None and train_config.max_seconds is None:
+            train_config.max_seconds = 180.0
+        run_dir, summary, task = train_text_model(text_config, train_config, runs_dir, name, quiet=quiet)
+        trained = cls(task.model.eval(), task.vocab, text_config, run_dir)
+        trained.summary = summary
+        return trained
+
+    @classmethod
+    def load(cls, run_dir, checkpoint: str = "best.pt") -> "TextModel":
+        """The model of a text run folder (its best checkpoint, else the last)."""
+        model, vocab, config = load_run(Path(run_dir), checkpoint)
+        return cls(model, vocab, config, Path(run_dir))
+
+    def generate(self, prime: str = "", length: int = 300, **sampling) -> str:
+        """One continuation of `prime`; `sampling` as in rnnkit.tasks.text.generate
+        (temperature, top_k, top_p, greedy, seed)."""
+        self._check_known(prime)
+        return generate(self.model, self.vocab, prime, length, **sampling)[0]
+
+    def beam_search(self, prime: str = "", length: int = 100, beam_width: int = 5) -> str:
+        self._check_known(prime)
+        return beam_search(self.model, self.vocab, prime, length, beam_width)
+
+    def bits_per_character(self, text: str) -> float:
+        """Mean −log₂ p(next character) over `text`, every character predicted from all before it."""
+        self._check_known(text)
+        ids = self.vocab.encode(text)
+        if len(ids) < 2:
+            raise ValueError("bits_per_character needs at least 2 characters")
+        return stream_loss(self.model, ids, self.config.eval_streams, self.config.bptt) / math.log(2)
+
+    def _check_known(self, text: str) -> None:
+        unknown = self.vocab.unknown_chars(text)
+        if unknown:
+            raise ValueError(f"characters the model never saw: {', '.join(map(repr, unknown))}")
