@@ -10,8 +10,9 @@ peak is its own), with the same thread count (`--threads`, default 1). Run:
    (B=32, H=512, T=200); one layer, unidirectional, batch_first, input size = hidden size.
    One measured step = forward over x (B, T, H) from a zero state, loss = mean(outputs ⊙ R)
    for a fixed random R, backward, `torch.optim.SGD(lr=1e-3).step()`, zero_grad. Contenders
-   per cell: rnnkit `Recurrent(path="auto")`; also path="bptt" for Elman, LSTM and GRU (whose
-   "auto" is the fused kernel); the torch module (nn.RNN tanh/relu for Elman, nn.RNN tanh for
+   per cell: rnnkit `Recurrent(path="auto")` for the custom cells; for Elman, LSTM and GRU both
+   path="fused" and path="bptt", and the "auto" row repeats the one of them that "auto" picks
+   when training at that shape; the torch module (nn.RNN tanh/relu for Elman, nn.RNN tanh for
    Jordan and multi-lag, nn.LSTM for LSTM and LayerNorm-LSTM, nn.GRU for GRU); the Python loop
    (`Recurrent(path="loop")`, and for Elman/LSTM/GRU also a plain loop over
    torch.nn.RNNCell/LSTMCell/GRUCell). After warm-up, R interleaved rounds: round r times
@@ -19,8 +20,8 @@ peak is its own), with the same thread count (`--threads`, default 1). Run:
    rotation would keep every contender behind the same neighbour, whose leftover cache and
    allocator state then biases it the same way every round); the median per contender is
    reported as tokens/s = B·T / median seconds, and its spread as the interquartile range of
-   the step times ÷ their median. Two rows run the very same kernel (Elman "auto" = the fused
-   torch.rnn_tanh/relu = nn.RNN), so their ratio shows the noise of the measurement.
+   the step times ÷ their median. Two rows run the very same kernel (Elman "fused" = torch.rnn_tanh/relu =
+   nn.RNN), so their ratio shows the noise of the measurement.
    Ratios: ×torch = tokens/s ÷ the torch module's tokens/s (same run); ×loop = ÷ rnnkit's
    path="loop"; ×cell-loop = ÷ the nn.*Cell loop.
 
@@ -126,17 +127,17 @@ class CellSpec:
     gates: int = 1
     lags: int = 1              # H_rec = lags · H
     jordan: bool = False       # + output projection; H_rec = O = H
-    bptt_too: bool = False     # "auto" is the fused kernel: also time path="bptt"
+    fused: bool = False        # has a fused kernel: time path="fused" and path="bptt"
 
 
 CELL_SPECS = (
-    CellSpec("elman-tanh", "elman", {"nonlinearity": "tanh"}, "nn.RNN(tanh)", "nn.RNNCell(tanh)", bptt_too=True),
-    CellSpec("elman-relu", "elman", {"nonlinearity": "relu"}, "nn.RNN(relu)", "nn.RNNCell(relu)", bptt_too=True),
+    CellSpec("elman-tanh", "elman", {"nonlinearity": "tanh"}, "nn.RNN(tanh)", "nn.RNNCell(tanh)", fused=True),
+    CellSpec("elman-relu", "elman", {"nonlinearity": "relu"}, "nn.RNN(relu)", "nn.RNNCell(relu)", fused=True),
     CellSpec("jordan", "jordan", {}, "nn.RNN(tanh)", jordan=True),
     CellSpec("multilag-2", "multilag", {"lags": 2}, "nn.RNN(tanh)", lags=2),
     CellSpec("multilag-3", "multilag", {"lags": 3}, "nn.RNN(tanh)", lags=3),
-    CellSpec("lstm", "lstm", {}, "nn.LSTM", "nn.LSTMCell", gates=4, bptt_too=True),
-    CellSpec("gru", "gru", {}, "nn.GRU", "nn.GRUCell", gates=3, bptt_too=True),
+    CellSpec("lstm", "lstm", {}, "nn.LSTM", "nn.LSTMCell", gates=4, fused=True),
+    CellSpec("gru", "gru", {}, "nn.GRU", "nn.GRUCell", gates=3, fused=True),
     CellSpec("lnlstm", "lnlstm", {}, "nn.LSTM", gates=4),
 )
 TORCH_SPECS = {  # the torch modules, as specs for their FLOPs
@@ -146,7 +147,7 @@ TORCH_SPECS = {  # the torch modules, as specs for their FLOPs
     "nn.GRU": CellSpec("nn.GRU", "gru", gates=3),
 }
 CUSTOM_CELLS = ("jordan", "multilag-2", "multilag-3", "lnlstm")
-HAND_BPTT_CELLS = (("elman-tanh", "bptt"), ("elman-relu", "bptt"), ("jordan", "auto"),
+HAND_BPTT_CELLS = (("elman-tanh", "auto"), ("elman-relu", "auto"), ("jordan", "auto"),
                    ("multilag-2", "auto"), ("multilag-3", "auto"))
 
 
@@ -236,9 +237,7 @@ def contender_keys(specs=CELL_SPECS) -> list[str]:
     """Every contender of a shape, each once (torch modules are shared between cells)."""
     keys = []
     for spec in specs:
-        keys.append(f"{spec.label}/auto")
-        if spec.bptt_too:
-            keys.append(f"{spec.label}/bptt")
+        keys += [f"{spec.label}/fused", f"{spec.label}/bptt"] if spec.fused else [f"{spec.label}/auto"]
         keys.append(f"{spec.label}/loop")
         if spec.torch_cell:
             keys.append(f"{spec.label}/cell-loop")
@@ -325,7 +324,7 @@ def summarize(times: dict[str, list[float]], batch: int, hidden: int, steps: int
     speed = {key: tokens / statistics.median(values) for key, values in times.items()}
     rows = []
     for spec in specs:
-        kinds = ["auto"] + (["bptt"] if spec.bptt_too else []) + ["loop"] + (["cell-loop"] if spec.torch_cell else [])
+        kinds = (["fused", "bptt"] if spec.fused else ["auto"]) + ["loop"] + (["cell-loop"] if spec.torch_cell else [])
         entries = [(f"{spec.label}/{kind}", kind) for kind in kinds] + [(f"torch/{spec.torch_ref}", "torch")]
         for key, kind in entries:
             if key not in speed:
@@ -346,6 +345,22 @@ def summarize(times: dict[str, list[float]], batch: int, hidden: int, steps: int
     return rows
 
 
+def auto_rows(rows: list[dict], batch: int, hidden: int, steps: int, specs=CELL_SPECS) -> list[dict]:
+    """For the cells timed on both paths: an "auto" row repeating the path that
+    Recurrent(path="auto") takes when training at this shape on the CPU."""
+    from rnnkit.recurrent import Recurrent
+
+    added = []
+    for spec in specs:
+        if spec.fused:
+            layer = Recurrent(spec.cell, hidden, hidden, **spec.options)
+            chosen = layer._fastest_path(torch.empty(batch, steps, hidden))
+            row = _row(rows, spec.label, chosen)
+            if row is not None:
+                added.append({**row, "kind": "auto", "contender": f"rnnkit auto (= {chosen})"})
+    return added
+
+
 def _spread(values: list[float]) -> float:
     """Interquartile range ÷ median (0 with fewer than 2 values)."""
     if len(values) < 2:
@@ -363,9 +378,6 @@ def _contender_name(spec: CellSpec, kind: str) -> str:
         return spec.torch_ref
     if kind == "cell-loop":
         return f"{spec.torch_cell} loop"
-    if kind == "auto":
-        from rnnkit.cells import CELLS
-        return "rnnkit auto (fused)" if CELLS[spec.cell].fused_mode or spec.cell == "elman" else "rnnkit auto (bptt)"
     return f"rnnkit {kind}"
 
 
@@ -381,7 +393,8 @@ def run_shape(name: str, settings: Settings, gemm_cache: dict, log, specs=CELL_S
     times = time_contenders(keys, batch, hidden, steps, settings.rounds[name], settings.warmup,
                             settings.inner[name], progress=log)
     rows = summarize(times, batch, hidden, steps, rates, specs)
-    cell_rates = {spec.label: rates[f"{spec.label}/auto"] for spec in specs}
+    rows += auto_rows(rows, batch, hidden, steps, specs)
+    cell_rates = {spec.label: rates[f"{spec.label}/{'fused' if spec.fused else 'auto'}"] for spec in specs}
     return {"shape": name, "batch": batch, "hidden": hidden, "steps": steps, "rows": rows,
             "gemm_rates": cell_rates, "seconds": time.perf_counter() - start}
 
@@ -612,10 +625,10 @@ def shape_table(shape: dict) -> str:
 
 
 def noise_gauge(shapes: dict) -> str:
-    """Elman "auto" runs the same kernel as nn.RNN: their ratio is the measurement's noise."""
-    parts = [f"{name} {cell[6:]} {_row(shape['rows'], cell, 'auto')['x_torch']:.2f}"
+    """Elman "fused" runs the same kernel as nn.RNN: their ratio is the measurement's noise."""
+    parts = [f"{name} {cell[6:]} {_row(shape['rows'], cell, 'fused')['x_torch']:.2f}"
              for name, shape in shapes.items() for cell in ("elman-tanh", "elman-relu")]
-    return ("Noise gauge — rnnkit Elman \"auto\" and nn.RNN run the same fused kernel, so their ratio "
+    return ("Noise gauge — rnnkit Elman \"fused\" and nn.RNN run the same fused kernel, so their ratio "
             "would be 1.00 without noise: " + ", ".join(parts) + ".")
 
 
@@ -623,7 +636,7 @@ def fused_vs_bptt(shapes: dict) -> str:
     lines = ["| shape | cell | fused tokens/s | hand BPTT tokens/s | bptt ÷ fused | faster |", "|---|---|---:|---:|---:|---|"]
     for name, shape in shapes.items():
         for cell in ("elman-tanh", "elman-relu", "lstm", "gru"):
-            fused, bptt = _row(shape["rows"], cell, "auto"), _row(shape["rows"], cell, "bptt")
+            fused, bptt = _row(shape["rows"], cell, "fused"), _row(shape["rows"], cell, "bptt")
             if fused and bptt:
                 ratio = bptt["tokens_s"] / fused["tokens_s"]
                 lines.append(f"| {name} | {cell} | {fused['tokens_s']:,.0f} | {bptt['tokens_s']:,.0f} | "

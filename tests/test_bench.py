@@ -22,24 +22,26 @@ def speed():
 def test_tiny_measurement_gives_positive_speeds_and_documented_ratios(speed):
     specs = [speed.SPEC_BY_LABEL["lstm"], speed.SPEC_BY_LABEL["jordan"]]
     keys = speed.contender_keys(specs)
-    assert {"lstm/auto", "lstm/bptt", "lstm/loop", "lstm/cell-loop", "torch/nn.LSTM",
+    assert {"lstm/fused", "lstm/bptt", "lstm/loop", "lstm/cell-loop", "torch/nn.LSTM",
             "jordan/auto", "jordan/loop", "torch/nn.RNN(tanh)"} == set(keys)
     batch, hidden, steps = 2, 4, 3
     times = speed.time_contenders(keys, batch, hidden, steps, rounds=2, warmup=1)
     assert all(len(values) == 2 and min(values) > 0 for values in times.values())
     rates = {key: 1e9 for key in keys}
     rows = speed.summarize(times, batch, hidden, steps, rates, specs)
+    rows += speed.auto_rows(rows, batch, hidden, steps, specs)
     speed_of = {key: batch * steps / statistics.median(values) for key, values in times.items()}
     lstm = {r["kind"]: r for r in rows if r["cell"] == "lstm"}
-    assert set(lstm) == {"auto", "bptt", "loop", "cell-loop", "torch"}
+    assert set(lstm) == {"fused", "bptt", "loop", "cell-loop", "torch", "auto"}
+    assert lstm["auto"]["contender"] == "rnnkit auto (= loop)"  # 3 steps: short enough for the loop
     assert all(r["tokens_s"] > 0 for r in rows)
-    assert lstm["auto"]["x_torch"] == pytest.approx(speed_of["lstm/auto"] / speed_of["torch/nn.LSTM"])
+    assert lstm["fused"]["x_torch"] == pytest.approx(speed_of["lstm/fused"] / speed_of["torch/nn.LSTM"])
     assert lstm["bptt"]["x_loop"] == pytest.approx(speed_of["lstm/bptt"] / speed_of["lstm/loop"])
-    assert lstm["auto"]["x_cell_loop"] == pytest.approx(speed_of["lstm/auto"] / speed_of["lstm/cell-loop"])
+    assert lstm["fused"]["x_cell_loop"] == pytest.approx(speed_of["lstm/fused"] / speed_of["lstm/cell-loop"])
     assert lstm["torch"]["x_torch"] == pytest.approx(1.0)
     flops = 3 * 2 * batch * steps * 4 * hidden * (hidden + hidden)  # 3 · 2·B·T·G·H·(I + H)
     assert speed.useful_flops(specs[0], batch, hidden, steps) == flops
-    assert lstm["auto"]["efficiency"] == pytest.approx(flops / statistics.median(times["lstm/auto"]) / 1e9)
+    assert lstm["fused"]["efficiency"] == pytest.approx(flops / statistics.median(times["lstm/fused"]) / 1e9)
     jordan = {r["kind"]: r for r in rows if r["cell"] == "jordan"}
     assert jordan["auto"]["x_cell_loop"] is None  # no nn.*Cell for Jordan
     assert jordan["auto"]["x_lstm"] == pytest.approx(speed_of["jordan/auto"] / speed_of["torch/nn.LSTM"])

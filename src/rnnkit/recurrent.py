@@ -17,9 +17,8 @@ Three paths compute the same function:
   layer deep inside a model) sees every step's output before padding is applied — the very
   tensor the next step's state is built from, so `output.retain_grad()` there yields
   ∂L/∂h_t (gradient-flow diagnostics).
-"auto" picks "loop" while a step hook is set or for a short sequence on CPU, else "fused"
-where the cell has a kernel, else "bptt" (except for the cells in LOOP_FASTER_THAN_HAND_BPTT). Tests hold the paths to the same outputs and
-gradients.
+"auto" picks the fastest that measured correct for the cell and shape (see _fastest_path).
+Tests hold the paths to the same outputs and gradients.
 """
 
 import torch
@@ -42,6 +41,11 @@ SHORT_SEQUENCE = 5  # up to this many steps, "auto" runs the per-step loop on CP
 # LayerNorm-LSTM by hand runs at 0.66×, 0.66× and 0.97× the loop's speed at the small, medium
 # and large shapes), so "auto" keeps them on the loop until that Function is faster.
 LOOP_FASTER_THAN_HAND_BPTT = (LayerNormLSTMCell,)
+# Training on CPU, hand BPTT beats the fused kernel for these modes from this hidden size on
+# (forward + backward, 1 thread, hand BPTT ÷ fused tokens/s: Elman 1.12–1.52 at every shape;
+# GRU 1.02–1.04 at H ≤ 256 but 1.16–1.39 at H = 512; LSTM 0.46 small, 0.96–1.09 otherwise,
+# so LSTM stays fused). Without gradients the fused forward is the faster one.
+HAND_BPTT_TRAINS_FASTER_ON_CPU = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 512}
 INITIAL_STATES = ("zeros", "learned")
 
 
@@ -137,11 +141,16 @@ class Recurrent(nn.Module):
         set-up whatever its length (1×512 LSTM, one step: fused 1.7 ms, hand BPTT 4.4 ms, the
         loop 0.6 ms; the loop stays ahead up to 5 steps), so short sequences (generation
         feeds one character at a time) take the loop. Longer ones take the fused kernel where
-        the cell has one, else hand BPTT.
+        the cell has one (cuDNN on GPU), except when training on CPU the cells and sizes in
+        HAND_BPTT_TRAINS_FASTER_ON_CPU; the other cells take hand BPTT.
         """
-        if self.step_hook is not None or (x.shape[1] <= SHORT_SEQUENCE and x.device.type == "cpu"):
+        on_cpu = x.device.type == "cpu"
+        if self.step_hook is not None or (x.shape[1] <= SHORT_SEQUENCE and on_cpu):
             return "loop"
         if self.fused_mode:
+            from_size = HAND_BPTT_TRAINS_FASTER_ON_CPU.get(self.fused_mode)
+            if on_cpu and torch.is_grad_enabled() and from_size is not None and self.hidden_size >= from_size:
+                return "bptt"
             return "fused"
         return "loop" if isinstance(self.cells[0], LOOP_FASTER_THAN_HAND_BPTT) else "bptt"
 
