@@ -85,19 +85,6 @@ def _grad_buffer(grad_outputs, grad_final, valid, width: int) -> torch.Tensor:
     return G
 
 
-def _normalize(v: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """v̂ = (v − mean v) / sqrt(var v + eps) over the last dim (biased variance, as in layer norm);
-    returns v̂ and the reciprocal std r, which is all that its backward needs."""
-    var, mean = torch.var_mean(v, dim=-1, keepdim=True, correction=0)
-    rstd = (var + eps).rsqrt()
-    return (v - mean) * rstd, rstd
-
-
-def _normalize_backward(grad, normed, rstd) -> torch.Tensor:
-    """∂L/∂v from ∂L/∂v̂ for v̂ = _normalize(v):  r ⊙ (∂L/∂v̂ − mean ∂L/∂v̂ − v̂ ⊙ mean(∂L/∂v̂ ⊙ v̂))."""
-    return rstd * (grad - grad.mean(-1, keepdim=True) - normed * (grad * normed).mean(-1, keepdim=True))
-
-
 def _lstm_gates_(z: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Activate LSTM gate pre-activations (B, 4H) in place, σ on i, f, o and tanh on g; return i, f, g, o."""
     hidden = z.shape[1] // 4
@@ -341,64 +328,79 @@ class LayerNormLSTMSequence(Function):
     @staticmethod
     def forward(ctx, x, h0, c0, weight_ih, weight_hh, bias, ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias,
                 ln_c_weight, ln_c_bias, valid=None, eps=1e-5):
+        # torch.native_layer_norm does mean, variance, normalisation and gain in one kernel and
+        # hands back the mean and 1/std; a step makes a dozen calls instead of twenty-odd.
         batch, steps, _ = x.shape
         hidden = h0.shape[-1]
         keep = _step_mask(valid)
         xs = _time_major(x)
-        u_hat, u_rstd = _normalize(xs @ weight_ih.t(), eps)
-        gates = torch.addcmul(bias + ln_ih_bias + ln_hh_bias, u_hat, ln_ih_weight).view(steps, batch, 4 * hidden)
-        v_hat, v_rstd = torch.empty_like(gates), x.new_empty(steps, batch, 1)
+        us = xs @ weight_ih.t()
+        u_normed, u_mean, u_rstd = torch.native_layer_norm(us, (4 * hidden,), ln_ih_weight, None, eps)
+        gates = u_normed.add_(bias + ln_ih_bias + ln_hh_bias).view(steps, batch, 4 * hidden)
+        vs = torch.empty_like(gates)
+        v_mean, v_rstd = x.new_empty(2, steps, batch, 1)
         hs, cs = x.new_empty(2, steps + 1, batch, hidden)
         hs[0], cs[0] = h0, c0
-        c_hat, c_rstd = torch.empty_like(hs[1:]), torch.empty_like(v_rstd)
+        c_mean, c_rstd = torch.empty_like(v_mean), torch.empty_like(v_rstd)
         tanh_ls = torch.empty_like(hs[1:])
         weight_hh_t = weight_hh.t().contiguous()
         for t in range(steps):
-            v_hat[t], v_rstd[t] = _normalize(hs[t] @ weight_hh_t, eps)
-            i, f, g, o = _lstm_gates_(gates[t].addcmul_(v_hat[t], ln_hh_weight))
+            torch.mm(hs[t], weight_hh_t, out=vs[t])
+            v_normed, v_mean[t], v_rstd[t] = torch.native_layer_norm(vs[t], (4 * hidden,), ln_hh_weight, None, eps)
+            i, f, g, o = _lstm_gates_(gates[t].add_(v_normed))
             torch.mul(f, cs[t], out=cs[t + 1]).addcmul_(i, g)
-            c_hat[t], c_rstd[t] = _normalize(cs[t + 1], eps)
-            torch.addcmul(ln_c_bias, c_hat[t], ln_c_weight, out=tanh_ls[t]).tanh_()
+            ell, c_mean[t], c_rstd[t] = torch.native_layer_norm(cs[t + 1], (hidden,), ln_c_weight, ln_c_bias, eps)
+            torch.tanh(ell, out=tanh_ls[t])
             torch.mul(o, tanh_ls[t], out=hs[t + 1])
             if keep is not None:
                 torch.where(keep[t], cs[t + 1], cs[t], out=cs[t + 1])
                 torch.where(keep[t], hs[t + 1], hs[t], out=hs[t + 1])
-        ctx.save_for_backward(xs, u_hat, u_rstd, gates, v_hat, v_rstd, hs, cs, c_hat, c_rstd, tanh_ls,
+        ctx.eps = eps
+        ctx.save_for_backward(xs, us, u_mean, u_rstd, gates, vs, v_mean, v_rstd, hs, cs, c_mean, c_rstd, tanh_ls,
                               weight_ih, weight_hh, ln_ih_weight, ln_hh_weight, ln_c_weight, keep)
         return _outputs(hs[1:], keep), hs[steps], cs[steps]
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_outputs, grad_h, grad_c):
-        (xs, u_hat, u_rstd, gates, v_hat, v_rstd, hs, cs, c_hat, c_rstd, tanh_ls,
+        (xs, us, u_mean, u_rstd, gates, vs, v_mean, v_rstd, hs, cs, c_mean, c_rstd, tanh_ls,
          weight_ih, weight_hh, ln_ih_weight, ln_hh_weight, ln_c_weight, keep) = ctx.saved_tensors
+        layer_norm_backward = torch.ops.aten.native_layer_norm_backward
         steps, batch, hidden = tanh_ls.shape
+        gates_size, input_only = [4 * hidden], [True, False, False]
         valid = None if keep is None else keep.to(hs.dtype)
         Gh = _grad_buffer(grad_outputs, grad_h, valid, hidden)  # Gh[t] ends as γ_t
         Gc = torch.zeros_like(Gh)  # Gc[t] ends as κ_t
         Gc[steps] = grad_c
         delta, grad_v = torch.empty_like(gates), torch.empty_like(gates)  # δ_t, ∂L/∂v_t
         grad_l = torch.empty_like(tanh_ls)  # ∂L/∂ℓ_t
+        # c_t as it was normalised: a padded step's c_t is overwritten after, but its ∂L/∂ℓ_t is 0
+        c_normalised = cs[1:]
         for t in reversed(range(steps)):
             f, o = gates[t, :, hidden:2 * hidden], gates[t, :, 3 * hidden:]
             gamma, kappa, tanh_l = Gh[t + 1], Gc[t + 1], tanh_ls[t]
             gamma_o = gamma * o if valid is None else gamma * o * valid[t]  # padded: h_t is not o ⊙ tanh ℓ_t
             torch.mul(gamma_o, 1 - tanh_l * tanh_l, out=grad_l[t])
-            kappa += _normalize_backward(grad_l[t] * ln_c_weight, c_hat[t], c_rstd[t])  # κ_t
+            kappa += layer_norm_backward(grad_l[t], c_normalised[t], [hidden], c_mean[t], c_rstd[t], ln_c_weight,
+                                         None, input_only)[0]  # κ_t
             _lstm_gates_backward(gates[t], kappa, cs[t], gamma, tanh_l, out=delta[t])
             torch.mul(kappa, f, out=Gc[t])
             if valid is not None:  # a padded step keeps h and c: δ_t = 0, γ_t and κ_t pass on unchanged
                 delta[t].mul_(valid[t])
                 torch.where(keep[t], Gc[t], kappa, out=Gc[t])
                 Gh[t].addcmul_(gamma, 1 - valid[t])
-            grad_v[t] = _normalize_backward(delta[t] * ln_hh_weight, v_hat[t], v_rstd[t])
+            grad_v[t] = layer_norm_backward(delta[t], vs[t], gates_size, v_mean[t], v_rstd[t], ln_hh_weight, None,
+                                            input_only)[0]
             Gh[t].addmm_(grad_v[t], weight_hh)
         delta, grad_v = delta.view(-1, 4 * hidden), grad_v.view(-1, 4 * hidden)
-        grad_u = _normalize_backward(delta * ln_ih_weight, u_hat, u_rstd)
+        grad_u, grad_ln_ih_weight, _ = layer_norm_backward(delta, us, gates_size, u_mean.view(-1, 1),
+                                                           u_rstd.view(-1, 1), ln_ih_weight, None, [True, True, False])
         grad_x = (grad_u @ weight_ih).view(steps, batch, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None
         grad_bias = delta.sum(0)
+        v_hat = (vs - v_mean).mul_(v_rstd).view(-1, 4 * hidden)
+        c_hat = (c_normalised - c_mean).mul_(c_rstd)
         return (grad_x, Gh[0], Gc[0], grad_u.t() @ xs, grad_v.t() @ hs[:-1].view(-1, hidden), grad_bias,
-                (delta * u_hat).sum(0), grad_bias, (delta * v_hat.view(-1, 4 * hidden)).sum(0), grad_bias,
+                grad_ln_ih_weight, grad_bias, (delta * v_hat).sum(0), grad_bias,
                 (grad_l * c_hat).sum((0, 1)), grad_l.sum((0, 1)), None, None)
 
 

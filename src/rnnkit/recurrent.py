@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .bptt import run_sequence
-from .cells import Cell, LayerNormLSTMCell, State, make_cell
+from .cells import Cell, State, make_cell
 
 FUSED_KERNELS = {
     "rnn_tanh": torch.rnn_tanh,
@@ -37,10 +37,6 @@ FUSED_KERNELS = {
 }
 PATHS = ("auto", "fused", "bptt", "loop")
 SHORT_SEQUENCE = 5  # up to this many steps, "auto" runs the per-step loop on CPU (see _fastest_path)
-# Cells whose hand-BPTT Function is still slower than their loop (`rnnkit bench`, 1 thread:
-# LayerNorm-LSTM by hand runs at 0.66×, 0.66× and 0.97× the loop's speed at the small, medium
-# and large shapes), so "auto" keeps them on the loop until that Function is faster.
-LOOP_FASTER_THAN_HAND_BPTT = (LayerNormLSTMCell,)
 # Training on CPU, hand BPTT beats the fused kernel for these modes from this hidden size on
 # (forward + backward, 1 thread, hand BPTT ÷ fused tokens/s: Elman 1.12–1.52 at every shape;
 # GRU 1.02–1.04 at H ≤ 256 but 1.16–1.39 at H = 512; LSTM 0.46 small, 0.96–1.09 otherwise,
@@ -152,7 +148,7 @@ class Recurrent(nn.Module):
             if on_cpu and torch.is_grad_enabled() and from_size is not None and self.hidden_size >= from_size:
                 return "bptt"
             return "fused"
-        return "loop" if isinstance(self.cells[0], LOOP_FASTER_THAN_HAND_BPTT) else "bptt"
+        return "bptt"
 
     def _initial_states(self, batch: int, like: torch.Tensor) -> State:
         if self.initial_state is None:
