@@ -148,6 +148,36 @@ def test_dropout_between_layers_only_in_training():
     assert not torch.equal(layer(x, path="loop")[0], layer(x, path="loop")[0])
 
 
+@pytest.mark.parametrize("cell", ["elman", "lstm", "gru", "jordan", "multilag", "lnlstm"])
+def test_weight_dropout_uses_one_mask_for_every_step_on_every_path(cell):
+    """With the same random draw, the loop (which reads W_hh at every step) equals the paths
+    that read it once, so each step saw the same dropped matrix; eval mode drops nothing."""
+    torch.manual_seed(0)
+    layer = Recurrent(cell, 3, 6, num_layers=2, weight_dropout=0.4)
+    x = torch.randn(2, 9, 3)
+    paths = ["loop", "bptt"] + (["fused"] if layer.fused_mode else [])
+    runs = {}
+    for path in paths:
+        torch.manual_seed(1)
+        outputs, _ = layer(x, path=path)
+        outputs.square().sum().backward()
+        dropped = layer.cells[0].parametrizations[layer.cells[0].recurrent_weight]
+        runs[path] = outputs.detach(), dropped.original.grad.clone()
+        layer.zero_grad()
+    for path in paths[1:]:
+        torch.testing.assert_close(runs[path], runs["loop"])
+    grad = runs["loop"][1]
+    assert 0.2 < (grad == 0).double().mean() < 0.6  # dropped entries get no gradient
+    plain = Recurrent(cell, 3, 6, num_layers=2)
+    name = plain.cells[0].recurrent_weight
+    plain.load_state_dict({k.replace(f"parametrizations.{name}.original", name): v
+                           for k, v in layer.state_dict().items()})
+    layer.eval()
+    torch.testing.assert_close(layer(x)[0], plain(x)[0])
+    layer.train()
+    assert not torch.allclose(layer(x)[0], plain(x)[0])
+
+
 @pytest.mark.parametrize("call, argument", [
     (lambda r: r(torch.randn(2, 3)), "3-D"),
     (lambda r: r(torch.randn(2, 3, 5)), "input_size=4"),
@@ -166,6 +196,7 @@ def test_bad_input_names_the_argument(call, argument):
 @pytest.mark.parametrize("build, argument", [
     (lambda: Recurrent("lstm", 4, 5, num_layers=0), "num_layers"),
     (lambda: Recurrent("lstm", 4, 5, dropout=1.0), "dropout"),
+    (lambda: Recurrent("lstm", 4, 5, weight_dropout=-0.1), "weight_dropout"),
     (lambda: Recurrent("lstm", 4, 5, initial_state="random"), "initial_state"),
     (lambda: Recurrent("lstm", 4, 0), "hidden_size"),
     (lambda: Recurrent("jordan", 4, 5)(torch.randn(1, 2, 4), path="fused"), "fused"),

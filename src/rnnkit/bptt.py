@@ -39,6 +39,7 @@ any cell of `rnnkit.cells`, the same result as `Recurrent._loop` for that cell.
 import torch
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
+from torch.nn.utils import parametrize
 
 from .cells import Cell, ElmanCell, GRUCell, JordanCell, LayerNormLSTMCell, LSTMCell, MultiLagCell, State
 
@@ -526,7 +527,7 @@ def run_sequence(cell: Cell, x: torch.Tensor, state: State, valid: torch.Tensor 
     Returns outputs (B, T, cell.output_size) and the final state tuple — what
     `Recurrent._loop` computes for this cell in this direction.
     """
-    run = SEQUENCES.get(type(cell))
+    run = SEQUENCES.get(parametrize.type_before_parametrizations(cell))
     if run is None:
         raise TypeError(f"run_sequence has no hand-derived BPTT for {type(cell).__name__}")
     if reverse:

@@ -42,6 +42,7 @@ class Cell(nn.Module):
     """Base class: sizes, PyTorch's uniform(-1/sqrt(H), 1/sqrt(H)) initialisation, zero state."""
 
     fused_mode: str | None = None
+    recurrent_weight = "weight_hh"  # the matrix applied to the carried state (weight dropout drops it)
 
     def __init__(self, input_size: int, hidden_size: int):
         super().__init__()
@@ -105,6 +106,8 @@ class JordanCell(Cell):
 
     State: (y,) of size `output_size` (defaults to `hidden_size`).
     """
+
+    recurrent_weight = "weight_yh"
 
     def __init__(self, input_size: int, hidden_size: int, output_size: int | None = None,
                  nonlinearity: str = "tanh"):

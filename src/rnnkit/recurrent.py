@@ -21,9 +21,12 @@ Three paths compute the same function:
 Tests hold the paths to the same outputs and gradients.
 """
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .bptt import run_sequence
@@ -45,12 +48,29 @@ HAND_BPTT_TRAINS_FASTER_ON_CPU = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 512}
 INITIAL_STATES = ("zeros", "learned")
 
 
+class RecurrentWeightDropout(nn.Module):
+    """DropConnect on a recurrent weight matrix (the weight-dropped LSTM of Merity et al. 2018):
+
+        W_hh' = W_hh ⊙ m / (1 − p),   m_ij ~ Bernoulli(1 − p),   identity when not training
+
+    One mask serves every step of a sequence, so the recurrence itself is regularised while
+    each path (fused kernel included) still runs on one plain matrix."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return F.dropout(weight, self.p, self.training)
+
+
 class Recurrent(nn.Module):
     """A stack of recurrent layers built from one cell type.
 
     Layer l (l = 0 … num_layers−1) in direction d (0 forward, 1 backward) is the cell
     `cells[l * num_directions + d]`; layer l > 0 reads the concatenated outputs of both
-    directions of layer l − 1, after dropout with probability `dropout`.
+    directions of layer l − 1, after dropout with probability `dropout`. `weight_dropout` > 0
+    drops entries of every recurrent weight matrix while training (RecurrentWeightDropout).
 
     forward(x, state=None, lengths=None, mask=None, path="auto") -> (outputs, final_state)
       x:        (batch, time, input_size) (or (time, batch, input_size) if not batch_first)
@@ -68,12 +88,14 @@ class Recurrent(nn.Module):
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1,
                  bidirectional: bool = False, dropout: float = 0.0, initial_state: str = "zeros",
-                 batch_first: bool = True, **cell_options):
+                 batch_first: bool = True, weight_dropout: float = 0.0, **cell_options):
         super().__init__()
         if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 1:
             raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if not 0.0 <= weight_dropout < 1.0:
+            raise ValueError(f"weight_dropout must be in [0, 1), got {weight_dropout!r}")
         if initial_state not in INITIAL_STATES:
             raise ValueError(f"initial_state must be one of {INITIAL_STATES}, got {initial_state!r}")
         self.num_layers = num_layers
@@ -86,6 +108,11 @@ class Recurrent(nn.Module):
             for _ in range(self.num_directions):
                 cells.append(make_cell(cell, layer_input_size, hidden_size, **cell_options))
             layer_input_size = self.num_directions * cells[-1].output_size
+        self.weight_dropout = weight_dropout
+        if weight_dropout:
+            for cell in cells:
+                parametrize.register_parametrization(cell, cell.recurrent_weight,
+                                                     RecurrentWeightDropout(weight_dropout))
         self.cells = nn.ModuleList(cells)
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -117,6 +144,14 @@ class Recurrent(nn.Module):
             raise ValueError(f"path must be one of {PATHS}, got {path!r}")
         if path == "auto":
             path = self._fastest_path(x)
+        # One dropped weight matrix per forward: every step (and path) sees the same mask.
+        with parametrize.cached() if self.weight_dropout else contextlib.nullcontext():
+            outputs, states = self._run(x, states, lengths, path)
+        if not self.batch_first:
+            outputs = outputs.transpose(0, 1)
+        return outputs, states[0] if len(states) == 1 else states
+
+    def _run(self, x: torch.Tensor, states: State, lengths: torch.Tensor | None, path: str):
         if path != "loop" and self.step_hook is not None:
             raise ValueError(f"step_hook needs path='loop' (path='{path}' has no per-step access)")
         if path == "fused":
@@ -126,9 +161,7 @@ class Recurrent(nn.Module):
         else:
             run_direction = self._step_by_step if path == "loop" else self._hand_bptt
             outputs, states = self._unroll(x, states, lengths, run_direction)
-        if not self.batch_first:
-            outputs = outputs.transpose(0, 1)
-        return outputs, states[0] if len(states) == 1 else states
+        return outputs, states
 
     def _fastest_path(self, x: torch.Tensor) -> str:
         """The rule behind path="auto" (measurements in benchmarks/RESULTS.md).

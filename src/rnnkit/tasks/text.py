@@ -28,6 +28,7 @@ class TextConfig:
     hidden_size: int = 512
     num_layers: int = 1
     dropout: float = 0.25         # on the embedding and before the output layer
+    weight_dropout: float = 0.0   # DropConnect on the recurrent weights (one mask per chunk)
     tie_weights: bool = False
     batch_size: int = 32          # parallel streams (the global batch when distributed)
     bptt: int = 100               # characters per chunk: the truncation length of BPTT
@@ -50,7 +51,7 @@ def default_train_config() -> TrainConfig:
 def build_model(config: TextConfig, vocab_size: int) -> SequenceModel:
     return SequenceModel(config.embedding_size, vocab_size, config.hidden_size, cell=config.cell,
                          vocab_size=vocab_size, dropout=config.dropout, tie_weights=config.tie_weights,
-                         num_layers=config.num_layers)
+                         num_layers=config.num_layers, weight_dropout=config.weight_dropout)
 
 
 def stream_loss(model, ids: torch.Tensor, streams: int, bptt: int) -> float:
