@@ -10,7 +10,8 @@ BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), fl
 
 
 @pytest.mark.parametrize("code", BLOCKS, ids=[f"README-block-{i}" for i in range(len(BLOCKS))])
-def test_readme_python_block_runs(code):
+def test_readme_python_block_runs(code, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # whatever a block writes (runs/) lands in a fresh folder
     exec(compile(code, "README.md", "exec"), {})
 
 
