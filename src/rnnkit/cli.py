@@ -7,7 +7,6 @@ import argparse
 import math
 import os
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 
@@ -69,20 +68,13 @@ def run_namaskar(args: argparse.Namespace) -> None:
 
 
 def run_train_text(args: argparse.Namespace) -> None:
-    import torch
-
-    from .files import write_json
-    from .runs import finish_run, new_run_dir
-    from .tasks.text import TextConfig, TextTask, generate
+    from .tasks.text import TextConfig, generate, train_text_model
     from .train.checkpoint import load_checkpoint
-    from .train.trainer import TrainConfig, Trainer, setup_distributed
+    from .train.trainer import TrainConfig, setup_distributed
 
     setup_distributed()
-    rank = int(os.environ.get("RANK", "0"))
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if args.resume:
-        run_dir = Path(args.resume)
-        saved = load_checkpoint(run_dir / "last.pt")["config"]
+        saved = load_checkpoint(Path(args.resume) / "last.pt")["config"]
         text_config = TextConfig.from_dict(saved["text"])
         train_config = TrainConfig.from_dict(saved["train"])
         if args.max_steps is not None or args.minutes is not None:  # a new budget for the rest
@@ -92,47 +84,36 @@ def run_train_text(args: argparse.Namespace) -> None:
         text_config = TextConfig(
             corpus=args.corpus, cell=args.cell, embedding_size=args.embedding_size,
             hidden_size=args.hidden_size, num_layers=args.layers, dropout=args.dropout,
-            tie_weights=args.tie_weights, batch_size=args.batch_size, bptt=args.bptt)
+            weight_dropout=args.weight_dropout, tie_weights=args.tie_weights, batch_size=args.batch_size,
+            bptt=args.bptt)
         train_config = TrainConfig(
             optimizer=args.optimizer, learning_rate=args.lr, weight_decay=args.weight_decay,
             schedule=args.schedule, warmup_steps=args.warmup, max_steps=args.max_steps,
             max_seconds=args.minutes * 60 if args.minutes else (None if args.max_steps else 180.0),
             clip_norm=args.clip or None, clip_value=args.clip_value, eval_every=args.eval_every,
-            patience=args.patience, seed=args.seed)
-    train_config.validate()
-    torch.manual_seed(train_config.seed)
-    task = TextTask(text_config, rank, world_size)
-    run_config = {"task": "text", "text": asdict(text_config), "train": asdict(train_config),
-                  "vocab": task.vocab.to_json()}
-    if not args.resume:
-        run_dir = new_run_dir(args.runs_dir, args.name, "text") if rank == 0 else None
-        if world_size > 1:  # every process needs the folder rank 0 created (its name has a time)
-            names = [str(run_dir)]
-            torch.distributed.broadcast_object_list(names, src=0)
-            run_dir = Path(names[0])
-    if rank == 0:
-        write_json(run_dir / "config.json", run_config)
-    trainer = Trainer(task, train_config, run_dir, run_config, quiet=args.quiet, tensorboard=args.tensorboard)
-    if args.resume:
-        trainer.resume(run_dir / "last.pt")
-    summary = trainer.fit()
-    if rank != 0:
+            patience=args.patience, on_nan=args.on_nan, seed=args.seed)
+    try:
+        run_dir, summary, task = train_text_model(
+            text_config, train_config, args.runs_dir, args.name, resume=Path(args.resume) if args.resume else None,
+            quiet=args.quiet, tensorboard=args.tensorboard)
+    except OSError as error:  # disk full, read-only folder: what was written before is intact
+        raise ValueError(f"cannot write {error.filename or args.resume or args.runs_dir}: {error.strerror or error} "
+                         "(checkpoints already written are intact)") from None
+    if summary is None:  # not rank 0 of a distributed run
         return
-    best = load_checkpoint(run_dir / "best.pt")
-    task.model.load_state_dict(best["model"])
-    test = task.test_metrics(task.model)
-    summary.update({"test_loss": test["loss"], "test_bpc": test["bpc"]})
-    report = finish_run(run_dir, summary)
     sample = generate(task.model, task.vocab, length=300, temperature=0.8, seed=train_config.seed)[0]
     print(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s ({summary['stop_reason']})")
-    best_val_bpc = summary["best_val_loss"] / math.log(2)
-    print(f"validation bpc {best_val_bpc:.3f}   test bpc {test['bpc']:.3f} (best checkpoint)")
+    if summary["skipped_steps"]:
+        print(f"{summary['skipped_steps']} steps had a NaN/Inf loss, gradient or update and were "
+              f"not applied (--on-nan {summary['on_nan']})")
+    print(f"validation bpc {summary['best_val_bpc']:.3f}   test bpc {summary['test_bpc']:.3f} (best checkpoint)")
     print(f"--- a 300-character sample (temperature 0.8) ---\n{sample}\n---")
-    print(f"report: {report}")
+    print(f"report: {run_dir / 'report.html'}")
 
 
 def run_generate(args: argparse.Namespace) -> None:
     from .tasks.text import beam_search, generate, load_run
+    from .train.trainer import SEEDS
 
     model, vocab, _ = load_run(Path(args.run))
     prime = args.prime
@@ -146,12 +127,16 @@ def run_generate(args: argparse.Namespace) -> None:
     if args.beam:
         print(prime + beam_search(model, vocab, prime, args.length, args.beam))
         return
+    if args.seed is not None and not SEEDS[0] <= args.seed <= SEEDS[1]:
+        raise ValueError(f"--seed must be an integer from {SEEDS[0]} to {SEEDS[1]}, got {args.seed}")
     stream = args.num_samples == 1
-    if stream:
-        print(prime, end="", flush=True)
+    # The prime goes out with the first new character: a bad flag (checked by generate before
+    # it writes anything) then leaves no partial output.
+    unprinted_prime = iter([prime])
     samples = generate(model, vocab, prime, args.length, temperature=args.temperature, top_k=args.top_k,
                        top_p=args.top_p, greedy=args.greedy, num_samples=args.num_samples, seed=args.seed,
-                       on_text=(lambda text: print(text, end="", flush=True)) if stream else None)
+                       on_text=(lambda text: print(next(unprinted_prime, "") + text, end="", flush=True))
+                       if stream else None)
     if stream:
         print()
         return
@@ -201,6 +186,13 @@ def run_bench(args: argparse.Namespace) -> None:
     threads = args.bench_threads or args.threads or 1
     argv = (["--quick"] if args.quick else []) + ["--threads", str(threads)]
     speed.main(argv + (["--out", args.out] if args.out else []), prog="rnnkit bench")
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from .export import export_run
+
+    out = export_run(Path(args.run), args.format, args.out)
+    print(f"exported to {out} (sidecar: {out / 'export.json'})")
 
 
 def run_predict(args: argparse.Namespace) -> None:
@@ -266,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--hidden-size", type=positive_int, default=TEXT.hidden_size)
     model.add_argument("--layers", type=positive_int, default=TEXT.num_layers)
     model.add_argument("--dropout", type=probability, default=TEXT.dropout)
+    model.add_argument("--weight-dropout", type=probability, default=TEXT.weight_dropout,
+                       help="drop entries of the recurrent weight matrices while training")
     model.add_argument("--tie-weights", action="store_true", help="share the embedding with the output layer")
     loop = train.add_argument_group("training")
     loop.add_argument("--optimizer", choices=["adam", "adamw", "sgd", "adagrad"], default=TRAIN.optimizer)
@@ -281,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     loop.add_argument("--eval-every", type=positive_int, default=TRAIN.eval_every, help="steps between evaluations")
     loop.add_argument("--patience", type=positive_int, default=None,
                       help="stop after this many evaluations without improvement")
+    loop.add_argument("--on-nan", choices=["skip", "rollback", "stop"], default=TRAIN.on_nan,
+                      help="at a NaN/Inf loss or gradient: skip the update, roll back to the last "
+                           "checkpoint at half the learning rate, or stop (exit status 2)")
     loop.add_argument("--seed", type=int, default=TRAIN.seed)
     run = train.add_argument_group("run folder")
     run.add_argument("--runs-dir", default="runs")
@@ -329,6 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--file", default=None, help="read the inputs from this file instead")
     predict.set_defaults(handler=run_predict)
 
+    export = commands.add_parser("export", help="write a trained model as ONNX or TorchScript, with export.json")
+    export.add_argument("run", help="run folder of a trained model")
+    export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    export.add_argument("--out", default=None, metavar="PATH", help="output folder (default RUN/export)")
+    export.set_defaults(handler=run_export)
+
     add_task_commands(commands)
     return parser
 
@@ -339,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
     set_threads(args.threads)
     try:
         args.handler(args)
-    except ValueError as error:
+    except (ValueError, OSError) as error:  # OSError: a disk full or read-only folder, in any verb
         print(f"rnnkit: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 

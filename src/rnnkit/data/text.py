@@ -77,14 +77,16 @@ def _stdlib_corpus():
 
 
 def _files_under(folder, relative_to, skip_dirs=(), suffix=""):
-    """Paths (relative to relative_to) of the files under folder, hidden ones left out."""
+    """Paths (relative to relative_to) of the regular files under folder, hidden ones left out
+    (a pipe or a device would block or never end when read; a broken link has nothing to read)."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
         # Pruning dirnames in place stops os.walk from descending into them.
         dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in skip_dirs]
         for name in filenames:
-            if not name.startswith(".") and name.endswith(suffix):
-                found.append(os.path.relpath(os.path.join(dirpath, name), relative_to))
+            path = os.path.join(dirpath, name)
+            if not name.startswith(".") and name.endswith(suffix) and os.path.isfile(path):
+                found.append(os.path.relpath(path, relative_to))
     return found
 
 

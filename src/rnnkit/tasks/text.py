@@ -252,7 +252,8 @@ def train_text_model(text_config: TextConfig, train_config: TrainConfig, runs_di
     summary = trainer.fit()
     if rank != 0:
         return run_dir, None, task
-    task.model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
+    best = run_dir / "best.pt"  # absent when no evaluation was finite
+    task.model.load_state_dict(load_checkpoint(best if best.exists() else run_dir / "last.pt")["model"])
     test = task.test_metrics(task.model)
     summary.update({"test_loss": test["loss"], "test_bpc": test["bpc"],
                     "best_val_bpc": summary["best_val_loss"] / math.log(2)})

@@ -18,8 +18,18 @@ What a task provides (see `rnnkit.tasks.text.TextTask` for a full one):
                                 back-propagation *truncated*, and resets it every epoch
     metrics(loss) -> dict       the extra metrics for a mean loss, e.g. {"bpc": loss / ln 2}
     evaluate(model) -> dict     validation numbers: "loss" and each of metric_names
-    after_evaluate(model, run_dir, step)   optional side output (text samples)
+    after_evaluate(model, run_dir, step)   optional side output (text samples); a file it
+                                appends to is cut back to the checkpoint's size on resume
     gradient_flow_loss(model)   a loss over one validation batch, for the ∂L/∂h_t diagnostics
+
+A non-finite loss, gradient norm or update (a finite gradient that overflows the weights) is
+caught at the step it happens, the update is not applied, and `TrainConfig.on_nan` decides the
+rest: "skip" goes on; "rollback" also puts the weights, optimizer and schedule back to the last
+checkpoint (last.pt, written when training starts if there is none yet) and halves the
+learning rate, keeping the data position so that a bad batch is not replayed; "stop" raises
+`NonFiniteLoss`, saving nothing after the last good checkpoint. Every such step counts in
+`skipped_steps` (metrics.csv, the progress bar and the summary). A checkpoint whose weights,
+optimizer state or validation loss are not finite is never written.
 
 The loss being minimised is the per-step losses summed over time and batch, divided by the
 number of tokens: the same gradient direction as the summed loss, with a scale that does not
@@ -27,10 +37,10 @@ change with the batch or chunk size.
 """
 
 import csv
-import io
 import math
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -39,12 +49,14 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from ..files import atomic_write_text
+from ..files import cut_back_appends, file_marks, remove_temp_files
 from .checkpoint import load_checkpoint, save_checkpoint
-from .diagnostics import UpdateRatio, append_gradient_flow_csv, gradient_flow_rows
+from .diagnostics import append_gradient_flow_csv, gradient_flow_rows, update_ratio
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "adagrad")
 SCHEDULES = ("constant", "cosine", "plateau")
+NAN_POLICIES = ("skip", "rollback", "stop")
+SEEDS = (-2**63, 2**64 - 1)  # the range torch.manual_seed accepts
 
 
 @dataclass
@@ -65,6 +77,7 @@ class TrainConfig:
     log_every: int = 10
     patience: int | None = None          # early stopping: evaluations without improvement
     gradient_flow: bool = True           # record ∂L/∂h_t at each evaluation
+    on_nan: str = "skip"                 # skip | rollback (to last.pt, lr halved) | stop
     seed: int = 0
 
     def validate(self) -> None:
@@ -72,6 +85,10 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not (isinstance(self.seed, int) and SEEDS[0] <= self.seed <= SEEDS[1]):
+            raise ValueError(f"seed must be an integer from {SEEDS[0]} to {SEEDS[1]}, got {self.seed!r}")
+        if self.on_nan not in NAN_POLICIES:
+            raise ValueError(f"on_nan must be one of {NAN_POLICIES}, got {self.on_nan!r}")
         if self.max_steps is None and self.max_seconds is None:
             raise ValueError("give max_steps or max_seconds: training needs a budget")
         positive = {"learning_rate": self.learning_rate, "eval_every": self.eval_every,
@@ -82,8 +99,9 @@ class TrainConfig:
         for name, value in positive.items():
             if value is not None and not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
-        if self.weight_decay < 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError("weight_decay and warmup_steps must be >= 0 and min_lr_ratio in [0, 1], got "
+        # Every comparison with NaN is false, so a NaN fails these too.
+        if not (0 <= self.weight_decay < math.inf and self.warmup_steps >= 0 and 0 <= self.min_lr_ratio <= 1):
+            raise ValueError("weight_decay must be finite and >= 0, warmup_steps >= 0 and min_lr_ratio in [0, 1], got "
                              f"{self.weight_decay}, {self.warmup_steps}, {self.min_lr_ratio}")
 
     @classmethod
@@ -144,6 +162,22 @@ def detach(carry):
     return tuple(detach(c) for c in carry)
 
 
+class NonFiniteLoss(ValueError):
+    """Training stopped at a non-finite loss or gradient (on_nan="stop"); a ValueError, so the
+    CLI reports it in one line with exit status 2."""
+
+
+def non_finite(state) -> bool:
+    """Whether a (nested) state dict holds a floating-point tensor with a NaN or an infinity."""
+    if isinstance(state, torch.Tensor):
+        return state.is_floating_point() and not bool(torch.isfinite(state).all())
+    if isinstance(state, dict):
+        return any(non_finite(value) for value in state.values())
+    if isinstance(state, (list, tuple)):
+        return any(non_finite(value) for value in state)
+    return False
+
+
 class Interrupted:
     """SIGINT/SIGTERM set a flag; the loop saves a checkpoint and stops after the current step."""
 
@@ -169,11 +203,15 @@ class Trainer:
     run_dir/last.pt        model, optimizer, schedule, data position, carry, RNG: resumable
     run_dir/best.pt        the same at the best validation loss
     run_dir/gradient_flow.csv   ‖∂L/∂h_t‖ per layer, direction and step t, at each evaluation
+
+    A checkpoint also holds the size and hash of every file in run_dir (`file_marks`), so that
+    resuming cuts back whatever was appended after it: a run killed between two checkpoints
+    resumes with metrics, samples and gradient-flow rows that match its position.
     """
 
     # Where the run stands: saved in every checkpoint, restored by `resume`.
     PROGRESS = ("step", "epoch", "batch_index", "elapsed", "best_val_loss",
-                "evaluations_without_improvement", "skipped_steps")
+                "evaluations_without_improvement", "skipped_steps", "lr_factor")
 
     def __init__(self, task, config: TrainConfig, run_dir: Path, run_config: dict,
                  quiet: bool = False, tensorboard: bool = False):
@@ -187,16 +225,16 @@ class Trainer:
             self.train_model = torch.nn.parallel.DistributedDataParallel(self.model)
         self.optimizer = make_optimizer(config, self.model.parameters())
         self.schedule = LearningRateSchedule(config)
-        self.update_ratio = UpdateRatio(list(self.model.parameters()))
         self.step = self.epoch = self.batch_index = 0
         self.elapsed = 0.0               # training seconds, evaluation excluded
         self.best_val_loss = math.inf
         self.evaluations_without_improvement = 0
         self.carry = None
-        self.skipped_steps = 0           # updates skipped for a non-finite loss or gradient
+        self.skipped_steps = 0           # updates dropped for a non-finite loss or gradient (NaN events)
+        self.lr_factor = 1.0             # halved by every rollback
         self.metric_columns = ["step", "epoch", "elapsed_s", "tokens_per_s", "lr", "train_loss",
                                *(f"train_{m}" for m in task.metric_names), "grad_norm", "update_ratio",
-                               "val_loss", *(f"val_{m}" for m in task.metric_names)]
+                               "skipped_steps", "val_loss", *(f"val_{m}" for m in task.metric_names)]
         self.tensorboard = None
         if tensorboard and self.rank == 0:
             try:
@@ -215,14 +253,30 @@ class Trainer:
             "trainer": {name: getattr(self, name) for name in self.PROGRESS},
             "carry": self.carry,
             "rng": torch.get_rng_state(),
+            "files": file_marks(self.run_dir),
         }
 
     def save(self, name: str) -> None:
-        if self.rank == 0:
-            save_checkpoint(self.run_dir / name, self.state())
+        if self.rank != 0:
+            return
+        state = self.state()
+        if non_finite([state["model"], state["optimizer"]]):  # the previous checkpoint stays
+            self._note(f"step {self.step}: not saving {name}, its weights or optimizer state are not finite")
+            return
+        save_checkpoint(self.run_dir / name, state)
+
+    def save_checkpoints(self, results: dict) -> None:
+        """last.pt, and best.pt when `results`, the evaluation just made, beat every earlier one.
+        A model whose validation loss is not finite is not saved: the previous checkpoints stay."""
+        if not math.isfinite(results["loss"]):
+            self._note(f"step {self.step}: validation loss {results['loss']}; checkpoints not saved")
+            return
+        if self.evaluations_without_improvement == 0:
+            self.save("best.pt")
+        self.save("last.pt")
 
     def resume(self, path: Path) -> None:
-        """Continue from a checkpoint: same data position, carry, optimizer and RNG state."""
+        """Continue from a checkpoint: same data position, carry, optimizer, RNG state and files."""
         payload = load_checkpoint(path)
         try:
             self.model.load_state_dict(payload["model"])
@@ -231,30 +285,36 @@ class Trainer:
             raise ValueError(f"checkpoint {path} does not match this model: "
                              f"{str(error).strip().splitlines()[0]}") from None
         self.schedule.load_state_dict(payload["schedule"])
-        for name in self.PROGRESS:
-            setattr(self, name, payload["trainer"][name])
+        for name in self.PROGRESS:  # a field newer than the checkpoint keeps its default
+            setattr(self, name, payload["trainer"].get(name, getattr(self, name)))
         self.carry = payload["carry"]
         torch.set_rng_state(payload["rng"])
-        self._truncate_metrics()
+        if self.rank == 0:
+            remove_temp_files(self.run_dir)  # left by a kill mid-write
+            cut_back_appends(self.run_dir, payload.get("files", {}))
 
-    def _truncate_metrics(self) -> None:
-        """Drop metric rows logged after the checkpoint, so a resumed run's history is one run."""
-        path = self.run_dir / "metrics.csv"
-        if self.rank != 0 or not path.exists():
-            return
-        with open(path, newline="") as file:
-            rows = [row for row in csv.DictReader(file) if int(row["step"]) <= self.step]
-        text = io.StringIO()
-        writer = csv.DictWriter(text, self.metric_columns, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(path, text.getvalue())
+    def rollback(self) -> int:
+        """Back to last.pt's weights, optimizer and schedule at half the learning rate; returns
+        its step. The data position stays, so the batch that failed is not replayed."""
+        payload = load_checkpoint(self.run_dir / "last.pt")
+        rates = [group["lr"] for group in self.optimizer.param_groups]
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        for group, rate in zip(self.optimizer.param_groups, rates):
+            group["lr"] = rate  # what this step ran at, for its metrics row
+        self.schedule.load_state_dict(payload["schedule"])
+        self.lr_factor *= 0.5
+        return payload["trainer"]["step"]
 
     def _append_metric_row(self, row: dict) -> None:
         path = self.run_dir / "metrics.csv"
-        new = not path.exists()
+        new = not path.exists() or path.stat().st_size == 0
+        columns = self.metric_columns
+        if not new:  # a run begun by an older rnnkit keeps its own columns, so its rows stay aligned
+            with open(path, newline="") as file:
+                columns = next(csv.reader(file))
         with open(path, "a", newline="") as file:
-            writer = csv.DictWriter(file, self.metric_columns, restval="")
+            writer = csv.DictWriter(file, columns, restval="", extrasaction="ignore")
             if new:
                 writer.writeheader()
             writer.writerow(row)
@@ -282,40 +342,64 @@ class Trainer:
             self.epoch, self.batch_index, self.carry = self.epoch + 1, 0, None
         batch = self.task.train_batch(self.epoch, self.batch_index)
         for group in self.optimizer.param_groups:
-            group["lr"] = self.schedule.learning_rate(self.step, self.progress())
+            group["lr"] = self.schedule.learning_rate(self.step, self.progress()) * self.lr_factor
         self.train_model.train()
         loss, carry = self.task.train_loss(self.train_model, batch, self.carry)
         self.carry = detach(carry)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         parameters = list(self.model.parameters())
-        if self.config.clip_value is not None:
-            torch.nn.utils.clip_grad_value_(parameters, self.config.clip_value)
-        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, self.config.clip_norm or math.inf)
-        if not (math.isfinite(loss.item()) and math.isfinite(grad_norm.item())):
-            # A non-finite loss or gradient would poison the weights: skip this update and
-            # restart the carried state, which may hold the non-finite values too.
-            self.skipped_steps += 1
-            self.optimizer.zero_grad(set_to_none=True)
-            self.carry = None
-            ratio = 0.0
-        else:
-            self.update_ratio.before_step()
-            self.optimizer.step()
-            ratio = self.update_ratio.after_step()
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
         self.step += 1
         self.batch_index += 1
+        ratio = 0.0
+        if not math.isfinite(loss.item()):
+            self.on_non_finite(f"loss {loss.item()}")
+        elif not math.isfinite(grad_norm.item()):
+            self.on_non_finite(f"gradient norm {grad_norm.item()}")
+        else:
+            if self.config.clip_value is not None:
+                torch.nn.utils.clip_grad_value_(parameters, self.config.clip_value)
+            if self.config.clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(parameters, self.config.clip_norm)
+            before = [p.detach().clone() for p in parameters]
+            self.optimizer.step()
+            ratio = update_ratio(before, [p.detach() for p in parameters])
+            if not math.isfinite(ratio):  # a finite gradient, yet the update overflowed the weights
+                with torch.no_grad():
+                    for parameter, old in zip(parameters, before):
+                        parameter.copy_(old)
+                self.on_non_finite(f"update-to-weight ratio {ratio}")
+                ratio = 0.0
         loss = loss.detach()
         if self.world_size > 1:  # report the global batch's loss, not this process's share
             dist.all_reduce(loss)
             loss /= self.world_size
         return loss.item(), grad_norm.item(), self.task.batch_tokens(batch), ratio
 
+    def on_non_finite(self, what: str) -> None:
+        """Apply config.on_nan to the step just taken, whose `what` (loss, gradient norm or
+        update) is not finite; its update is not applied."""
+        # The carried state may hold the non-finite values too: restart it.
+        self.optimizer.zero_grad(set_to_none=True)
+        self.carry = None
+        self.skipped_steps += 1
+        if self.config.on_nan == "stop":
+            raise NonFiniteLoss(f"step {self.step}: {what}; training stopped (on-nan stop), nothing saved "
+                                f"after the last good checkpoint {self.run_dir / 'last.pt'}")
+        if self.config.on_nan == "rollback":
+            good_step = self.rollback()
+            self._note(f"step {self.step}: {what}; rolled back to the weights of step {good_step}, "
+                       f"learning rate x{self.lr_factor:g}")
+        else:
+            self._note(f"step {self.step}: {what}; update skipped")
+
     def evaluate(self) -> dict:
+        """Validation numbers and side outputs; updates the best loss (checkpoints come after)."""
         self.model.eval()
         with torch.no_grad():
             results = self.task.evaluate(self.model)
-        if self.rank == 0:
+        if self.rank == 0 and math.isfinite(results["loss"]):  # no samples of a broken model
             self.task.after_evaluate(self.model, self.run_dir, self.step)
             if self.config.gradient_flow:
                 rows = gradient_flow_rows(self.model, lambda: self.task.gradient_flow_loss(self.model))
@@ -325,15 +409,15 @@ class Trainer:
         if improved:
             self.best_val_loss = results["loss"]
             self.evaluations_without_improvement = 0
-            self.save("best.pt")
         else:
             self.evaluations_without_improvement += 1
-        self.save("last.pt")
         return results
 
     def fit(self) -> dict:
         """Train until the budget is spent, early stopping triggers or an interrupt arrives."""
         config = self.config
+        if not (self.run_dir / "last.pt").exists():  # rollback's target, and a crash's
+            self.save("last.pt")
         bar_total = config.max_steps if config.max_steps is not None else int(config.max_seconds)
         # A time budget counts training seconds; a rate of "seconds per second" says nothing.
         time_format = "{l_bar}{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}{postfix}]"
@@ -342,7 +426,7 @@ class Trainer:
                    disable=self.quiet or self.rank != 0, dynamic_ncols=True, leave=False)
         window = {"loss": 0.0, "grad_norm": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0}
         last_results, stop_reason = {}, "budget"
-        with Interrupted() as interrupt:
+        with bar, Interrupted() as interrupt:
             while not self.budget_spent():
                 started = time.perf_counter()
                 loss, grad_norm, tokens, ratio = self.train_step()
@@ -360,20 +444,22 @@ class Trainer:
                         row.update({f"val_{k}": f"{v:.6g}" for k, v in last_results.items()})
                     self._log(row, bar)
                     window = dict.fromkeys(window, 0)
+                if evaluating:  # after the row: the checkpoint's file marks include it
+                    self.save_checkpoints(last_results)
                 if interrupt.requested:
                     stop_reason = "interrupted"
                     break
                 if config.patience is not None and self.evaluations_without_improvement >= config.patience:
                     stop_reason = "early stopping"
                     break
-        bar.close()
         if not last_results:  # the budget was spent before this call took a step (a resume)
             last_results = self.evaluate()
+            self.save_checkpoints(last_results)
         if self.tensorboard:
             self.tensorboard.close()
         return {"steps": self.step, "epochs": self.epoch, "seconds": round(self.elapsed, 1),
                 "stop_reason": stop_reason, "best_val_loss": self.best_val_loss,
-                "skipped_steps": self.skipped_steps,
+                "skipped_steps": self.skipped_steps, "on_nan": config.on_nan,
                 **{f"val_{k}": v for k, v in last_results.items()}}
 
     def _train_row(self, window: dict, ratio: float) -> dict:
@@ -382,9 +468,14 @@ class Trainer:
                "tokens_per_s": f"{window['tokens'] * self.world_size / max(window['seconds'], 1e-9):.0f}",
                "lr": f"{self.optimizer.param_groups[0]['lr']:.3e}", "train_loss": f"{mean_loss:.6g}",
                "grad_norm": f"{window['grad_norm'] / max(window['steps'], 1):.4g}",
-               "update_ratio": f"{ratio:.3e}"}
+               "update_ratio": f"{ratio:.3e}", "skipped_steps": self.skipped_steps}
         row.update({f"train_{k}": f"{v:.6g}" for k, v in self.task.metrics(mean_loss).items()})
         return row
+
+    def _note(self, message: str) -> None:
+        """A line on stderr that does not break the progress bar (warnings show even with quiet)."""
+        if self.rank == 0:
+            tqdm.write(message, file=sys.stderr)
 
     def _log(self, row: dict, bar) -> None:
         if self.rank != 0:
@@ -392,6 +483,8 @@ class Trainer:
         self._append_metric_row(row)
         shown = {k: row[k] for k in ("train_loss", *(f"train_{m}" for m in self.task.metric_names),
                                      "tokens_per_s") if k in row}
+        if self.skipped_steps:
+            shown["skipped"] = self.skipped_steps
         bar.set_postfix(shown, refresh=False)
         if "val_loss" in row and not self.quiet:
             val = " ".join(f"{k} {v}" for k, v in row.items() if k.startswith("val_"))
