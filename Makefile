@@ -17,7 +17,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/rnnkit train text
 
+# The report's browser test needs Chromium (Debian's package); where it cannot be installed
+# the test skips and says why.
 test: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+		|| echo "chromium could not be installed: the browser test of report.html will skip"
 	$(PY) -m pytest -q
 
 clean:
