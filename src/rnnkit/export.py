@@ -352,19 +352,8 @@ def describe(graph: Exportable) -> dict:
             "outputs": {name: entry(name) for name in graph.outputs}}
 
 
-def text_export_modules(run_dir: Path) -> tuple[dict[str, Exportable], dict]:
-    """The character language model of a `rnnkit train text` run, and its vocabulary."""
-    from .tasks.text import load_run
-
-    model, vocab, config = load_run(run_dir)
-    start = "\n" if "\n" in vocab.ids else vocab.chars[0]  # where generation without a prime starts
-    return {"model": sequence_model(model)}, {"vocab": vocab.chars, "start": start, "config": vars(config)}
-
-
 def export_modules_of(task: str):
-    """The task's export_modules function (defined by rnnkit.tasks.<task>, or built in for text)."""
-    if task == "text":
-        return text_export_modules
+    """The export_modules function of rnnkit.tasks.<task>."""
     try:
         return importlib.import_module(f"rnnkit.tasks.{task}").export_modules
     except (ImportError, AttributeError):

@@ -217,6 +217,16 @@ def load_run(run_dir: Path, checkpoint: str = "best.pt") -> tuple[SequenceModel,
     return model, vocab, config
 
 
+def export_modules(run_dir: Path) -> tuple[dict, dict]:
+    """For `rnnkit export`: the language model (one step or many, state in and out) and what a
+    consumer needs to drive it: the vocabulary and where generation without a prime starts."""
+    from ..export import sequence_model
+
+    model, vocab, config = load_run(run_dir)
+    start = "\n" if "\n" in vocab.ids else vocab.chars[0]
+    return {"model": sequence_model(model)}, {"vocab": vocab.chars, "start": start, "config": asdict(config)}
+
+
 def train_text_model(text_config: TextConfig, train_config: TrainConfig, runs_dir="runs", name: str | None = None,
                      resume: Path | None = None, quiet: bool = False, tensorboard: bool = False):
     """Train (or, with `resume`, continue) a text run and write its report; returns
