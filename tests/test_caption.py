@@ -45,6 +45,39 @@ def test_captioner_learns_and_predicts(tmp_path, capsys):
         assert exit_info.value.code == 2 and len(error.splitlines()) == 1 and message in error, error
 
 
+def test_captioner_exports_and_captions_from_onnxruntime_alone(tmp_path, capsys):
+    """encoder -> bridge -> decoder one character at a time, driven only by onnxruntime and
+    export.json, writes the same captions as `rnnkit predict`."""
+    import numpy as np
+    import onnxruntime
+
+    main(["caption", "digits", "--encoder-size", "16", "--hidden-size", "16", "--max-steps", "20",
+          "--eval-every", "20", "--runs-dir", str(tmp_path), "--name", "cap", "--quiet"])
+    run = tmp_path / "cap"
+    digits = load_digits_sequences()
+    images = digits.values[:6].numpy()
+    capsys.readouterr()
+    main(["predict", str(run), *(",".join(str(int(v)) for v in image.flatten()) for image in images)])
+    expected = capsys.readouterr().out.splitlines()
+    main(["export", str(run)])
+    out = run / "export"
+    sidecar = json.loads((out / "export.json").read_text())
+    session = {name: onnxruntime.InferenceSession(str(out / f"{name}.onnx")) for name in ("encoder", "bridge", "decoder")}
+    x = ((images - np.array(sidecar["mean"])) / np.array(sidecar["std"])).astype(np.float32)
+    (condition,) = session["encoder"].run(None, {"images": x})
+    state = session["bridge"].run(None, {"condition": condition})
+    alphabet = sidecar["alphabet"]
+    tokens = np.full((len(x), 1), alphabet.index(sidecar["start"]), dtype=np.int64)
+    written = []
+    for _ in range(sidecar["max_length"]):
+        feeds = {"tokens": tokens, **{f"state_{i}": s for i, s in enumerate(state)}}
+        logits, *state = session["decoder"].run(None, feeds)
+        tokens = logits[:, -1].argmax(-1)[:, None]
+        written.append(tokens[:, 0])
+    captions = ["".join(alphabet[i] for i in row).split(sidecar["end"])[0] for row in np.stack(written, 1)]
+    assert captions == expected
+
+
 def test_predict_refuses_another_tasks_run(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"task": "classify"}))
     with pytest.raises(ValueError, match="is not a caption run"):

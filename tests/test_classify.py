@@ -124,6 +124,26 @@ def test_digits_rows_learn_on_a_small_budget(tmp_path, capsys):
     fails_with(["predict", str(tmp_path / "digits")], capsys, "give sequences to predict")
 
 
+def test_digits_classifier_exports_to_onnx_with_its_standardisation(tmp_path, capsys):
+    """The exported graph plus export.json's mean/std give the run's own probabilities."""
+    import numpy as np
+    import onnxruntime
+
+    run_cli(["classify", "digits", "--hidden-size", "16", "--max-steps", "3", "--eval-every", "3",
+             "--runs-dir", str(tmp_path), "--name", "digits", "--quiet"], capsys)
+    run = tmp_path / "digits"
+    images = load_digits_sequences().values[:5]
+    inline = [",".join(str(int(v)) for v in image.flatten().tolist()) for image in images]
+    expected = [float(line.split("\t")[1]) for line in run_cli(["predict", str(run), *inline], capsys).splitlines()]
+    run_cli(["export", str(run)], capsys)
+    sidecar = json.loads((run / "export" / "export.json").read_text())
+    session = onnxruntime.InferenceSession(str(run / "export" / "classifier.onnx"))
+    x = ((images.numpy() - np.array(sidecar["mean"])) / np.array(sidecar["std"])).astype(np.float32)
+    (logits,) = session.run(None, {"x": x, "lengths": np.full(5, 8, dtype=np.int64)})
+    probabilities = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    np.testing.assert_allclose(probabilities.max(-1), expected, atol=2e-3)  # predict prints 3 decimals
+
+
 def test_bad_command_lines_exit_2_with_one_line(tmp_path, capsys):
     bad = write_csv(tmp_path / "bad.csv", ["a,1,2", "b,1,oops"])
     fails_with(["classify", "--csv", str(bad), "--runs-dir", str(tmp_path)], capsys, "line 2: 'oops' is not a number")

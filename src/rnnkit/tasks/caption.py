@@ -217,6 +217,24 @@ def predict_command(run_dir: Path, inputs: list[str], file: str | None) -> None:
         print(caption)
 
 
+def export_modules(run_dir: Path) -> tuple[dict, dict]:
+    """For `rnnkit export`: "encoder" (standardised image rows) -> condition, "bridge"
+    (condition) -> the decoder's initial state, "decoder" one character at a time; plus the
+    alphabet, its start and end characters and the standardisation."""
+    from ..export import conditioned_generator, graph
+
+    run_config, state = load_trained(run_dir, "caption")
+    model = ImageCaptioner(CaptionConfig.from_dict(run_config["caption"]))
+    model.load_state_dict(state)
+    model.eval()
+    images = torch.randn(2, DIGIT_PIXELS // READINGS["rows"], READINGS["rows"])
+    encoder = graph(model, "encode", {"images": images}, ["condition"],
+                    {"images": {0: "batch"}, "condition": {0: "batch"}})
+    return {"encoder": encoder, **conditioned_generator(model.generator)}, {
+        "alphabet": ALPHABET, "start": START, "end": END, "mean": run_config["mean"], "std": run_config["std"],
+        "max_length": model.max_length}
+
+
 def add_commands(commands) -> None:
     from ..cells import CELLS
     from ..cli import positive_int

@@ -268,6 +268,20 @@ def predict_command(run_dir: Path, inputs: list[str], file: str | None) -> None:
         print(f"{run_config['classes'][p.argmax()]}\t{p.max():.3f}")
 
 
+def export_modules(run_dir: Path) -> tuple[dict, dict]:
+    """For `rnnkit export`: the classifier, (x, lengths) -> logits, and what a consumer needs to
+    feed it: the class names and the per-feature mean and std that standardise the input."""
+    from ..export import classifier
+
+    run_config, state = load_trained(run_dir, "classify")
+    config = ClassifyConfig.from_dict(run_config["classify"])
+    model = build_model(config, len(run_config["classes"]))
+    model.load_state_dict(state)
+    return {"classifier": classifier(model.eval())}, {
+        "classes": run_config["classes"], "mean": run_config["mean"], "std": run_config["std"],
+        "config": asdict(config)}
+
+
 def add_commands(commands) -> None:
     import argparse
 
