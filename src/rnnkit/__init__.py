@@ -8,7 +8,7 @@ torch starts.
 __version__ = "0.1.0"
 
 # The Python API: name -> the module that defines it, imported on first access.
-_API = {"TextModel": "rnnkit.tasks.text"}
+_API = {"TextModel": "rnnkit.tasks.text", "Forecaster": "rnnkit.tasks.forecast"}
 
 
 def __getattr__(name):

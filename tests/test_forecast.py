@@ -1,0 +1,102 @@
+import numpy as np
+import pytest
+
+from rnnkit.cli import main
+from rnnkit.data.series import Series
+from rnnkit.tasks.forecast import Baseline, Forecaster, Windows
+
+TINY = dict(hidden_size=8, ensemble=1, max_steps=20, eval_every=10)
+
+
+def make_series(values, season=1, covariates=None):
+    values = np.asarray(values, dtype=float)
+    return Series(values, np.arange(len(values)), "test", season, covariates)
+
+
+def seasonal(n=240, m=12, seed=0, slope=0.0):
+    """A fixed season plus unit noise (and a trend, which seasonal naive lags by m · slope)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    pattern = 10 * np.sin(2 * np.pi * t / m) + 4 * np.cos(4 * np.pi * t / m)
+    return make_series(pattern + slope * t + rng.normal(0, 1, n), m)
+
+
+def test_backtest_origins_and_metrics_match_hand_computation():
+    # Naive at origin 4 of 1..8 forecasts 4, 4 for actual 5, 6: MAE 1.5, in-sample MAE of the
+    # lag-1 naive on 1, 2, 3, 4 is 1, so MASE 1.5; sMAPE = mean(2·1/9, 2·2/10) · 100.
+    result = Baseline("naive").backtest(make_series(np.arange(1, 9)), origins=2, horizon=2)
+    assert [row["origin"] for row in result.rows] == ["3", "5"]  # times of the last values seen
+    first = result.rows[0]
+    assert first["mase"] == pytest.approx(1.5)
+    assert first["smape"] == pytest.approx(100 * (2 / 9 + 4 / 10) / 2)
+    assert first["rmse"] == pytest.approx(np.sqrt((1 + 4) / 2))
+    assert result.forecasts[1].mean.tolist() == [6, 6]
+
+
+def test_scaling_sees_only_the_history():
+    series = seasonal(60)
+    windows = Windows(series.head(40), window=24, steps=12, seasonal_features=False)
+    assert windows.scale == pytest.approx(np.mean(np.abs(series.values[12:40] - series.values[:28])))
+    # Changing the values after the last origin's cut must not change any backtest forecast.
+    changed = seasonal(60)
+    changed.values[-6:] += 1000
+    runs = [Forecaster(**TINY).backtest(s, origins=2, horizon=6) for s in (series, changed)]
+    for before, after in zip(runs[0].forecasts, runs[1].forecasts):
+        np.testing.assert_allclose(before.mean, after.mean)
+    assert runs[0].rows[1]["mase"] != runs[1].rows[1]["mase"]
+
+
+def test_forecaster_learns_a_seasonal_signal_beyond_seasonal_naive():
+    series = seasonal(slope=0.3)
+    learned = Forecaster(hidden_size=16, ensemble=1, max_steps=150).backtest(series, origins=2, horizon=12).mean()
+    naive = Baseline("seasonal_naive", 12).backtest(series, origins=2, horizon=12).mean()
+    assert learned["mase"] < 0.6 * naive["mase"]
+    assert 0.3 < learned["coverage"] <= 1.0
+
+
+@pytest.mark.parametrize("strategy", ["recursive", "seq2seq"])
+def test_strategies_forecast_ordered_intervals(strategy):
+    forecast = Forecaster(strategy=strategy, cell="lstm", **TINY).fit(seasonal(80), quiet=True).predict(12)
+    assert forecast.mean.shape == (12,)
+    assert np.all(forecast.lower <= forecast.mean) and np.all(forecast.mean <= forecast.upper)
+
+
+def test_global_model_with_covariates_and_calendar_features():
+    first = seasonal(80, seed=1)
+    second = make_series(seasonal(80, seed=2).values, 12, covariates=np.arange(80.0)[:, None])
+    first.covariates = np.zeros((80, 1))
+    forecaster = Forecaster(seasonal_features=True, horizon=6, **TINY).fit([first, second])
+    assert forecaster.num_features == 4  # z, sin, cos, one covariate
+    assert forecaster.predict(series=second).mean.shape == (6,)
+    with pytest.raises(ValueError, match="fitted for horizon 6"):
+        forecaster.predict(7)
+
+
+def test_cli_writes_the_run_folder_and_predicts(tmp_path, capsys):
+    series = seasonal(96, m=4)
+    path = tmp_path / "q.csv"
+    path.write_text("quarter,y\n" + "".join(f"{2000 + i // 4}-{3 * (i % 4) + 1:02d}-01,{v}\n"
+                                            for i, v in enumerate(series.values)))
+    main(["forecast", "--csv", str(path), "--time", "quarter", "--target", "y", "--horizon", "4", "--origins", "2",
+          "--baselines", "naive,seasonal_naive", "--ensemble", "1", "--max-steps", "10", "--hidden-size", "8",
+          "--runs-dir", str(tmp_path), "--name", "run", "--quiet"])
+    out = capsys.readouterr().out
+    assert "rnnkit" in out and "seasonal_naive" in out
+    run = tmp_path / "run"
+    for name in ("config.json", "backtest.csv", "comparison.txt", "forecast.csv", "forecast.png",
+                 "training_curves.png", "model.pt", "report.html", "member-0/metrics.csv"):
+        assert (run / name).is_file(), name
+    assert len((run / "backtest.csv").read_text().splitlines()) == 1 + 3 * 2
+    main(["predict", str(run)])
+    assert len(capsys.readouterr().out.splitlines()) == 4
+    main(["predict", str(run), *map(str, series.values[-20:])])
+    assert len(capsys.readouterr().out.splitlines()) == 4
+
+
+def test_cli_refuses_a_series_too_short(tmp_path, capsys):
+    path = tmp_path / "short.csv"
+    path.write_text("t,y\n" + "".join(f"{i},{i % 3}\n" for i in range(12)))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["forecast", "--csv", str(path), "--time", "t", "--target", "y", "--runs-dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "needs at least" in capsys.readouterr().err
