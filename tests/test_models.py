@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rnnkit.models import ConditionedGenerator, Decoder, Seq2Seq, SequenceClassifier, SequenceModel
+from rnnkit.models import Attention, ConditionedGenerator, Decoder, Seq2Seq, SequenceClassifier, SequenceModel
 
 
 def train(model, loss_fn, steps, lr=0.02):
@@ -105,11 +105,79 @@ def test_scheduled_sampling_at_one_equals_teacher_forcing():
     torch.testing.assert_close(forced, stepwise, rtol=0, atol=1e-6)
 
 
+def test_dot_attention_weights_by_hand():
+    """e_tj = s_t · m_j (W_k = I): softmax over the real steps, 0 on the padded one."""
+    attention = Attention("dot", 2, 2)
+    with torch.no_grad():
+        attention.key.weight.copy_(torch.eye(2))
+    memory = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]])
+    contexts, weights = attention(torch.tensor([[[1.0, 0.0]]]), memory, torch.tensor([[True, True, False]]))
+    e = torch.e
+    torch.testing.assert_close(weights, torch.tensor([[[e / (e + 1), 1 / (e + 1), 0.0]]]))
+    torch.testing.assert_close(contexts, torch.tensor([[[e / (e + 1), 1 / (e + 1)]]]))
+
+
+class MarkovDecoder(Decoder):
+    """A decoder whose next-token probabilities depend only on the previous token (a table)."""
+
+    def __init__(self, table):
+        super().__init__(len(table), 2, 2, cell="gru")
+        self.log_table = torch.tensor(table).log()
+
+    def step(self, tokens, state, memory=None):
+        return self.log_table[tokens], state
+
+
+def test_beam_search_finds_the_likelier_output_that_greedy_misses():
+    # tokens: 0 start, 1 end, 2 "a", 3 "b". Greedy takes "a" (0.6) then ends: 0.6 · 0.4 = 0.24;
+    # "b" then end has 0.4 · 0.9 = 0.36.
+    table = [[0.0, 0.0, 0.6, 0.4], [0.0, 1.0, 0.0, 0.0], [0.0, 0.4, 0.3, 0.3], [0.0, 0.9, 0.05, 0.05]]
+    decoder = MarkovDecoder([[max(p, 1e-9) for p in row] for row in table])
+    state = torch.zeros(1, 2, 2)
+    assert decoder.greedy(state, 0, 4, end_token=1).tolist() == [[2, 1], [2, 1]]
+    assert decoder.beam_search(state, 0, 4, end_token=1, beam_width=2).tolist() == [[3, 1], [3, 1]]
+    assert decoder.beam_search(state, 0, 4, end_token=1, beam_width=1).tolist() == [[2, 1], [2, 1]]
+
+
+@pytest.mark.parametrize("attention", ["additive", "dot"])
+def test_attention_seq2seq_learns_to_reverse_and_ignores_padding(attention):
+    torch.manual_seed(0)
+    start, end = 0, 1
+
+    def batch(n):
+        source = torch.randint(2, 7, (n, 6))
+        return source, torch.cat([source.flip(1), torch.full((n, 1), end)], 1)
+
+    model = Seq2Seq(7, 7, 32, cell="gru", embedding_size=16, attention=attention)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(250):
+        source, target = batch(64)
+        decoder_input = torch.cat([torch.full((64, 1), start), target[:, :-1]], 1)
+        loss = F.cross_entropy(model(source, decoder_input).transpose(1, 2), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    source, target = batch(200)
+    for beam_width in (1, 3):
+        written = model.generate(source, start, max_length=9, end_token=end, beam_width=beam_width)
+        assert (written[:, :7] == target).all(1).float().mean() > 0.95
+    weights = model.attention_weights(source, torch.cat([torch.full((200, 1), start), target[:, :-1]], 1))
+    torch.testing.assert_close(weights.sum(-1), torch.ones(200, 7))
+    reads_its_mirror = weights[:, :6].argmax(-1) == torch.arange(5, -1, -1)  # output t copies source 5 − t
+    assert reads_its_mirror.float().mean() > 0.6
+    padded = torch.cat([source[:2], torch.full((2, 3), 2)], 1)  # padding that would change the output if read
+    torch.testing.assert_close(model.generate(padded, start, 9, end, source_lengths=torch.tensor([6, 6])),
+                               model.generate(source[:2], start, 9, end))
+
+
 @pytest.mark.parametrize("build, argument", [
     (lambda: SequenceClassifier(3, 0, 8), "num_classes"),
     (lambda: SequenceClassifier(3, 2, 8, pooling="attention"), "pooling"),
     (lambda: SequenceModel(8, 10, 16, vocab_size=10, tie_weights=True), "tie_weights"),
     (lambda: Decoder(5, 4, 8, bidirectional=True), "bidirectional"),
+    (lambda: Seq2Seq(5, 5, 8, attention="cosine"), "attention"),
+    (lambda: Seq2Seq(5, 5, 8).attention_weights(torch.tensor([[2]]), torch.tensor([[0]])), "no attention"),
+    (lambda: Decoder(5, 4, 8, attention="dot", memory_size=3)(torch.tensor([[1]]), None), "memory"),
     (lambda: SequenceModel(4, 3, 8, vocab_size=5)(torch.tensor([[0, 9]])), "0..4"),
     (lambda: SequenceModel(4, 3, 8, vocab_size=5)(torch.randn(1, 2, 4)), "token ids"),
     (lambda: SequenceModel(4, 3, 8)(torch.tensor([[[1, 2, 3, 4]]])), "float"),

@@ -40,8 +40,6 @@ Limits, measured on torch 2.13 with onnxruntime 1.31:
 - State inputs are explicit, so a model with `initial_state="learned"` starts from its learned
   state only if the consumer feeds it (the graphs that take no state, classifier and
   encoder, use it); export.json does not carry it.
-- `SequenceClassifier(pooling="mean")` fails to export while its pooling multiplies floats
-  by a bool mask (ONNX `Mul` takes no bool); "last" and "max" export.
 - torch 2.13 marks torch.jit.trace/script deprecated (they still work); they are used because
   the scripted loop is what keeps time dynamic for the cells without a fused kernel.
 - Float32 results match PyTorch to about 1e-7 (fused) and 1e-6 (LayerNorm-LSTM over 40 steps).

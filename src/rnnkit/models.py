@@ -6,7 +6,9 @@
 - `ConditionedGenerator` one-to-many: a vector sets the initial state, then the network
                         writes a sequence, reading back its own outputs (captioning)
 - `Seq2Seq`             encoder–decoder: a sequence → a sequence of another length
-                        (translation), with teacher forcing or free-running decoding
+                        (translation), with teacher forcing or free-running decoding,
+                        optionally attending to the encoder's outputs (`Attention`);
+                        greedy or beam-search decoding
 
 Token inputs are `LongTensor` ids read through an embedding; feature inputs are float
 tensors (batch, time, features). `Recurrent` options (cell, num_layers, bidirectional,
@@ -14,13 +16,13 @@ dropout, initial_state, cell options such as `lags`) pass through `**recurrent_o
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .cells import check_positive
 from .recurrent import Recurrent
 
 POOLINGS = ("last", "mean", "max")
+ATTENTIONS = ("additive", "dot")
 
 
 def _as_tuple(state) -> tuple[torch.Tensor, ...]:
@@ -96,7 +98,7 @@ class SequenceClassifier(nn.Module):
             lengths = torch.full((batch,), steps) if lengths is None else torch.as_tensor(lengths)
             valid = (torch.arange(steps) < lengths[:, None]).to(outputs.device)[..., None]
             if self.pooling == "mean":
-                pooled = (outputs * valid).sum(1) / valid.sum(1)
+                pooled = outputs.masked_fill(~valid, 0.0).sum(1) / valid.sum(1)
             else:
                 pooled = outputs.masked_fill(~valid, float("-inf")).amax(1)
         return self.head(pooled)
@@ -151,17 +153,67 @@ class StateBridge(nn.Module):
         return _unwrap(states)
 
 
+class Attention(nn.Module):
+    """Where to read the source at each decoder step: a distribution over the encoder's outputs.
+
+        additive (Bahdanau et al. 2015):          e_tj = v · tanh(W_q s_t + W_k m_j + b_k)
+        dot      (Luong et al. 2015, "general"):  e_tj = s_t · (W_k m_j)
+        a_tj = softmax_j e_tj  (0 on padded source steps),    c_t = Σ_j a_tj m_j
+
+    forward(queries (batch, T, query_size), memory (batch, S, memory_size), mask (batch, S) bool)
+    -> (contexts (batch, T, memory_size), weights a (batch, T, S))
+    """
+
+    def __init__(self, kind: str, query_size: int, memory_size: int):
+        super().__init__()
+        if kind not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {kind!r}")
+        self.kind = kind
+        if kind == "additive":
+            self.key = nn.Linear(memory_size, query_size)
+            self.query = nn.Linear(query_size, query_size, bias=False)
+            self.score = nn.Linear(query_size, 1, bias=False)
+        else:
+            self.key = nn.Linear(memory_size, query_size, bias=False)
+
+    def forward(self, queries: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor):
+        keys = self.key(memory)
+        if self.kind == "additive":
+            scores = self.score(torch.tanh(self.query(queries)[:, :, None] + keys[:, None])).squeeze(-1)
+        else:
+            scores = queries @ keys.transpose(1, 2)
+        weights = torch.softmax(scores.masked_fill(~mask[:, None], float("-inf")), dim=-1)
+        return weights @ memory, weights
+
+
+def _select(state, rows: torch.Tensor):
+    """The state of the sequences (batch rows) `rows`, in that order."""
+    return _unwrap(tuple(s.index_select(1, rows) for s in _as_tuple(state)))
+
+
 class Decoder(nn.Module):
     """A token-by-token generator: embedding → unidirectional Recurrent → logits.
 
-    forward(tokens, state, teacher_forcing=1.0) -> (logits, state): step t reads the given
-    token t with probability `teacher_forcing`, else the model's own previous prediction
-    (scheduled sampling; 1.0 is plain teacher forcing and runs as one fused pass).
-    greedy(state, start_token, max_length, end_token) feeds back its own argmax outputs.
+        s_t      = Recurrent(embed(y_{t−1}), s_{t−1})
+        logits_t = W_out · s_t + b_out
+
+    With `attention` ("additive" or "dot") it also reads a memory, the encoder's outputs
+    m_1 … m_S, after each recurrent step (Luong et al. 2015), so teacher-forced training
+    still runs the recurrent layer as one fused pass:
+
+        c_t, a_t = Attention(s_t, m)
+        logits_t = W_out · tanh(W_c [s_t; c_t] + b_c) + b_out
+
+    `memory` is (outputs (batch, S, memory_size), mask (batch, S) bool, True on real steps).
+    forward(tokens, state, teacher_forcing=1.0, memory=None) -> (logits, state): step t reads
+    the given token t with probability `teacher_forcing`, else the model's own previous
+    prediction (scheduled sampling; 1.0 is plain teacher forcing and runs as one fused pass).
+    greedy(...) feeds back its own argmax outputs; beam_search(...) keeps the `beam_width`
+    most likely partial outputs.
     """
 
     def __init__(self, vocab_size: int, embedding_size: int, hidden_size: int, cell: str = "lstm",
-                 **recurrent_options):
+                 attention: str | None = None, memory_size: int | None = None, **recurrent_options):
         super().__init__()
         check_positive(vocab_size=vocab_size, embedding_size=embedding_size)
         if recurrent_options.get("bidirectional"):
@@ -169,19 +221,34 @@ class Decoder(nn.Module):
         self.vocab_size = vocab_size
         self.embedding = nn.Embedding(vocab_size, embedding_size)
         self.recurrent = Recurrent(cell, embedding_size, hidden_size, **recurrent_options)
-        self.head = nn.Linear(self.recurrent.output_size, vocab_size)
+        size = self.recurrent.output_size
+        self.attention = None
+        if attention is not None:
+            check_positive(memory_size=memory_size)
+            self.attention = Attention(attention, size, memory_size)
+            self.combine = nn.Linear(size + memory_size, size)
+        self.head = nn.Linear(size, vocab_size)
 
-    def step(self, tokens: torch.Tensor, state):
+    def read(self, outputs: torch.Tensor, memory=None):
+        """(logits, attention weights or None) for the recurrent outputs s_t."""
+        if (memory is None) != (self.attention is None):
+            raise ValueError("memory (the encoder's outputs) must be given exactly when the decoder has attention")
+        if self.attention is None:
+            return self.head(outputs), None
+        contexts, weights = self.attention(outputs, *memory)
+        return self.head(torch.tanh(self.combine(torch.cat([outputs, contexts], dim=-1)))), weights
+
+    def step(self, tokens: torch.Tensor, state, memory=None):
         outputs, state = self.recurrent(self.embedding(tokens), state)
-        return self.head(outputs), state
+        return self.read(outputs, memory)[0], state
 
-    def forward(self, tokens: torch.Tensor, state, teacher_forcing: float = 1.0):
+    def forward(self, tokens: torch.Tensor, state, teacher_forcing: float = 1.0, memory=None):
         _check_tokens(tokens, self.vocab_size, "tokens")
         if teacher_forcing >= 1.0:
-            return self.step(tokens, state)
+            return self.step(tokens, state, memory)
         logits, token = [], tokens[:, :1]
         for t in range(tokens.shape[1]):
-            step_logits, state = self.step(token, state)
+            step_logits, state = self.step(token, state, memory)
             logits.append(step_logits)
             if t + 1 < tokens.shape[1]:
                 use_given = torch.rand(tokens.shape[0], 1, device=tokens.device) < teacher_forcing
@@ -189,7 +256,8 @@ class Decoder(nn.Module):
         return torch.cat(logits, dim=1), state
 
     @torch.no_grad()
-    def greedy(self, state, start_token: int, max_length: int, end_token: int | None = None) -> torch.Tensor:
+    def greedy(self, state, start_token: int, max_length: int, end_token: int | None = None,
+               memory=None) -> torch.Tensor:
         """(batch, ≤ max_length) tokens; after a sequence writes `end_token` it only repeats it."""
         check_positive(max_length=max_length)
         batch = _as_tuple(state)[0].shape[1]
@@ -197,7 +265,7 @@ class Decoder(nn.Module):
         finished = torch.zeros(batch, 1, dtype=torch.bool, device=token.device)
         written = []
         for _ in range(max_length):
-            logits, state = self.step(token, state)
+            logits, state = self.step(token, state, memory)
             token = logits.argmax(-1)
             if end_token is not None:
                 token = token.masked_fill(finished, end_token)
@@ -206,6 +274,44 @@ class Decoder(nn.Module):
             if end_token is not None and finished.all():
                 break
         return torch.cat(written, dim=1)
+
+    @torch.no_grad()
+    def beam_search(self, state, start_token: int, max_length: int, end_token: int | None = None,
+                    beam_width: int = 5, memory=None) -> torch.Tensor:
+        """(batch, ≤ max_length) tokens: per sequence, the output with the highest total
+        log-probability Σ_t log p(y_t | y_<t) among the `beam_width` partial outputs kept at
+        every step. A finished output (one that wrote `end_token`) keeps its score and only
+        repeats the end token. beam_width=1 is greedy decoding."""
+        check_positive(max_length=max_length, beam_width=beam_width)
+        batch = _as_tuple(state)[0].shape[1]
+        width = min(beam_width, self.vocab_size)
+        rows = torch.arange(batch).repeat_interleave(width)          # beam k of sequence b is row b·width + k
+        state = _select(state, rows.to(_as_tuple(state)[0].device))
+        if memory is not None:
+            memory = tuple(m.index_select(0, rows.to(m.device)) for m in memory)
+        device = _as_tuple(state)[0].device
+        scores = torch.full((batch, width), float("-inf"), device=device)
+        scores[:, 0] = 0.0                                            # all beams start as one
+        token = torch.full((batch * width, 1), start_token, dtype=torch.long, device=device)
+        finished = torch.zeros(batch * width, dtype=torch.bool, device=device)
+        written = torch.zeros(batch * width, 0, dtype=torch.long, device=device)
+        for _ in range(max_length):
+            logits, state = self.step(token, state, memory)
+            log_probs = torch.log_softmax(logits[:, -1], dim=-1)
+            if end_token is not None:
+                log_probs[finished] = float("-inf")
+                log_probs[finished, end_token] = 0.0
+            candidates = (scores.view(-1, 1) + log_probs).view(batch, width * self.vocab_size)
+            scores, best = candidates.topk(width, dim=1)
+            parents = (torch.arange(batch, device=device)[:, None] * width + best // self.vocab_size).flatten()
+            token = (best % self.vocab_size).view(-1, 1)
+            written = torch.cat([written[parents], token], dim=1)
+            state = _select(state, parents)
+            if end_token is not None:
+                finished = finished[parents] | (token[:, 0] == end_token)
+                if finished.all():
+                    break
+        return written.view(batch, width, -1)[:, 0]                  # topk sorts: beam 0 is the best
 
 
 class ConditionedGenerator(nn.Module):
@@ -237,33 +343,54 @@ class ConditionedGenerator(nn.Module):
 class Seq2Seq(nn.Module):
     """Encoder–decoder: read a source sequence, then write a target of another length.
 
-        h^enc_1 … h^enc_S = Encoder(x_1 … x_S)              (may be bidirectional)
-        s_0               = tanh(W_b · h^enc_last + b_b)   (the bridge)
-        y_1 … y_T         = Decoder(s_0, <start> y_1 … y_{T−1})
+        m_1 … m_S   = Encoder(x_1 … x_S)                   (may be bidirectional)
+        s_0         = tanh(W_b · h^enc_last + b_b)        (the bridge)
+        y_1 … y_T   = Decoder(s_0, <start> y_1 … y_{T−1})  (attending to m when `attention` is set)
 
     forward(source, tokens, source_lengths=None, teacher_forcing=1.0) -> logits
-    generate(source, start_token, max_length, end_token, source_lengths=None) -> tokens
+    generate(source, start_token, max_length, end_token, source_lengths=None, beam_width=1) -> tokens
+    attention_weights(source, tokens, source_lengths=None) -> a (batch, T, S) for the given output
     """
 
     def __init__(self, source_vocab_size: int, target_vocab_size: int, hidden_size: int,
                  cell: str = "lstm", embedding_size: int = 32, num_layers: int = 1,
-                 bidirectional_encoder: bool = False, **recurrent_options):
+                 bidirectional_encoder: bool = False, attention: str | None = None, **recurrent_options):
         super().__init__()
         self.source_input = SequenceInput(embedding_size, source_vocab_size)
         self.encoder = Recurrent(cell, embedding_size, hidden_size, num_layers=num_layers,
                                  bidirectional=bidirectional_encoder, **recurrent_options)
-        self.decoder = Decoder(target_vocab_size, embedding_size, hidden_size, cell,
-                               num_layers=num_layers, **recurrent_options)
+        self.decoder = Decoder(target_vocab_size, embedding_size, hidden_size, cell, attention=attention,
+                               memory_size=self.encoder.output_size, num_layers=num_layers, **recurrent_options)
         self.bridge = StateBridge(self.encoder.output_size, self.decoder.recurrent)
 
     def encode(self, source: torch.Tensor, source_lengths=None):
-        _, state = self.encoder(self.source_input(source), lengths=source_lengths)
-        return self.bridge(last_output(state, self.encoder.num_directions))
+        """(the decoder's initial state, the memory for attention or None)."""
+        outputs, state = self.encoder(self.source_input(source), lengths=source_lengths)
+        memory = None
+        if self.decoder.attention is not None:
+            steps = torch.arange(source.shape[1], device=source.device)
+            lengths = torch.full((source.shape[0],), source.shape[1]) if source_lengths is None else source_lengths
+            memory = (outputs, steps < torch.as_tensor(lengths, device=source.device)[:, None])
+        return self.bridge(last_output(state, self.encoder.num_directions)), memory
 
     def forward(self, source: torch.Tensor, tokens: torch.Tensor, source_lengths=None,
                 teacher_forcing: float = 1.0) -> torch.Tensor:
-        return self.decoder(tokens, self.encode(source, source_lengths), teacher_forcing)[0]
+        state, memory = self.encode(source, source_lengths)
+        return self.decoder(tokens, state, teacher_forcing, memory)[0]
 
     def generate(self, source: torch.Tensor, start_token: int, max_length: int,
-                 end_token: int | None = None, source_lengths=None) -> torch.Tensor:
-        return self.decoder.greedy(self.encode(source, source_lengths), start_token, max_length, end_token)
+                 end_token: int | None = None, source_lengths=None, beam_width: int = 1) -> torch.Tensor:
+        state, memory = self.encode(source, source_lengths)
+        if beam_width == 1:
+            return self.decoder.greedy(state, start_token, max_length, end_token, memory)
+        return self.decoder.beam_search(state, start_token, max_length, end_token, beam_width, memory)
+
+    @torch.no_grad()
+    def attention_weights(self, source: torch.Tensor, tokens: torch.Tensor, source_lengths=None) -> torch.Tensor:
+        """a_tj: how much output step t (reading `tokens`, which start with the start token)
+        attends to source step j."""
+        if self.decoder.attention is None:
+            raise ValueError("this model has no attention (build it with attention='additive' or 'dot')")
+        state, memory = self.encode(source, source_lengths)
+        outputs, _ = self.decoder.recurrent(self.decoder.embedding(tokens), state)
+        return self.decoder.read(outputs, memory)[1]
