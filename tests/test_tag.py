@@ -47,3 +47,21 @@ def test_tag_pytokens_learns_writes_its_run_and_predicts(tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_info:
             main(["predict", str(run), *inputs])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+    # exported, the tagger gives the same tags from onnxruntime
+    import json
+
+    import numpy as np
+    import onnxruntime
+
+    main(["export", str(run)])
+    sidecar = json.loads((run / "export" / "export.json").read_text())
+    session = onnxruntime.InferenceSession(str(run / "export" / "tagger.onnx"))
+    line = "for i in range(10):  # count"
+    x = np.array([[sidecar["vocab"].index(c) for c in line]])
+    states = {name: np.zeros([1 if size == "batch" else size for size in spec["shape"]], dtype=np.float32)
+              for name, spec in sidecar["graphs"]["tagger"]["inputs"].items() if name.startswith("state")}
+    logits = session.run(None, {"x": x, **states})[0]
+    capsys.readouterr()
+    main(["predict", str(run), line])
+    assert capsys.readouterr().out.splitlines()[1] == "".join(sidecar["tag_letters"][i] for i in logits[0].argmax(-1))

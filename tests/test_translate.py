@@ -86,3 +86,41 @@ def test_bad_translate_flags_exit_2(args, message, tmp_path, capsys):
         main([*args, "--runs-dir", str(tmp_path)])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing half-made is left behind
+
+
+def test_an_exported_translator_decodes_from_onnxruntime_alone(tmp_path, capsys):
+    """encoder, then the decoder one character at a time with its attention memory, greedy:
+    the same strings as the PyTorch translator's greedy decoding."""
+    import json
+
+    import numpy as np
+    import onnxruntime
+
+    from rnnkit.tasks.translate import load_translator
+
+    main(["translate", "dates", "--max-steps", "5", "--eval-every", "5", "--hidden-size", "16", "--val-size", "10",
+          "--test-size", "10", "--runs-dir", str(tmp_path), "--name", "dates", "--quiet"])
+    run = tmp_path / "dates"
+    main(["export", str(run)])
+    sidecar = json.loads((run / "export" / "export.json").read_text())
+    sources = ["3 March 2021", "12/25/1999", "Jan 1, 2000"]
+    ids = [[sidecar["source_vocab"].index(c) for c in text] for text in sources]
+    source = np.zeros((len(ids), max(map(len, ids))), dtype=np.int64)
+    for row, text_ids in enumerate(ids):
+        source[row, :len(text_ids)] = text_ids
+    encoder = onnxruntime.InferenceSession(str(run / "export" / "encoder.onnx"))
+    decoder = onnxruntime.InferenceSession(str(run / "export" / "decoder.onnx"))
+    encoded = dict(zip([o.name for o in encoder.get_outputs()],
+                       encoder.run(None, {"source": source, "source_lengths": np.array([len(i) for i in ids])})))
+    states = {name[:-len("_out")]: value for name, value in encoded.items() if name.startswith("state")}
+    memory = {name: value for name, value in encoded.items() if name.startswith("memory")}
+    vocab = sidecar["target_vocab"]
+    tokens = np.full((len(ids), 1), vocab.index(sidecar["start"]), dtype=np.int64)
+    written = []
+    for _ in range(sidecar["max_output_length"]):
+        logits, *new_states = decoder.run(None, {"tokens": tokens, **states, **memory})
+        states = dict(zip(states, new_states))
+        tokens = logits[:, -1].argmax(-1)[:, None]
+        written.append(tokens[:, 0])
+    outputs = ["".join(vocab[i] for i in row).split(sidecar["end"])[0] for row in np.stack(written, 1)]
+    assert outputs == load_translator(run).translate(sources, beam_width=1)

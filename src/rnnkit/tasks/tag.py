@@ -289,6 +289,15 @@ def run_tag(args) -> None:
     print(f"report: {report}")
 
 
+def export_modules(run_dir: Path) -> tuple[dict, dict]:
+    """For `rnnkit export`: the tagger, (x, state…) -> (tag logits, state…); the vocabulary,
+    the tag names and the letters `rnnkit predict` prints for them."""
+    from ..export import sequence_model
+
+    model, vocab = load_tagger(run_dir)
+    return {"tagger": sequence_model(model)}, {"vocab": vocab.chars, "tags": list(TAGS), "tag_letters": TAG_LETTERS}
+
+
 def add_commands(commands) -> None:
     from ..cells import CELLS
     from ..cli import positive_float, positive_int

@@ -256,6 +256,18 @@ def run_translate(args) -> None:
     print(f"report: {report}")
 
 
+def export_modules(run_dir: Path) -> tuple[dict, dict]:
+    """For `rnnkit export`: "encoder" (source, source_lengths) -> the decoder's initial state
+    (and the memory it attends to), "decoder" one character at a time; plus both
+    vocabularies, the start and end characters and the longest output."""
+    from ..export import seq2seq
+
+    translator = load_translator(run_dir)
+    return seq2seq(translator.model), {
+        "source_vocab": translator.source_vocab.chars, "target_vocab": translator.target_vocab.chars,
+        "start": START, "end": END, "max_output_length": translator.config.max_output_length}
+
+
 def add_commands(commands) -> None:
     from ..cells import CELLS
     from ..cli import positive_float, positive_int
