@@ -132,6 +132,8 @@ def load_csv(path, time: str, target: str, covariates: tuple[str, ...] = (), fre
     for column in (time, target, *covariates):
         if column not in frame.columns:
             raise ValueError(f"{path}: no column {column!r} (columns: {', '.join(frame.columns)})")
+    if frame.empty:
+        raise ValueError(f"{path}: no data rows under the header")
     stamps = frame[time]
     if stamps.isna().any():
         raise ValueError(f"{path}: column {time!r} has an empty timestamp at data row {int(np.flatnonzero(stamps.isna())[0]) + 1}")
