@@ -58,7 +58,7 @@ def test_a_series_too_short_for_window_and_horizon_exits_2_without_a_run(tmp_pat
         path = tmp_path / "short.csv"
         path.write_text("month,sales\n" + "".join(f"{d},{v}\n" for d, v in rows))
         with pytest.raises(SystemExit) as exit_info:
-            main(["forecast", "--csv", str(path), "--time", "month", "--target", "sales", "--runs-dir",
+            main(["forecast", "--csv", str(path), "--time", "month", "--target", "sales", "--freq", "MS", "--runs-dir",
                   str(tmp_path / "runs"), "--quiet"])
         error = capsys.readouterr().err.strip()
         assert exit_info.value.code == 2 and len(error.splitlines()) == 1 and "needs at least" in error, error
