@@ -5,7 +5,7 @@ from rnnkit.cli import main
 from rnnkit.data.series import Series
 from rnnkit.tasks.forecast import Baseline, Forecaster, Windows
 
-TINY = dict(hidden_size=8, ensemble=1, max_steps=20, eval_every=10)
+TINY = dict(hidden_size=8, ensemble=1, max_steps=20, eval_every=10, combine=())  # the RNN alone
 
 
 def make_series(values, season=1, covariates=None):
@@ -48,7 +48,7 @@ def test_scaling_sees_only_the_history():
 
 def test_forecaster_learns_a_seasonal_signal_beyond_seasonal_naive():
     series = seasonal(slope=0.3)
-    learned = Forecaster(hidden_size=16, ensemble=1, max_steps=150).backtest(series, origins=2, horizon=12).mean()
+    learned = Forecaster(hidden_size=16, ensemble=1, max_steps=150, combine=()).backtest(series, origins=2, horizon=12).mean()
     naive = Baseline("seasonal_naive", 12).backtest(series, origins=2, horizon=12).mean()
     assert learned["mase"] < 0.6 * naive["mase"]
     assert 0.3 < learned["coverage"] <= 1.0
@@ -59,6 +59,19 @@ def test_strategies_forecast_ordered_intervals(strategy):
     forecast = Forecaster(strategy=strategy, cell="lstm", **TINY).fit(seasonal(80), quiet=True).predict(12)
     assert forecast.mean.shape == (12,)
     assert np.all(forecast.lower <= forecast.mean) and np.all(forecast.mean <= forecast.upper)
+
+
+def test_combined_forecast_is_the_mean_of_the_rnn_and_the_baselines():
+    series = seasonal(80)
+    alone = Forecaster(horizon=6, **TINY).fit(series).predict()
+    naive = Baseline("naive").fit(series).predict(6)
+    combined = Forecaster(horizon=6, **{**TINY, "combine": ("naive", "arima"), "combine_weight": 0.25}).fit(series).predict()
+    # m = 12 > ARIMA_MAX_SEASON: arima is left out, the naive forecast is weighted in.
+    for part in ("mean", "lower", "upper"):
+        np.testing.assert_allclose(getattr(combined, part), 0.75 * getattr(alone, part) + 0.25 * getattr(naive, part),
+                                   rtol=1e-5)
+    with pytest.raises(ValueError, match="combine must name baselines"):
+        Forecaster(combine=("prophet",))
 
 
 def test_global_model_with_covariates_and_calendar_features():
@@ -78,7 +91,7 @@ def test_cli_writes_the_run_folder_and_predicts(tmp_path, capsys):
     path.write_text("quarter,y\n" + "".join(f"{2000 + i // 4}-{3 * (i % 4) + 1:02d}-01,{v}\n"
                                             for i, v in enumerate(series.values)))
     main(["forecast", "--csv", str(path), "--time", "quarter", "--target", "y", "--horizon", "4", "--origins", "2",
-          "--baselines", "naive,seasonal_naive", "--ensemble", "1", "--max-steps", "10", "--hidden-size", "8",
+          "--baselines", "naive,seasonal_naive", "--combine", "ets", "--ensemble", "1", "--max-steps", "10", "--hidden-size", "8",
           "--runs-dir", str(tmp_path), "--name", "run", "--quiet"])
     out = capsys.readouterr().out
     assert "rnnkit" in out and "seasonal_naive" in out
