@@ -105,6 +105,26 @@ def test_cli_writes_the_run_folder_and_predicts(tmp_path, capsys):
     main(["predict", str(run), *map(str, series.values[-20:])])
     assert len(capsys.readouterr().out.splitlines()) == 4
 
+    # exported, each member gives the same quantiles from onnxruntime, on a batch never seen
+    import json
+
+    import onnxruntime
+    import torch
+
+    from rnnkit.tasks.forecast import ForecastConfig, ForecastNet
+    from rnnkit.train.checkpoint import load_checkpoint
+
+    main(["export", str(run)])
+    sidecar = json.loads((run / "export" / "export.json").read_text())
+    assert sidecar["combine"] == ["ets"] and sidecar["steps"] == 4
+    payload = load_checkpoint(run / "model.pt")
+    member = ForecastNet(ForecastConfig.from_dict(payload["forecast"]), payload["window"], 4, payload["num_features"])
+    member.load_state_dict(payload["members"][0])
+    features, anchor = torch.randn(5, sidecar["window"], payload["num_features"]), torch.randn(5, 4)
+    session = onnxruntime.InferenceSession(str(run / "export" / "member_0.onnx"))
+    (quantiles,) = session.run(None, {"features": features.numpy(), "anchor": anchor.numpy()})
+    np.testing.assert_allclose(quantiles, member.eval()(features, anchor).detach().numpy(), atol=1e-5)
+
 
 def test_cli_refuses_a_series_too_short(tmp_path, capsys):
     path = tmp_path / "short.csv"

@@ -597,6 +597,34 @@ def predict_command(run_dir: Path, inputs: list[str], file: str | None) -> None:
         print(f"{step}\t{time_}\t{mean:.6g}\t{lower:.6g}\t{upper:.6g}")
 
 
+def export_modules(run_dir: Path) -> tuple[dict, dict]:
+    """For `rnnkit export`: each ensemble member, (features (batch, window, F), anchor (batch,
+    steps)) -> quantiles (batch, steps, Q) in scaled units, and the recipe that turns them into
+    a forecast: y_T + scale · sort(mean over members). The statistical part of a combined
+    default (ETS, ARIMA from statsforecast) is not a network and is not exported: export.json
+    names it and its weight, so a consumer can add it or use the RNN part alone."""
+    from ..export import graph
+
+    payload = load_checkpoint(Path(run_dir) / "model.pt")
+    config = ForecastConfig.from_dict(payload["forecast"])
+    steps = 1 if config.strategy == "recursive" else payload["horizon"]
+    graphs = {}
+    for k, state in enumerate(payload["members"]):
+        member = ForecastNet(config, payload["window"], steps, payload["num_features"])
+        member.load_state_dict(state)
+        inputs = {"features": torch.randn(2, payload["window"], payload["num_features"]), "anchor": torch.randn(2, steps)}
+        graphs[f"member_{k}"] = graph(member.eval(), "forward", inputs, ["quantiles"],
+                                      {"features": {0: "batch"}, "anchor": {0: "batch"}, "quantiles": {0: "batch"}})
+    return graphs, {"window": payload["window"], "steps": steps, "season": payload["season"],
+                    "quantiles": list(config.quantiles), "strategy": config.strategy,
+                    "seasonal_features": config.seasonal_features, "combine": list(config.combine),
+                    "combine_weight": config.combine_weight,
+                    "recipe": "forecast = y_T + scale * sort(mean_k member_k(features, anchor)) over quantiles; "
+                              "inputs and scale as rnnkit.tasks.forecast.Windows (scale = mean |y_t - y_(t-m)|); "
+                              "the run's default then mixes (1 - combine_weight) * that + combine_weight * "
+                              "mean(combine baselines), which are not exported"}
+
+
 def add_commands(commands) -> None:
     import argparse
 
