@@ -253,17 +253,12 @@ def run_tag(args) -> None:
     from ..files import atomic_write_text, write_json
     from ..runs import finish_run, new_run_dir
     from ..train.trainer import Trainer
+    from .classify import train_config_from
 
     config = TagConfig(max_chars=args.max_chars, cell=args.cell, bidirectional=not args.unidirectional,
                        embedding_size=args.embedding_size, hidden_size=args.hidden_size, num_layers=args.layers,
                        batch_size=args.batch_size, window=args.window)
-    train_config = default_train_config()
-    train_config.learning_rate, train_config.eval_every, train_config.seed = args.lr, args.eval_every, args.seed
-    if args.minutes:
-        train_config.max_steps, train_config.max_seconds = None, args.minutes * 60
-    elif args.max_steps:
-        train_config.max_steps = args.max_steps
-    train_config.validate()
+    train_config = train_config_from(args, default_train_config())
     torch.manual_seed(args.seed)
     task = TagTask(config, seed=args.seed)
     run_dir = new_run_dir(args.runs_dir, args.name, "tag-pytokens")
@@ -300,7 +295,8 @@ def export_modules(run_dir: Path) -> tuple[dict, dict]:
 
 def add_commands(commands) -> None:
     from ..cells import CELLS
-    from ..cli import positive_float, positive_int
+    from ..cli import positive_int
+    from .classify import add_training_flags
 
     config, train = TagConfig(), default_train_config()
     parser = commands.add_parser("tag", help="train a per-character tagger (Python token types)")
@@ -314,13 +310,5 @@ def add_commands(commands) -> None:
     parser.add_argument("--layers", type=positive_int, default=config.num_layers)
     parser.add_argument("--batch-size", type=positive_int, default=config.batch_size)
     parser.add_argument("--window", type=positive_int, default=config.window, help="characters per sequence")
-    parser.add_argument("--lr", type=positive_float, default=train.learning_rate)
-    parser.add_argument("--max-steps", type=positive_int, default=None,
-                        help=f"training steps (default {train.max_steps})")
-    parser.add_argument("--minutes", type=positive_float, default=None, help="a training-time budget instead of steps")
-    parser.add_argument("--eval-every", type=positive_int, default=train.eval_every)
-    parser.add_argument("--seed", type=int, default=train.seed)
-    parser.add_argument("--runs-dir", default="runs")
-    parser.add_argument("--name", default=None, help="run folder name (default: tag-pytokens-<date>-<time>)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_training_flags(parser, train, "tag-pytokens")
     parser.set_defaults(handler=run_tag)

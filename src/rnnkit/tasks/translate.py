@@ -215,6 +215,7 @@ def run_translate(args) -> None:
     from ..files import atomic_write_text, write_json
     from ..runs import finish_run, new_run_dir
     from ..train.trainer import Trainer
+    from .classify import train_config_from
 
     data = args.data if args.data == "dates" else {"to-words": "numbers-to-words",
                                                    "to-digits": "words-to-numbers"}[args.direction]
@@ -223,13 +224,7 @@ def run_translate(args) -> None:
                              num_layers=args.layers, bidirectional_encoder=not args.unidirectional_encoder,
                              batch_size=args.batch_size, val_size=args.val_size, test_size=args.test_size,
                              beam_width=args.beam_width)
-    train_config = default_train_config()
-    train_config.learning_rate, train_config.eval_every, train_config.seed = args.lr, args.eval_every, args.seed
-    if args.minutes:
-        train_config.max_steps, train_config.max_seconds = None, args.minutes * 60
-    elif args.max_steps:
-        train_config.max_steps = args.max_steps
-    train_config.validate()
+    train_config = train_config_from(args, default_train_config())
     torch.manual_seed(args.seed)
     task = TranslateTask(config, seed=args.seed)
     run_dir = new_run_dir(args.runs_dir, args.name, f"translate-{args.data}")
@@ -270,7 +265,8 @@ def export_modules(run_dir: Path) -> tuple[dict, dict]:
 
 def add_commands(commands) -> None:
     from ..cells import CELLS
-    from ..cli import positive_float, positive_int
+    from ..cli import positive_int
+    from .classify import add_training_flags
 
     config, train = TranslateConfig(), default_train_config()
     parser = commands.add_parser("translate", help="train an encoder-decoder on generated parallel text")
@@ -290,13 +286,5 @@ def add_commands(commands) -> None:
     parser.add_argument("--test-size", type=positive_int, default=config.test_size, help="held-out examples")
     parser.add_argument("--beam-width", type=positive_int, default=config.beam_width,
                         help="beam for the test set (also decoded greedily) and for `rnnkit predict`")
-    parser.add_argument("--lr", type=positive_float, default=train.learning_rate)
-    parser.add_argument("--max-steps", type=positive_int, default=None,
-                        help=f"training steps (default {train.max_steps})")
-    parser.add_argument("--minutes", type=positive_float, default=None, help="a training-time budget instead of steps")
-    parser.add_argument("--eval-every", type=positive_int, default=train.eval_every)
-    parser.add_argument("--seed", type=int, default=train.seed)
-    parser.add_argument("--runs-dir", default="runs")
-    parser.add_argument("--name", default=None, help="run folder name (default: translate-<data>-<date>-<time>)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_training_flags(parser, train, "translate-<data>")
     parser.set_defaults(handler=run_translate)
