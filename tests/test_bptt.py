@@ -189,3 +189,19 @@ def test_backward_runs_once_per_sequence():
 def test_unknown_cell_is_refused():
     with pytest.raises(TypeError, match="no hand-derived BPTT"):
         run_sequence(torch.nn.Linear(3, 4), torch.randn(1, 2, 3), (torch.zeros(1, 4),))
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_under_bf16_autocast_the_functions_run_in_the_weights_float_type(name):
+    """TrainConfig.precision="bf16" autocasts the forward pass; the hand-written backward does not
+    mix dtypes, so the Functions run unchanged (here float64), outputs and gradients alike."""
+    torch.manual_seed(0)
+    cell = CELLS[name]()
+    x = torch.randn(3, 5, 3, requires_grad=True)
+    state = tuple(torch.randn(3, size, requires_grad=True) for size in cell.state_sizes)
+    plain = results_and_gradients(run_sequence, cell, x, state)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = results_and_gradients(run_sequence, cell, x, state)
+    for a, b in zip(plain, autocast):
+        assert b.dtype == a.dtype
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -240,3 +240,25 @@ def test_a_non_finite_loss_skips_the_update(tmp_path, corpus):
     assert summary["skipped_steps"] == 1 and summary["steps"] == 10
     saved = load_checkpoint(run_dir / "last.pt")["model"]
     assert all(torch.isfinite(weight).all() for weight in saved.values())
+
+
+def test_bf16_training_learns_and_keeps_float32_weights(tmp_path, corpus):
+    """precision="bf16": the forward pass runs in bfloat16 (the fused LSTM's outputs are
+    bf16), yet the weights, optimizer state and evaluation stay float32 and the model learns."""
+    trainer, task, run_dir = train(tmp_path, corpus, max_steps=150, precision="bf16")
+    summary = trainer.fit()
+    assert summary["precision"] == "bf16" and summary["val_bpc"] < 1.6
+    assert all(p.dtype == torch.float32 for p in task.model.parameters())
+    assert all(s.dtype == torch.float32 for s in trainer.optimizer.state_dict()["state"][0].values()
+               if torch.is_tensor(s) and s.is_floating_point())
+    assert trainer.carry[0].dtype == torch.bfloat16  # the state the fused LSTM handed on
+
+
+@pytest.mark.parametrize("precision", ["fp32", "auto"])
+def test_fp32_and_auto_precision(tmp_path, corpus, precision):
+    from rnnkit.train.trainer import bf16_is_native
+
+    trainer, _, _ = train(tmp_path, corpus, max_steps=1, precision=precision)
+    assert trainer.bf16 == (precision == "auto" and bf16_is_native("cpu"))
+    with pytest.raises(ValueError, match="precision must be one of"):
+        train(tmp_path, corpus, name="bad", precision="fp16")

@@ -533,5 +533,12 @@ def run_sequence(cell: Cell, x: torch.Tensor, state: State, valid: torch.Tensor 
     if reverse:
         x = x.flip(1)
         valid = None if valid is None else valid.flip(1)
-    outputs, final = run(cell, x, state, valid)
+    if torch.is_autocast_enabled(x.device.type):
+        # The hand-written backward does not mix dtypes: under autocast (TrainConfig.precision
+        # bf16) the Functions run in their weights' dtype (float32).
+        dtype = next(cell.parameters()).dtype
+        with torch.autocast(x.device.type, enabled=False):
+            outputs, final = run(cell, x.to(dtype), tuple(s.to(dtype) for s in state), valid)
+    else:
+        outputs, final = run(cell, x, state, valid)
     return (outputs.flip(1) if reverse else outputs), tuple(final)

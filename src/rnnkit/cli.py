@@ -91,7 +91,7 @@ def run_train_text(args: argparse.Namespace) -> None:
             schedule=args.schedule, warmup_steps=args.warmup, max_steps=args.max_steps,
             max_seconds=args.minutes * 60 if args.minutes else (None if args.max_steps else 180.0),
             clip_norm=args.clip or None, clip_value=args.clip_value, eval_every=args.eval_every,
-            patience=args.patience, on_nan=args.on_nan, seed=args.seed)
+            patience=args.patience, on_nan=args.on_nan, precision=args.precision, seed=args.seed)
     try:
         run_dir, summary, task = train_text_model(
             text_config, train_config, args.runs_dir, args.name, resume=Path(args.resume) if args.resume else None,
@@ -102,7 +102,8 @@ def run_train_text(args: argparse.Namespace) -> None:
     if summary is None:  # not rank 0 of a distributed run
         return
     sample = generate(task.model, task.vocab, length=300, temperature=0.8, seed=train_config.seed)[0]
-    print(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s ({summary['stop_reason']})")
+    print(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s ({summary['stop_reason']}; "
+          f"{summary['precision']})")
     if summary["skipped_steps"]:
         print(f"{summary['skipped_steps']} steps had a NaN/Inf loss, gradient or update and were "
               f"not applied (--on-nan {summary['on_nan']})")
@@ -278,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     loop.add_argument("--on-nan", choices=["skip", "rollback", "stop"], default=TRAIN.on_nan,
                       help="at a NaN/Inf loss or gradient: skip the update, roll back to the last "
                            "checkpoint at half the learning rate, or stop (exit status 2)")
+    loop.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=TRAIN.precision,
+                      help="bf16: autocast the forward pass to bfloat16 (about 1.8x faster on CPUs with AMX); "
+                           "auto: bf16 where the hardware has it, else fp32")
     loop.add_argument("--seed", type=int, default=TRAIN.seed)
     run = train.add_argument_group("run folder")
     run.add_argument("--runs-dir", default="runs")
