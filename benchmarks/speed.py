@@ -59,11 +59,12 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -100,14 +101,15 @@ class Settings:
     gen_chars: int         # carried state, single stream
     gen_batched_chars: int  # carried state, per stream, 32 streams
     reread_chars: int      # re-reading the prefix
+    text_rounds: int       # training steps of the text model per variant
     memory_lengths: tuple
 
 
 FULL = Settings(rounds={"small": 15, "medium": 15, "large": 9}, inner={"small": 5, "medium": 1, "large": 1},
-                warmup=1, gemm_seconds=0.1, gen_chars=2000, gen_batched_chars=500, reread_chars=100,
+                warmup=1, gemm_seconds=0.1, gen_chars=2000, gen_batched_chars=500, reread_chars=100, text_rounds=9,
                 memory_lengths=(10_000, 100_000, 1_000_000))
 QUICK = Settings(rounds={"small": 5, "medium": 4}, inner={"small": 3, "medium": 1},
-                 warmup=1, gemm_seconds=0.03, gen_chars=500, gen_batched_chars=200, reread_chars=50,
+                 warmup=1, gemm_seconds=0.03, gen_chars=500, gen_batched_chars=200, reread_chars=50, text_rounds=3,
                  memory_lengths=(10_000, 100_000))
 
 
@@ -457,6 +459,37 @@ def run_generation(settings: Settings, log) -> dict:
     return result
 
 
+def run_text_training(settings: Settings, log) -> dict:
+    """Training steps of the default text model (rnnkit's Trainer on the pydoc corpus) in
+    float32 and under bf16 autocast (`--precision`), and with locked dropout, interleaved."""
+    import tempfile
+
+    from rnnkit.tasks.text import TextConfig, TextTask, default_train_config
+    from rnnkit.train.trainer import Trainer, bf16_is_native
+
+    variants = {"fp32": ("fp32", False), "bf16": ("bf16", False), "bf16, locked dropout": ("bf16", True)}
+    trainers = {}
+    for name, (precision, locked) in variants.items():
+        torch.manual_seed(0)
+        task = TextTask(TextConfig(locked_dropout=locked))
+        config = replace(default_train_config(), precision=precision, max_steps=10**6, gradient_flow=False)
+        trainers[name] = Trainer(task, config, Path(tempfile.gettempdir()), {}, quiet=True)
+        trainers[name].train_step()  # warm-up
+    chars = {name: trainer.task.config.batch_size * trainer.task.config.bptt for name, trainer in trainers.items()}
+    times = {name: [] for name in variants}
+    order = random.Random(0)
+    for _ in range(settings.text_rounds):
+        for name in order.sample(list(variants), len(variants)):
+            start = time.perf_counter()
+            trainers[name].train_step()
+            times[name].append(time.perf_counter() - start)
+    result = {"model": "TextConfig() defaults: embedding 64 → LSTM 512 → linear, batch 32 × 100 characters, Adam",
+              "native_bf16": bf16_is_native("cpu"),
+              "chars_s": {name: chars[name] / statistics.median(t) for name, t in times.items()}}
+    log("[text training] " + ", ".join(f"{name} {rate:.0f} chars/s" for name, rate in result["chars_s"].items()))
+    return result
+
+
 # -----------------------------------------------------------------------------
 # memory
 
@@ -672,6 +705,16 @@ def generation_table(gen: dict) -> str:
     ])
 
 
+def text_training_table(text: dict) -> str:
+    base = text["chars_s"]["fp32"]
+    lines = [f"Model: {text['model']}; one `Trainer.train_step` (forward, loss, backward, clipping, Adam); "
+             f"this CPU {'has' if text['native_bf16'] else 'lacks'} native bf16 (AMX), so `--precision auto` "
+             f"trains in {'bf16' if text['native_bf16'] else 'fp32'} here.", "",
+             "| precision | chars/s | ÷ fp32 |", "|---|---:|---:|"]
+    lines += [f"| {name} | {rate:,.0f} | {rate / base:.2f} |" for name, rate in text["chars_s"].items()]
+    return "\n".join(lines)
+
+
 def memory_table(memory: dict) -> str:
     lines = [f"Model: {memory['model']}. Peak RSS of a child process (torch and the model included; "
              "baseline = peak before training).", "",
@@ -700,7 +743,7 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} logical CPUs"
 
 
-def report(command: str, quick: bool, threads: int, shapes: dict, generation: dict, memory: dict,
+def report(command: str, quick: bool, threads: int, shapes: dict, generation: dict, text: dict, memory: dict,
            seconds: float) -> str:
     lines = ["## Speed (`rnnkit bench`)", "",
              f"- command: `{command}`" + (" (quick: fewer rounds, no large shape, memory up to 100k)" if quick else ""),
@@ -717,7 +760,8 @@ def report(command: str, quick: bool, threads: int, shapes: dict, generation: di
               "### Fused kernel vs hand BPTT", "", fused_vs_bptt(shapes), ""]
     for shape in shapes.values():
         lines += [shape_table(shape), ""]
-    lines += ["### Generation", "", generation_table(generation), "",
+    lines += ["### Training the text model: precision and dropout masks", "", text_training_table(text), "",
+              "### Generation", "", generation_table(generation), "",
               "### Peak memory vs stream length", "", memory_table(memory)]
     return "\n".join(lines)
 
@@ -772,13 +816,15 @@ def main(argv: list[str] | None = None, prog: str = "python benchmarks/speed.py"
     gemm_cache: dict = {}
     shapes = {name: run_shape(name, settings, gemm_cache, log) for name in settings.rounds}
     generation = run_generation(settings, log)
+    text = run_text_training(settings, log)
     memory = run_memory(settings, args.threads, log)
     command = " ".join([prog] + (list(argv) if argv is not None else sys.argv[1:]))
-    text = report(command, args.quick, args.threads, shapes, generation, memory, time.perf_counter() - started)
-    print(text)
-    write_section(args.out, text)
+    section = report(command, args.quick, args.threads, shapes, generation, text, memory,
+                     time.perf_counter() - started)
+    print(section)
+    write_section(args.out, section)
     log(f"wrote {args.out} in {time.perf_counter() - started:.0f} s")
-    return {"shapes": shapes, "generation": generation, "memory": memory}
+    return {"shapes": shapes, "generation": generation, "text": text, "memory": memory}
 
 
 if __name__ == "__main__":

@@ -186,3 +186,28 @@ def test_attention_seq2seq_learns_to_reverse_and_ignores_padding(attention):
 def test_bad_configuration_or_input_names_the_argument(build, argument):
     with pytest.raises(ValueError, match=argument):
         build()
+
+
+@pytest.mark.parametrize("p", [0.1, 0.35, 0.6])
+def test_dropout_zeroes_a_fraction_p_and_keeps_the_expectation(p):
+    from rnnkit.models import Dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(64, 30, 50)
+    y = Dropout(p)(x)
+    assert abs((y == 0).float().mean().item() - p) < 0.01
+    assert abs(y.mean().item() - 1) < 0.02
+    torch.testing.assert_close(y.unique(), torch.tensor([0.0, 1 / (1 - round(p * 65536) / 65536)]))
+    assert not torch.equal(y[:, 0], y[:, 1])  # a fresh mask at every step
+    assert torch.equal(Dropout(p).eval()(x), x) and torch.equal(Dropout(1.0)(x), torch.zeros_like(x))
+
+
+def test_per_sequence_dropout_draws_one_mask_per_sequence():
+    from rnnkit.models import Dropout
+
+    torch.manual_seed(0)
+    y = Dropout(0.4, per_sequence=True)(torch.ones(64, 30, 50))
+    assert torch.equal(y, y[:, :1].expand_as(y))
+    assert abs((y[:, 0] == 0).float().mean().item() - 0.4) < 0.03
+    model = SequenceModel(8, 5, 16, vocab_size=5, dropout=0.5, locked_dropout=True)
+    assert model.dropout.per_sequence

@@ -84,7 +84,7 @@ def run_train_text(args: argparse.Namespace) -> None:
         text_config = TextConfig(
             corpus=args.corpus, cell=args.cell, embedding_size=args.embedding_size,
             hidden_size=args.hidden_size, num_layers=args.layers, dropout=args.dropout,
-            weight_dropout=args.weight_dropout, tie_weights=args.tie_weights, batch_size=args.batch_size,
+            weight_dropout=args.weight_dropout, locked_dropout=args.locked_dropout, tie_weights=args.tie_weights, batch_size=args.batch_size,
             bptt=args.bptt)
         train_config = TrainConfig(
             optimizer=args.optimizer, learning_rate=args.lr, weight_decay=args.weight_decay,
@@ -261,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--dropout", type=probability, default=TEXT.dropout)
     model.add_argument("--weight-dropout", type=probability, default=TEXT.weight_dropout,
                        help="drop entries of the recurrent weight matrices while training")
+    model.add_argument("--locked-dropout", action="store_true",
+                       help="one dropout mask per stream and chunk, shared by its characters (variational)")
     model.add_argument("--tie-weights", action="store_true", help="share the embedding with the output layer")
     loop = train.add_argument_group("training")
     loop.add_argument("--optimizer", choices=["adam", "adamw", "sgd", "adagrad"], default=TRAIN.optimizer)

@@ -27,8 +27,9 @@ class TextConfig:
     embedding_size: int = 64
     hidden_size: int = 512
     num_layers: int = 1
-    dropout: float = 0.25         # on the embedding and before the output layer
+    dropout: float = 0.35         # on the embedding and before the output layer
     weight_dropout: float = 0.0   # DropConnect on the recurrent weights (one mask per chunk)
+    locked_dropout: bool = False  # one dropout mask per stream and chunk, not per character
     tie_weights: bool = False
     batch_size: int = 32          # parallel streams (the global batch when distributed)
     bptt: int = 100               # characters per chunk: the truncation length of BPTT
@@ -45,13 +46,14 @@ class TextConfig:
 def default_train_config() -> TrainConfig:
     """Training defaults for the text model, chosen on the pydoc validation split at a fixed
     8-minute budget on one CPU thread (benchmarks/RESULTS.md has the runs behind them)."""
-    return TrainConfig(learning_rate=6e-3, warmup_steps=100)
+    return TrainConfig(learning_rate=6e-3, warmup_steps=100, precision="auto")
 
 
 def build_model(config: TextConfig, vocab_size: int) -> SequenceModel:
     return SequenceModel(config.embedding_size, vocab_size, config.hidden_size, cell=config.cell,
                          vocab_size=vocab_size, dropout=config.dropout, tie_weights=config.tie_weights,
-                         num_layers=config.num_layers, weight_dropout=config.weight_dropout)
+                         num_layers=config.num_layers, weight_dropout=config.weight_dropout,
+                         locked_dropout=config.locked_dropout)
 
 
 def stream_loss(model, ids: torch.Tensor, streams: int, bptt: int) -> float:
