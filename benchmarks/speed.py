@@ -743,7 +743,7 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} logical CPUs"
 
 
-def report(command: str, quick: bool, threads: int, shapes: dict, generation: dict, text: dict, memory: dict,
+def report(command: str, quick: bool, threads: int, shapes: dict, generation: dict, text_training: dict, memory: dict,
            seconds: float) -> str:
     lines = ["## Speed (`rnnkit bench`)", "",
              f"- command: `{command}`" + (" (quick: fewer rounds, no large shape, memory up to 100k)" if quick else ""),
@@ -760,7 +760,7 @@ def report(command: str, quick: bool, threads: int, shapes: dict, generation: di
               "### Fused kernel vs hand BPTT", "", fused_vs_bptt(shapes), ""]
     for shape in shapes.values():
         lines += [shape_table(shape), ""]
-    lines += ["### Training the text model: precision and dropout masks", "", text_training_table(text), "",
+    lines += ["### Training the text model: precision and dropout masks", "", text_training_table(text_training), "",
               "### Generation", "", generation_table(generation), "",
               "### Peak memory vs stream length", "", memory_table(memory)]
     return "\n".join(lines)
