@@ -231,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .cells import CELLS
     from .tasks.namaskar import NamaskarConfig
     from .tasks.text import TextConfig, default_train_config
+    from .train.trainer import NAN_POLICIES, OPTIMIZERS, PRECISIONS, SCHEDULES
 
     NAMASKAR, TEXT, TRAIN = NamaskarConfig(), TextConfig(), default_train_config()
     parser = argparse.ArgumentParser(prog="rnnkit", description=__doc__.splitlines()[0])
@@ -265,10 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="one dropout mask per stream and chunk, shared by its characters (variational)")
     model.add_argument("--tie-weights", action="store_true", help="share the embedding with the output layer")
     loop = train.add_argument_group("training")
-    loop.add_argument("--optimizer", choices=["adam", "adamw", "sgd", "adagrad"], default=TRAIN.optimizer)
+    loop.add_argument("--optimizer", choices=OPTIMIZERS, default=TRAIN.optimizer)
     loop.add_argument("--lr", type=positive_float, default=TRAIN.learning_rate)
     loop.add_argument("--weight-decay", type=float, default=TRAIN.weight_decay)
-    loop.add_argument("--schedule", choices=["constant", "cosine", "plateau"], default=TRAIN.schedule)
+    loop.add_argument("--schedule", choices=SCHEDULES, default=TRAIN.schedule)
     loop.add_argument("--warmup", type=non_negative_int, default=TRAIN.warmup_steps, help="linear warm-up steps")
     loop.add_argument("--clip", type=float, default=TRAIN.clip_norm, help="clip the gradient's global norm (0: off)")
     loop.add_argument("--clip-value", type=positive_float, default=None, help="clip each gradient entry")
@@ -278,10 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     loop.add_argument("--eval-every", type=positive_int, default=TRAIN.eval_every, help="steps between evaluations")
     loop.add_argument("--patience", type=positive_int, default=None,
                       help="stop after this many evaluations without improvement")
-    loop.add_argument("--on-nan", choices=["skip", "rollback", "stop"], default=TRAIN.on_nan,
+    loop.add_argument("--on-nan", choices=NAN_POLICIES, default=TRAIN.on_nan,
                       help="at a NaN/Inf loss or gradient: skip the update, roll back to the last "
                            "checkpoint at half the learning rate, or stop (exit status 2)")
-    loop.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=TRAIN.precision,
+    loop.add_argument("--precision", choices=PRECISIONS, default=TRAIN.precision,
                       help="bf16: autocast the forward pass to bfloat16 (about 1.8x faster on CPUs with AMX); "
                            "auto: bf16 where the hardware has it, else fp32")
     loop.add_argument("--seed", type=int, default=TRAIN.seed)
