@@ -3,7 +3,7 @@ import pytest
 
 from rnnkit.cli import main
 from rnnkit.data.series import Series
-from rnnkit.tasks.forecast import Baseline, Forecaster, Windows
+from rnnkit.tasks.forecast import Baseline, Forecaster, Windows, choose_anchor
 
 TINY = dict(hidden_size=8, ensemble=1, max_steps=20, eval_every=10, combine=())  # the RNN alone
 
@@ -35,7 +35,7 @@ def test_backtest_origins_and_metrics_match_hand_computation():
 
 def test_scaling_sees_only_the_history():
     series = seasonal(60)
-    windows = Windows(series.head(40), window=24, steps=12, seasonal_features=False)
+    windows = Windows(series.head(40), window=24, steps=12, seasonal_features=False, anchor="seasonal_naive")
     assert windows.scale == pytest.approx(np.mean(np.abs(series.values[12:40] - series.values[:28])))
     # Changing the values after the last origin's cut must not change any backtest forecast.
     changed = seasonal(60)
@@ -44,6 +44,42 @@ def test_scaling_sees_only_the_history():
     for before, after in zip(runs[0].forecasts, runs[1].forecasts):
         np.testing.assert_allclose(before.mean, after.mean)
     assert runs[0].rows[1]["mase"] != runs[1].rows[1]["mase"]
+
+
+def test_anchor_is_the_classical_forecast_that_erred_least_on_the_history():
+    rng = np.random.default_rng(0)
+    # A fixed season in noise: averaging each phase over the window's two seasons halves the noise.
+    assert choose_anchor([seasonal(120)], steps=12, window=24) == "seasonal_mean"
+    assert choose_anchor([seasonal(120, slope=0.5)], steps=12, window=24) == "seasonal_naive_drift"
+    # Quarterly series without a season: the last value beats the value a year back.
+    walk = make_series(np.cumsum(rng.normal(0, 1, 120)), season=4)
+    assert choose_anchor([walk], steps=8, window=16) == "naive"
+    trend = make_series(np.cumsum(rng.normal(1, 0.5, 120)), season=4)
+    assert choose_anchor([trend], steps=8, window=16) == "naive_drift"
+    level = make_series(rng.normal(5, 1, 120))
+    assert choose_anchor([level], steps=10, window=20) == "mean"
+
+    windows = Windows(trend, window=8, steps=3, seasonal_features=False, anchor="naive")
+    features, anchor = windows.inputs(trend.values, None, np.array([50]))
+    assert anchor.abs().max() == 0 and features[0, -1, 0] == 0  # both relative to y_T
+    windows = Windows(trend, window=8, steps=3, seasonal_features=False, anchor="seasonal_naive")
+    _, anchor = windows.inputs(trend.values, None, np.array([50]))
+    expected = (trend.values[[46, 47, 48]] - trend.values[49]) / windows.scale
+    np.testing.assert_allclose(anchor[0].numpy(), expected, rtol=1e-5)
+    windows = Windows(trend, window=8, steps=6, seasonal_features=False, anchor="seasonal_mean")
+    _, anchor = windows.inputs(trend.values, None, np.array([50]))
+    phases = (trend.values[42:46] + trend.values[46:50]) / 2  # y_42 … y_49: two seasons
+    np.testing.assert_allclose(trend.values[49] + windows.scale * anchor[0].numpy(), phases[[0, 1, 2, 3, 0, 1]], rtol=1e-5)
+    # With drift: a straight line is forecast exactly; the slope is read over whole seasons.
+    line = make_series(3.0 * np.arange(40) + 10 * (np.arange(40) % 4 == 0), season=4)
+    for kind in ("naive_drift", "seasonal_naive_drift"):
+        windows = Windows(line, window=10, steps=6, seasonal_features=False, anchor=kind)
+        _, anchor = windows.inputs(line.values, None, np.array([30]))
+        forecast = line.values[29] + windows.scale * anchor[0].numpy()
+        if kind == "seasonal_naive_drift":  # the season's spike repeats: exact
+            np.testing.assert_allclose(forecast, line.values[30:36], rtol=1e-5)
+        else:  # naive with drift: the slope 3 over 8 steps (two seasons), the spikes missed
+            np.testing.assert_allclose(forecast, line.values[29] + 3.0 * np.arange(1, 7), rtol=1e-5)
 
 
 def test_forecaster_learns_a_seasonal_signal_beyond_seasonal_naive():

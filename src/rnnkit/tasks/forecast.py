@@ -10,6 +10,7 @@ values. Errors per origin: MASE (scale: in-sample seasonal naive MAE at lag m of
 sMAPE, RMSE, coverage and width of the 80% interval. One origin is a holdout evaluation.
 """
 
+import functools
 import tempfile
 import time
 import warnings
@@ -27,6 +28,7 @@ from ..train.checkpoint import load_checkpoint, save_checkpoint
 from ..train.trainer import TrainConfig, Trainer
 
 STRATEGIES = ("direct", "recursive", "seq2seq")
+ANCHORS = ("auto", "naive", "seasonal_naive", "naive_drift", "seasonal_naive_drift", "mean", "seasonal_mean")
 BASELINES = ("naive", "seasonal_naive", "drift", "ets", "theta", "arima")
 # statsforecast's stepwise auto-ARIMA takes minutes per fit at m = 12 and did not finish in 6 at
 # m = 52 on a CPU core; the hybrid recipe combines it only for shorter seasons.
@@ -93,7 +95,12 @@ class Backtest:
 class Baseline(ForecastModel):
     """Statistical baselines fitted by statsforecast (Nixtla): naive, seasonal naive, drift,
     ETS (AutoETS: error/trend/season chosen by AICc), theta (AutoTheta) and auto-ARIMA (Hyndman–Khandakar
-    stepwise search), each with its own 80% prediction interval."""
+    stepwise search), each with its own 80% prediction interval.
+
+    auto-ARIMA approximates the likelihood (CSS) during its search on series longer than 150 or
+    seasons over 12, as R's forecast::auto.arima does by default; statsforecast's own default is
+    exact, which took 149–239 s per fit at m = 12 (elnino) and did not finish in 20 minutes at
+    m = 52 (co2), against 2 s and 20 s approximated, with equal accuracy where both finished."""
 
     def __init__(self, method: str, season: int = 1):
         if method not in BASELINES:
@@ -103,24 +110,32 @@ class Baseline(ForecastModel):
     def fresh(self, horizon: int) -> "Baseline":
         return Baseline(self.name, self.season)
 
-    def _model(self):
-        from statsforecast import models
-
-        m = self.season
-        return {"naive": lambda: models.Naive(), "seasonal_naive": lambda: models.SeasonalNaive(m),
-                "drift": lambda: models.RandomWalkWithDrift(), "ets": lambda: models.AutoETS(season_length=m),
-                "theta": lambda: models.AutoTheta(season_length=m),
-                "arima": lambda: models.AutoARIMA(season_length=m)}[self.name]()
-
     def fit(self, series: Series) -> "Baseline":
         self.history, self.season = series, series.season
         return self
 
     def predict(self, horizon: int) -> Forecast:
-        with warnings.catch_warnings():  # convergence chatter of the model search
-            warnings.simplefilter("ignore")
-            out = self._model().forecast(y=self.history.values, h=horizon, level=[LEVEL])
-        return Forecast(self.history.future_time(horizon), out["mean"], out[f"lo-{LEVEL}"], out[f"hi-{LEVEL}"])
+        history = np.asarray(self.history.values, dtype=np.float64).tobytes()
+        parts = _statistical_forecast(self.name, self.season, history, horizon)
+        return Forecast(self.history.future_time(horizon), *(part.copy() for part in parts))  # the cache's stay intact
+
+
+@functools.lru_cache(maxsize=64)
+def _statistical_forecast(method: str, season: int, history: bytes, horizon: int) -> tuple[np.ndarray, ...]:
+    """(mean, lower, upper) of one statsforecast model fitted to the history (float64 bytes).
+    Memoised: a backtest of the combined forecaster and of the same baseline fit each history once."""
+    from statsforecast import models
+
+    values, m = np.frombuffer(history), season
+    model = {"naive": lambda: models.Naive(), "seasonal_naive": lambda: models.SeasonalNaive(m),
+             "drift": lambda: models.RandomWalkWithDrift(), "ets": lambda: models.AutoETS(season_length=m),
+             "theta": lambda: models.AutoTheta(season_length=m),
+             "arima": lambda: models.AutoARIMA(season_length=m, approximation=len(values) > 150 or m > 12),
+             }[method]()
+    with warnings.catch_warnings():  # convergence chatter of the model search
+        warnings.simplefilter("ignore")
+        out = model.forecast(y=values, h=horizon, level=[LEVEL])
+    return out["mean"], out[f"lo-{LEVEL}"], out[f"hi-{LEVEL}"]
 
 
 # ----------------------------------------------------------------------------- the recurrent forecaster
@@ -136,6 +151,7 @@ class ForecastConfig:
     strategy: str = "direct"          # direct multi-output | recursive one-step | seq2seq encoder–decoder
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
     seasonal_features: bool = True    # sin/cos of the seasonal phase as extra inputs (when m > 1)
+    anchor: str = "auto"              # the forecast the network corrects; auto: whichever erred less on the history
     ensemble: int = 3                 # members trained from seeds seed, seed+1, …; their quantiles averaged
     min_windows: int = 24             # the window shrinks on short series to leave this many examples
     val_fraction: float = 0.2         # the latest windows, for early stopping and the best checkpoint
@@ -145,6 +161,7 @@ class ForecastConfig:
     weight_decay: float = 1e-4
     eval_every: int = 25
     patience: int = 3
+    refit: bool = False               # retrain on every window for the early-stopped number of steps
     combine: tuple[str, ...] = ("ets", "arima")  # baselines averaged into the forecast (arima only for m ≤ 4)
     combine_weight: float = 0.1       # λ: the weight of their mean against the RNN's
     seed: int = 0
@@ -161,6 +178,8 @@ class ForecastConfig:
             raise ValueError(f"quantiles must rise within (0, 1) and include the median 0.5, got {self.quantiles}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.anchor not in ANCHORS:
+            raise ValueError(f"anchor must be one of {ANCHORS}, got {self.anchor!r}")
         if not set(self.combine) <= set(BASELINES):
             raise ValueError(f"combine must name baselines from {BASELINES}, got {self.combine}")
         if not 0 <= self.combine_weight < 1:
@@ -180,19 +199,55 @@ def series_scale(values: np.ndarray, season: int) -> float:
     return float(np.mean(np.abs(values[lag:] - values[:-lag]))) or 1.0
 
 
+def anchor_forecast(values: np.ndarray, ends: np.ndarray, steps: int, season: int, anchor: str, window: int) -> np.ndarray:
+    """The anchor forecasts of y_{e+k−1}, k = 1 … steps, from the history y_0 … y_{e−1}, for each
+    end e: the last value (naive) or the value one season before (seasonal naive), plus, for the
+    drift kinds, the mean step over the window times the distance from that value (the span
+    y_{e−1−span} … y_{e−1} is cut to whole seasons, so a season's swing does not read as drift)."""
+    target = ends[:, None] + np.arange(steps)
+    if anchor.endswith("mean"):  # the window's mean, or the mean of each phase over its whole seasons
+        phase = ends[:, None] - (1 if anchor == "mean" else season - np.arange(steps) % season)
+        lags = np.arange(window) if anchor == "mean" else season * np.arange(window // season)
+        return values[phase[..., None] - lags].mean(-1) * np.ones(target.shape)
+    source = ends[:, None] - 1 if anchor.startswith("naive") else ends[:, None] - season + np.arange(steps) % season
+    forecast = values[np.broadcast_to(source, target.shape)]
+    if anchor.endswith("drift"):
+        span = (window - 1) - (window - 1) % season  # within the window: needs window > season
+        slope = (values[ends - 1] - values[ends - 1 - span]) / span
+        forecast = forecast + slope[:, None] * (target - source)
+    return forecast
+
+
+def choose_anchor(histories: list[Series], steps: int, window: int) -> str:
+    """The anchor kind whose forecasts of the next `steps` values erred least (mean absolute error)
+    from every origin of the histories: a seasonally adjusted quarterly series is better anchored
+    on its last value, a seasonal one on its last season, a trending one with drift."""
+    kinds = [kind for kind in ANCHORS[1:] if histories[0].season > 1 or not kind.startswith("seasonal")]
+    errors = {}
+    for kind in kinds:
+        total = []
+        for series in histories:
+            ends = np.arange(window, len(series) - steps + 1)
+            target = series.values[ends[:, None] + np.arange(steps)]
+            total.append(np.abs(target - anchor_forecast(series.values, ends, steps, series.season, kind, window)).ravel())
+        errors[kind] = np.mean(np.concatenate(total))
+    return min(errors, key=errors.get)
+
+
 class Windows:
     """Training examples cut from a history, scaled by that history alone.
 
         z_s      = (y_s − y_T) / scale,   s = T−L+1 … T       scale = mean |y_t − y_{t−m}|
-        anchor_k = (y_{T−m+((k−1) mod m)+1} − y_T) / scale     the seasonal naive forecast
+        anchor_k = (a_k − y_T) / scale     a_k: a classical forecast of y_{T+k} (`anchor_forecast`:
+                   naive, seasonal naive, either with drift; chosen on the history by `choose_anchor`)
         target_k = (y_{T+k} − y_T) / scale,   k = 1 … steps
 
     Inputs carry z, then sin/cos of the seasonal phase (optional), then the covariates
     standardised by their mean and deviation over the history.
     """
 
-    def __init__(self, series: Series, window: int, steps: int, seasonal_features: bool):
-        self.series, self.window, self.steps = series, window, steps
+    def __init__(self, series: Series, window: int, steps: int, seasonal_features: bool, anchor: str):
+        self.series, self.window, self.steps, self.anchor = series, window, steps, anchor
         self.seasonal_features = seasonal_features and series.season > 1
         self.scale = series_scale(series.values, series.season)
         covariates = series.covariates
@@ -215,8 +270,7 @@ class Windows:
             columns += [np.sin(phase), np.cos(phase)]
         if covariates is not None:
             columns += list(((covariates[index] - self.covariate_mean) / self.covariate_std).transpose(2, 0, 1))
-        anchor_index = ends[:, None] - m + np.arange(self.steps) % m
-        anchor = (values[anchor_index] - last) / self.scale
+        anchor = (anchor_forecast(values, ends, self.steps, m, self.anchor, L) - last) / self.scale
         return (torch.tensor(np.stack(columns, -1), dtype=torch.float32),
                 torch.tensor(anchor, dtype=torch.float32))
 
@@ -348,7 +402,7 @@ class Forecaster(ForecastModel):
             window = config.window
         else:
             window = min(max(2 * self.horizon, 2 * season, 16), shortest - self._steps() - config.min_windows + 1)
-        return max(window, season, 2)  # the seasonal naive anchor reads one season back
+        return max(window, season + 1, 2)  # the seasonal drift anchor reads one season and a step back
 
     def fit(self, series: Series | list[Series], run_dir: Path | None = None, quiet: bool = True) -> "Forecaster":
         """Train the ensemble on every window of `series` (a list: one global model for all).
@@ -360,7 +414,8 @@ class Forecaster(ForecastModel):
         self.window = self._window(min(map(len, many)), self.season)
         for one in many:
             check_length(one, self.window + self._steps() + 1, f"window {self.window} + horizon {self._steps()} (+1 to validate)")
-        windows = [Windows(one, self.window, self._steps(), config.seasonal_features) for one in many]
+        self.anchor = choose_anchor(many, self._steps(), self.window) if config.anchor == "auto" else config.anchor
+        windows = [Windows(one, self.window, self._steps(), config.seasonal_features, self.anchor) for one in many]
         train, val = [], []
         for examples in (w.examples() for w in windows):  # each series' latest windows validate
             validation = max(1, round(config.val_fraction * len(examples[0])))
@@ -383,7 +438,18 @@ class Forecaster(ForecastModel):
                 folder = Path(run_dir or scratch) / f"member-{member}"
                 folder.mkdir(parents=True, exist_ok=True)
                 Trainer(task, train_config, folder, {"task": "forecast"}, quiet=quiet).fit()
-                model.load_state_dict(load_checkpoint(folder / "best.pt")["model"])
+                best = load_checkpoint(folder / "best.pt")
+                if config.refit:  # the latest windows, held out to choose the step count, now trained on too
+                    torch.manual_seed(seed)
+                    model = ForecastNet(config, self.window, self._steps(), self.num_features)
+                    everything = tuple(torch.cat(parts) for parts in zip(train, val))
+                    task = WindowTask(model, everything, val, replace(config, seed=seed))
+                    refit = folder / "refit"
+                    refit.mkdir(exist_ok=True)
+                    Trainer(task, replace(train_config, max_steps=max(best["trainer"]["step"], config.eval_every),
+                                          patience=None), refit, {"task": "forecast"}, quiet=quiet).fit()
+                    best = load_checkpoint(refit / "last.pt")
+                model.load_state_dict(best["model"])
                 self.members.append(model.eval())
         return self
 
@@ -396,7 +462,7 @@ class Forecaster(ForecastModel):
             raise ValueError(f"this forecaster was fitted for horizon {self.horizon}; got {horizon}")
         series = series or self.history
         check_length(series, self.window, f"a window of {self.window}")
-        windows = Windows(series, self.window, self._steps(), self.config.seasonal_features)
+        windows = Windows(series, self.window, self._steps(), self.config.seasonal_features, self.anchor)
         values, covariates = series.values.astype(float), series.covariates
         quantiles = []
         with torch.no_grad():
@@ -424,7 +490,7 @@ class Forecaster(ForecastModel):
 
     def save(self, path: Path) -> None:
         save_checkpoint(path, {"forecast": asdict(self.config), "horizon": self.horizon, "season": self.season,
-                               "window": self.window, "num_features": self.num_features,
+                               "window": self.window, "num_features": self.num_features, "anchor": self.anchor,
                                "members": [member.state_dict() for member in self.members]})
 
     @classmethod
@@ -433,6 +499,7 @@ class Forecaster(ForecastModel):
         forecaster = cls(ForecastConfig.from_dict(payload["forecast"]))
         forecaster.horizon, forecaster.season = payload["horizon"], payload["season"]
         forecaster.window, forecaster.num_features = payload["window"], payload["num_features"]
+        forecaster.anchor = payload.get("anchor", "seasonal_naive")  # runs saved before the anchor was chosen
         forecaster.history = history
         for state in payload["members"]:
             member = ForecastNet(forecaster.config, forecaster.window, forecaster._steps(), forecaster.num_features)
@@ -524,6 +591,7 @@ def run_forecast(args) -> None:
     horizon = args.horizon or series.horizon
     config = ForecastConfig(horizon=horizon, cell=args.cell, hidden_size=args.hidden_size, num_layers=args.layers,
                             window=args.window, strategy=args.strategy, seasonal_features=args.seasonal_features,
+                            anchor=args.anchor,
                             ensemble=args.ensemble, max_steps=args.max_steps, learning_rate=args.lr, seed=args.seed,
                             combine=tuple(name for name in args.combine.split(",") if name),
                             combine_weight=args.combine_weight)
@@ -616,6 +684,7 @@ def export_modules(run_dir: Path) -> tuple[dict, dict]:
         graphs[f"member_{k}"] = graph(member.eval(), "forward", inputs, ["quantiles"],
                                       {"features": {0: "batch"}, "anchor": {0: "batch"}, "quantiles": {0: "batch"}})
     return graphs, {"window": payload["window"], "steps": steps, "season": payload["season"],
+                    "anchor": payload.get("anchor", "seasonal_naive"),
                     "quantiles": list(config.quantiles), "strategy": config.strategy,
                     "seasonal_features": config.seasonal_features, "combine": list(config.combine),
                     "combine_weight": config.combine_weight,
@@ -657,6 +726,8 @@ def add_commands(commands) -> None:
     model.add_argument("--strategy", choices=STRATEGIES, default=defaults.strategy)
     model.add_argument("--seasonal-features", action=argparse.BooleanOptionalAction, default=defaults.seasonal_features,
                        help="feed sin/cos of the seasonal phase")
+    model.add_argument("--anchor", choices=ANCHORS, default=defaults.anchor,
+                       help="the forecast the network corrects (auto: naive or seasonal naive, whichever erred less on the history)")
     model.add_argument("--ensemble", type=positive_int, default=defaults.ensemble, help="members (seeds)")
     model.add_argument("--max-steps", type=positive_int, default=defaults.max_steps)
     model.add_argument("--lr", type=positive_float, default=defaults.learning_rate)
