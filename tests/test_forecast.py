@@ -3,7 +3,7 @@ import pytest
 
 from rnnkit.cli import main
 from rnnkit.data.series import Series
-from rnnkit.tasks.forecast import Baseline, Forecaster, Windows, choose_anchor
+from rnnkit.tasks.forecast import ANCHORS, TRUST_GRID, Baseline, Forecaster, Windows, choose_anchor
 
 TINY = dict(hidden_size=8, ensemble=1, max_steps=20, eval_every=10, combine=())  # the RNN alone
 
@@ -82,6 +82,21 @@ def test_anchor_is_the_classical_forecast_that_erred_least_on_the_history():
             np.testing.assert_allclose(forecast, line.values[29] + 3.0 * np.arange(1, 7), rtol=1e-5)
 
 
+def test_trust_scales_the_networks_correction_to_its_anchor():
+    exact = make_series(10 * np.sin(2 * np.pi * np.arange(120) / 12), 12)  # seasonal naive is exact
+    untrained = dict(TINY, max_steps=1, eval_every=1, anchor="seasonal_naive", trust=None)
+    # Trust chosen on the validation windows: an untrained network's correction only adds error.
+    forecaster = Forecaster(horizon=12, **untrained).fit(exact)
+    assert forecaster.trust == 0.0 and forecaster.trust in TRUST_GRID
+    forecast = forecaster.predict()
+    np.testing.assert_allclose(forecast.mean, exact.values[-12:], atol=1e-4)
+    assert np.all(forecast.lower <= forecast.mean) and np.all(forecast.mean <= forecast.upper)
+    raw = Forecaster(horizon=12, **{**untrained, "trust": 1.0}).fit(exact)
+    assert raw.trust == 1.0 and np.abs(raw.predict().mean - exact.values[-12:]).max() > 1e-3
+    with pytest.raises(ValueError, match="trust must be in"):
+        Forecaster(trust=1.5)
+
+
 def test_forecaster_learns_a_seasonal_signal_beyond_seasonal_naive():
     series = seasonal(slope=0.3)
     learned = Forecaster(hidden_size=16, ensemble=1, max_steps=150, combine=()).backtest(series, origins=2, horizon=12).mean()
@@ -100,12 +115,11 @@ def test_strategies_forecast_ordered_intervals(strategy):
 def test_combined_forecast_is_the_mean_of_the_rnn_and_the_baselines():
     series = seasonal(80)
     alone = Forecaster(horizon=6, **TINY).fit(series).predict()
-    naive = Baseline("naive").fit(series).predict(6)
-    combined = Forecaster(horizon=6, **{**TINY, "combine": ("naive", "arima"), "combine_weight": 0.25}).fit(series).predict()
-    # m = 12 > ARIMA_MAX_SEASON: arima is left out, the naive forecast is weighted in.
+    naive, drift = (Baseline(name).fit(series).predict(6) for name in ("naive", "drift"))
+    combined = Forecaster(horizon=6, **{**TINY, "combine": ("naive", "drift"), "combine_weight": 0.25}).fit(series).predict()
     for part in ("mean", "lower", "upper"):
-        np.testing.assert_allclose(getattr(combined, part), 0.75 * getattr(alone, part) + 0.25 * getattr(naive, part),
-                                   rtol=1e-5)
+        statistical = (getattr(naive, part) + getattr(drift, part)) / 2
+        np.testing.assert_allclose(getattr(combined, part), 0.75 * getattr(alone, part) + 0.25 * statistical, rtol=1e-5)
     with pytest.raises(ValueError, match="combine must name baselines"):
         Forecaster(combine=("prophet",))
 
@@ -128,7 +142,7 @@ def test_cli_writes_the_run_folder_and_predicts(tmp_path, capsys):
                                             for i, v in enumerate(series.values)))
     main(["forecast", "--csv", str(path), "--time", "quarter", "--target", "y", "--horizon", "4", "--origins", "2",
           "--baselines", "naive,seasonal_naive", "--combine", "ets", "--ensemble", "1", "--max-steps", "10", "--hidden-size", "8",
-          "--runs-dir", str(tmp_path), "--name", "run", "--quiet"])
+          "--trust", "auto", "--runs-dir", str(tmp_path), "--name", "run", "--quiet"])
     out = capsys.readouterr().out
     assert "rnnkit" in out and "seasonal_naive" in out
     run = tmp_path / "run"
@@ -153,6 +167,7 @@ def test_cli_writes_the_run_folder_and_predicts(tmp_path, capsys):
     main(["export", str(run)])
     sidecar = json.loads((run / "export" / "export.json").read_text())
     assert sidecar["combine"] == ["ets"] and sidecar["steps"] == 4
+    assert sidecar["anchor"] in ANCHORS[1:] and sidecar["trust"] in TRUST_GRID
     payload = load_checkpoint(run / "model.pt")
     member = ForecastNet(ForecastConfig.from_dict(payload["forecast"]), payload["window"], 4, payload["num_features"])
     member.load_state_dict(payload["members"][0])
@@ -169,3 +184,7 @@ def test_cli_refuses_a_series_too_short(tmp_path, capsys):
         main(["forecast", "--csv", str(path), "--time", "t", "--target", "y", "--runs-dir", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "needs at least" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["forecast", "--csv", str(path), "--time", "t", "--target", "y", "--trust", "1.5"])
+    assert exit_info.value.code == 2
+    assert "--trust: must be a number from 0 to 1 or auto" in capsys.readouterr().err
