@@ -12,6 +12,7 @@ import torch
 
 from rnnkit.cli import main
 from rnnkit.data.text import StreamBatches
+from rnnkit.train.trainer import bf16_is_supported
 from rnnkit.tasks.text import TextConfig, TextTask, beam_search, generate, load_run
 from rnnkit.train.checkpoint import load_checkpoint
 from rnnkit.train.trainer import TrainConfig, Trainer
@@ -242,6 +243,7 @@ def test_a_non_finite_loss_skips_the_update(tmp_path, corpus):
     assert all(torch.isfinite(weight).all() for weight in saved.values())
 
 
+@pytest.mark.skipif(not bf16_is_supported("cpu"), reason="this CPU has no bfloat16 kernels (AVX512-BF16 or AMX)")
 def test_bf16_training_learns_and_keeps_float32_weights(tmp_path, corpus):
     """precision="bf16": the forward pass runs in bfloat16 (the fused LSTM's outputs are
     bf16), yet the weights, optimizer state and evaluation stay float32 and the model learns."""
@@ -252,6 +254,16 @@ def test_bf16_training_learns_and_keeps_float32_weights(tmp_path, corpus):
     assert all(s.dtype == torch.float32 for s in trainer.optimizer.state_dict()["state"][0].values()
                if torch.is_tensor(s) and s.is_floating_point())
     assert trainer.carry[0].dtype == torch.bfloat16  # the state the fused LSTM handed on
+
+
+def test_bf16_is_refused_where_the_cpu_has_no_bf16_kernels(tmp_path, corpus, monkeypatch):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    with pytest.raises(ValueError, match="precision bf16 is not supported on this cpu"):
+        train(tmp_path, corpus, max_steps=1, precision="bf16")
+    runs = tmp_path / "runs"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "text", "--corpus", str(corpus), "--precision", "bf16", "--runs-dir", str(runs)])
+    assert exit_info.value.code == 2 and not runs.exists()  # refused before a run folder was made
 
 
 @pytest.mark.parametrize("precision", ["fp32", "auto"])

@@ -239,13 +239,14 @@ def train_text_model(text_config: TextConfig, train_config: TrainConfig, runs_di
 
     from ..files import write_json
     from ..runs import finish_run, new_run_dir
-    from ..train.trainer import Trainer
+    from ..train.trainer import Trainer, check_precision
 
     rank = int(os.environ.get("RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     train_config.validate()
     torch.manual_seed(train_config.seed)
     task = TextTask(text_config, rank, world_size)
+    check_precision(train_config.precision, next(task.model.parameters()).device.type)
     run_config = {"task": "text", "text": asdict(text_config), "train": asdict(train_config),
                   "vocab": task.vocab.to_json()}
     if resume is not None:

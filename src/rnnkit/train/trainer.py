@@ -121,6 +121,22 @@ class TrainConfig:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
+def bf16_is_supported(device_type: str) -> bool:
+    """Whether bfloat16 kernels run here at all: on CPU, oneDNN's (its fused LSTM has no bf16
+    primitive on a CPU with neither AVX512-BF16 nor AMX, e.g. an AVX2-only AMD EPYC)."""
+    if device_type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)  # private, hence the guard
+    return device_type == "cpu" and supported is not None and supported()
+
+
+def check_precision(precision: str, device_type: str) -> None:
+    """Refuse bf16 where it cannot run, before a run folder is made for it."""
+    if precision == "bf16" and not bf16_is_supported(device_type):
+        raise ValueError(f"precision bf16 is not supported on this {device_type} (no AVX512-BF16 or AMX "
+                         "on a CPU): use fp32, or auto to take bf16 only where it is native")
+
+
 def bf16_is_native(device_type: str) -> bool:
     """Whether this machine multiplies bfloat16 matrices in hardware (AMX tiles on CPU)."""
     if device_type == "cuda":
@@ -239,6 +255,7 @@ class Trainer:
         self.run_config = run_config
         self.model = task.model
         self.device_type = next(self.model.parameters()).device.type
+        check_precision(config.precision, self.device_type)
         self.bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_is_native(self.device_type))
         self.rank, self.world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         self.train_model = self.model
