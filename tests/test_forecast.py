@@ -1,3 +1,6 @@
+import os
+import sys
+
 import numpy as np
 import pytest
 
@@ -122,6 +125,24 @@ def test_combined_forecast_is_the_mean_of_the_rnn_and_the_baselines():
         np.testing.assert_allclose(getattr(combined, part), 0.75 * getattr(alone, part) + 0.25 * statistical, rtol=1e-5)
     with pytest.raises(ValueError, match="combine must name baselines"):
         Forecaster(combine=("prophet",))
+
+
+def test_statistical_fits_in_the_background_process_equal_fits_here():
+    from rnnkit.tasks import forecast
+
+    values = seasonal(80, seed=12345).values
+    here = forecast._fit_statistical(*forecast._key("ets", 12, values, 6))
+    forecast.start_statistical("ets", 12, values, 6)
+    if (os.cpu_count() or 1) > 1 and sys.platform == "linux":  # sent to the other core, not fitted here
+        assert forecast._key("ets", 12, values, 6) in forecast._WORKER[0].pending
+    background = forecast.statistical_forecast("ets", 12, values, 6)
+    for ours, theirs in zip(here[:3], background[:3]):
+        np.testing.assert_allclose(ours, theirs)
+    assert background[3] > 0  # the fit's own compute time, reported as the baseline's
+    # A fit that fails in the background raises where its forecast is asked for.
+    forecast.start_statistical("theta", 1, values[:1], 6)
+    with pytest.raises(NotImplementedError, match="tiny datasets"):
+        forecast.statistical_forecast("theta", 1, values[:1], 6)
 
 
 def test_global_model_with_covariates_and_calendar_features():

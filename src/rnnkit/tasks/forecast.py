@@ -10,7 +10,7 @@ values. Errors per origin: MASE (scale: in-sample seasonal naive MAE at lag m of
 sMAPE, RMSE, coverage and width of the 80% interval. One origin is a holdout evaluation.
 """
 
-import functools
+import os
 import tempfile
 import time
 import warnings
@@ -49,6 +49,7 @@ class ForecastModel:
     """fit(series) -> self, predict(horizon) -> Forecast, backtest(series, origins, horizon)."""
 
     name = "model"
+    fit_seconds: float | None = None  # the compute time of the last fit, where it ran elsewhere
 
     def fresh(self, horizon: int) -> "ForecastModel":
         """An unfitted copy that forecasts `horizon` steps."""
@@ -61,9 +62,9 @@ class ForecastModel:
         for k in range(origins, 0, -1):
             cut = len(series) - k * horizon
             history = series.head(cut)
-            started = time.perf_counter()
-            forecast = self.fresh(horizon).fit(history).predict(horizon)
-            seconds = time.perf_counter() - started
+            started, model = time.perf_counter(), self.fresh(horizon)
+            forecast = model.fit(history).predict(horizon)
+            seconds = model.fit_seconds if model.fit_seconds is not None else time.perf_counter() - started
             rows.append({"origin": str(series.time[cut - 1]),
                          **evaluate(series.values[cut:cut + horizon], forecast, history), "seconds": seconds})
             forecasts.append(forecast)
@@ -113,17 +114,70 @@ class Baseline(ForecastModel):
         return self
 
     def predict(self, horizon: int) -> Forecast:
-        history = np.asarray(self.history.values, dtype=np.float64).tobytes()
-        parts = _statistical_forecast(self.name, self.season, history, horizon)
+        *parts, self.fit_seconds = statistical_forecast(self.name, self.season, self.history.values, horizon)
         return Forecast(self.history.future_time(horizon), *(part.copy() for part in parts))  # the cache's stay intact
 
 
-@functools.lru_cache(maxsize=64)
-def _statistical_forecast(method: str, season: int, history: bytes, horizon: int) -> tuple[np.ndarray, ...]:
-    """(mean, lower, upper) of one statsforecast model fitted to the history (float64 bytes).
-    Memoised: a backtest of the combined forecaster and of the same baseline fit each history once."""
+# Statistical fits, memoised by (method, season, history, horizon): a backtest of the combined
+# forecaster and of the same baseline fit each history once. `start_statistical` hands a fit to a
+# second process, so that it runs on another core while the network trains (auto-ARIMA takes
+# 20 s a fit on weekly co2, as long as the network).
+_FITS: dict[tuple, tuple] = {}  # key -> (mean, lower, upper, seconds), or the exception the fit raised
+_WORKER: list = []  # the background process, started on first use
+
+
+class _Worker:
+    """A forked daemon process that fits statistical models in the order they were sent and
+    sends each result back in that order. Forked, as PyTorch's DataLoader workers are: spawn
+    would re-import the user's script. A daemon fed through a queue: sending never blocks, and
+    exiting never waits for the work still queued."""
+
+    def __init__(self):
+        import multiprocessing
+
+        context = multiprocessing.get_context("fork")
+        self.tasks = context.Queue()
+        self.tasks.cancel_join_thread()
+        self.results, child = context.Pipe(duplex=False)
+        self.process = context.Process(target=_serve, args=(self.tasks, child, os.getpid()), daemon=True)
+        self.process.start()
+        child.close()
+        self.pending: list[tuple] = []  # keys sent whose results are not read yet
+
+    def submit(self, key: tuple) -> None:
+        self.tasks.put(key)
+        self.pending.append(key)
+
+    def collect(self, key: tuple) -> None:
+        """Read results into _FITS up to key's. If the process died, forget it: fits happen here."""
+        try:
+            while key in self.pending:
+                _FITS[self.pending[0]] = self.results.recv()
+                self.pending.pop(0)
+        except (EOFError, OSError):
+            _WORKER.clear()
+
+
+def _serve(tasks, results, parent: int) -> None:
+    import queue
+
+    while os.getppid() == parent:  # an orphan (the parent was killed) stops
+        try:
+            key = tasks.get(timeout=1)
+        except queue.Empty:
+            continue
+        try:
+            result = _fit_statistical(*key)
+        except Exception as error:  # sent back, raised where the forecast is asked for
+            result = error
+        results.send(result)
+
+
+def _fit_statistical(method: str, season: int, history: bytes, horizon: int) -> tuple:
+    """(mean, lower, upper, seconds) of one statsforecast model fitted to the history (float64 bytes)."""
     from statsforecast import models
 
+    started = time.perf_counter()
     values, m = np.frombuffer(history), season
     model = {"naive": lambda: models.Naive(), "seasonal_naive": lambda: models.SeasonalNaive(m),
              "drift": lambda: models.RandomWalkWithDrift(), "ets": lambda: models.AutoETS(season_length=m),
@@ -133,7 +187,41 @@ def _statistical_forecast(method: str, season: int, history: bytes, horizon: int
     with warnings.catch_warnings():  # convergence chatter of the model search
         warnings.simplefilter("ignore")
         out = model.forecast(y=values, h=horizon, level=[LEVEL])
-    return out["mean"], out[f"lo-{LEVEL}"], out[f"hi-{LEVEL}"]
+    return out["mean"], out[f"lo-{LEVEL}"], out[f"hi-{LEVEL}"], time.perf_counter() - started
+
+
+def _key(method: str, season: int, values: np.ndarray, horizon: int) -> tuple:
+    return method, season, np.asarray(values, dtype=np.float64).tobytes(), horizon
+
+
+def start_statistical(method: str, season: int, values: np.ndarray, horizon: int) -> None:
+    """Begin fitting in the background process (on Linux with more than one core)."""
+    import multiprocessing
+
+    key = _key(method, season, values, horizon)
+    if (os.cpu_count() or 1) < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return
+    if not _WORKER:
+        _WORKER.append(_Worker())
+    if key not in _FITS and key not in _WORKER[0].pending:
+        _WORKER[0].submit(key)
+
+
+def statistical_forecast(method: str, season: int, values: np.ndarray, horizon: int) -> tuple:
+    """The fit's (mean, lower, upper, seconds): from the memo, the background process, or fitted here."""
+    key = _key(method, season, values, horizon)
+    if key not in _FITS and _WORKER and key in _WORKER[0].pending:
+        _WORKER[0].collect(key)
+    if key not in _FITS:
+        if len(_FITS) > 256:  # a long session: forget the older histories
+            _FITS.clear()
+        try:
+            _FITS[key] = _fit_statistical(*key)
+        except Exception as error:
+            _FITS[key] = error
+    if isinstance(_FITS[key], Exception):
+        raise _FITS[key]
+    return _FITS[key]
 
 
 # ----------------------------------------------------------------------------- the recurrent forecaster
@@ -412,6 +500,8 @@ class Forecaster(ForecastModel):
         when run_dir is None)."""
         config, many = self.config, list(series) if isinstance(series, (list, tuple)) else [series]
         self.horizon = config.horizon or many[0].horizon
+        for name in config.combine:  # fitted on another core while the network trains
+            start_statistical(name, many[0].season, many[0].values, self.horizon)
         self.season = many[0].season
         self.window = self._window(min(map(len, many)), self.season)
         for one in many:
@@ -519,6 +609,13 @@ class Forecaster(ForecastModel):
 
 
 def compare(series: Series, models: list[ForecastModel], origins: int, horizon: int) -> list[Backtest]:
+    """Each model's backtest. Every statistical fit they need is queued first, origin by origin,
+    for the background process: the baselines are fitted while the network trains."""
+    methods = [name for model in models for name in (model.config.combine if isinstance(model, Forecaster) else
+                                                     (model.name,) if isinstance(model, Baseline) else ())]
+    for k in range(origins, 0, -1):
+        for name in dict.fromkeys(methods):
+            start_statistical(name, series.season, series.values[:len(series) - k * horizon], horizon)
     return [model.backtest(series, origins, horizon) for model in models]
 
 
@@ -595,6 +692,8 @@ def run_forecast(args) -> None:
     from ..runs import finish_run, new_run_dir
 
     series = load_series(args)
+    if args.threads is None:  # the statistical fits take the other core (see start_statistical)
+        torch.set_num_threads(1)
     horizon = args.horizon or series.horizon
     config = ForecastConfig(horizon=horizon, cell=args.cell, hidden_size=args.hidden_size, num_layers=args.layers,
                             window=args.window, strategy=args.strategy, seasonal_features=args.seasonal_features,
