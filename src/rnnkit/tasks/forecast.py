@@ -327,7 +327,7 @@ class Windows:
 
         z_s      = (y_s − y_T) / scale,   s = T−L+1 … T       scale = mean |y_t − y_{t−m}|
         anchor_k = (a_k − y_T) / scale     a_k: a classical forecast of y_{T+k} (`anchor_forecast`:
-                   naive, seasonal naive, either with drift; chosen on the history by `choose_anchor`)
+                   naive, seasonal naive, either with drift, or a window mean; `choose_anchor`)
         target_k = (y_{T+k} − y_T) / scale,   k = 1 … steps
 
     Inputs carry z, then sin/cos of the seasonal phase (optional), then the covariates
