@@ -2,8 +2,8 @@
 
 Six real series bundled with statsmodels (and, with --held-out, ten more never used to choose
 anything), K = 5 origins one horizon apart, MASE at the series' seasonal period. The default
-recipe (see Forecaster) is used as it is on every series (no tuning); --validation backtests
-the K origins before those, where recipes are compared.
+recipe (see Forecaster) is used as it is on every series (no tuning); --validation 10 backtests
+the 10 origins before those, where session 4 compared recipes.
 
     OMP_NUM_THREADS=1 python benchmarks/forecast_quality.py [--series sunspots,nile] [--held-out] [--out benchmarks/RESULTS.md]
 """
@@ -28,18 +28,23 @@ BASELINES = ("seasonal_naive", "ets", "arima")
 # m = 12 (elnino); its test-origin MASE, measured once with this script (deterministic), is
 # shown beside the approximated search rnnkit's Baseline runs, and the better of the two counts.
 EXACT_ARIMA = {"elnino": 0.807}
+MIN_HISTORY = 30  # values before the first validation origin (nile's 100 leave 2 validation origins)
 
 
-def run(names, origins: int, validation: bool, overrides: dict) -> list[dict]:
+def run(names, origins: int, validation: int, overrides: dict) -> list[dict]:
+    """Backtest every model at the last `origins` origins of each series, or, with validation
+    = K, at the K origins before those (as many as leave MIN_HISTORY values at the first)."""
     rows = []
     for name in names:
         series = load_bundled(name)
+        backtested = origins
         if validation:  # the origins before the test ones: where recipes are compared
             series = series.head(len(series) - origins * series.horizon)
-        row = {"series": name, "m": series.season, "h": series.horizon, "n": len(series)}
+            backtested = min(validation, (len(series) - MIN_HISTORY) // series.horizon)
+        row = {"series": name, "m": series.season, "h": series.horizon, "n": len(series), "origins": backtested}
         for model in (Forecaster(**overrides), *(Baseline(b, series.season) for b in BASELINES)):
             started = time.perf_counter()
-            row[model.name] = model.backtest(series, origins, series.horizon).mean()["mase"]
+            row[model.name] = model.backtest(series, backtested, series.horizon).mean()["mase"]
             row[f"{model.name}_s"] = time.perf_counter() - started
         if name in EXACT_ARIMA and not validation and EXACT_ARIMA[name] < row["arima"]:
             row["arima"], row["arima_exact"] = EXACT_ARIMA[name], True
@@ -69,7 +74,8 @@ def markdown(rows, command: str) -> str:
             cells[3] += "†" if row.get("arima_exact") else ""
             if win:
                 cells[0] = f"**{cells[0]}**"
-            lines.append(f"| {row['series']} | {row['m']} | {row['h']} | {' | '.join(cells)} | "
+            label = row["series"] + (f" ({row['origins']} origins)" if row.get("origins", 5) != 5 else "")
+            lines.append(f"| {label} | {row['m']} | {row['h']} | {' | '.join(cells)} | "
                          f"{'win' if win else 'loss'} ({row['rnnkit'] / best:.2f}×) | {row['rnnkit_s']:.0f} |")
         wins = sum(r["rnnkit"] < min(r["ets"], r["arima"]) for r in group)
         worse = [r["series"] for r in group if r["rnnkit"] > r["seasonal_naive"]]
@@ -94,7 +100,8 @@ def main() -> None:
     parser.add_argument("--series", default=",".join(SERIES))
     parser.add_argument("--held-out", action="store_true", help=f"also the {len(HELD_OUT)} held-out macrodata columns")
     parser.add_argument("--origins", type=int, default=5)
-    parser.add_argument("--validation", action="store_true", help="backtest on the K origins before the test ones")
+    parser.add_argument("--validation", type=int, default=0, metavar="K",
+                        help="backtest the K origins before the test ones instead (where recipes are compared)")
     parser.add_argument("--set", default="{}", help='Forecaster overrides as JSON, e.g. \'{"ensemble": 5}\'')
     parser.add_argument("--out", default=None, help="write the table into this RESULTS.md section")
     parser.add_argument("--notes", default=None, help="a markdown file appended below the table in that section")
