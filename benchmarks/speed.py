@@ -712,7 +712,7 @@ def text_training_table(text: dict) -> str:
     lines = [f"Model: {text['model']}; one `Trainer.train_step` (forward, loss, backward, clipping, Adam); "
              f"this CPU {'has' if text['native_bf16'] else 'lacks'} native bf16 (AMX), so `--precision auto` "
              f"trains in {'bf16' if text['native_bf16'] else 'fp32'} here"
-             + ("." if text.get("bf16_supported", True) else "; it has no bf16 kernels at all, so there is no bf16 row."),
+             + ("." if text["bf16_supported"] else "; it has no bf16 kernels at all, so there is no bf16 row."),
              "",
              "| precision | chars/s | ÷ fp32 |", "|---|---:|---:|"]
     lines += [f"| {name} | {rate:,.0f} | {rate / base:.2f} |" for name, rate in text["chars_s"].items()]

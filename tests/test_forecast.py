@@ -75,14 +75,15 @@ def test_anchor_is_the_classical_forecast_that_erred_least_on_the_history():
     np.testing.assert_allclose(trend.values[49] + windows.scale * anchor[0].numpy(), phases[[0, 1, 2, 3, 0, 1]], rtol=1e-5)
     # With drift: a straight line is forecast exactly; the slope is read over whole seasons.
     line = make_series(3.0 * np.arange(40) + 10 * (np.arange(40) % 4 == 0), season=4)
-    for kind in ("naive_drift", "seasonal_naive_drift"):
+    def drift_forecast(kind):
         windows = Windows(line, window=10, steps=6, seasonal_features=False, anchor=kind)
         _, anchor = windows.inputs(line.values, None, np.array([30]))
-        forecast = line.values[29] + windows.scale * anchor[0].numpy()
-        if kind == "seasonal_naive_drift":  # the season's spike repeats: exact
-            np.testing.assert_allclose(forecast, line.values[30:36], rtol=1e-5)
-        else:  # naive with drift: the slope 3 over 8 steps (two seasons), the spikes missed
-            np.testing.assert_allclose(forecast, line.values[29] + 3.0 * np.arange(1, 7), rtol=1e-5)
+        return line.values[29] + windows.scale * anchor[0].numpy()
+
+    # seasonal naive with drift: the season's spike repeats, so exact
+    np.testing.assert_allclose(drift_forecast("seasonal_naive_drift"), line.values[30:36], rtol=1e-5)
+    # naive with drift: the slope 3 over 8 steps (two seasons), the spikes missed
+    np.testing.assert_allclose(drift_forecast("naive_drift"), line.values[29] + 3.0 * np.arange(1, 7), rtol=1e-5)
 
 
 def test_trust_scales_the_networks_correction_to_its_anchor():
