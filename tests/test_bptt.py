@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from rnnkit import bptt, kernels
 from rnnkit.bptt import ElmanSequence, GRUSequence, JordanSequence, LayerNormLSTMSequence, LSTMSequence, run_sequence
 from rnnkit.cells import ElmanCell, GRUCell, JordanCell, LayerNormLSTMCell, LSTMCell, MultiLagCell
 from rnnkit.recurrent import Recurrent
@@ -205,3 +206,36 @@ def test_under_bf16_autocast_the_functions_run_in_the_weights_float_type(name):
     for a, b in zip(plain, autocast):
         assert b.dtype == a.dtype
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.fixture
+def python_loops(monkeypatch):
+    """Run the Functions on their Python loops, as where rnnkit.kernels cannot be built."""
+    monkeypatch.setattr(bptt, "_compiled", lambda name, like: None)
+
+
+def test_the_compiled_loops_build_here():
+    """gcc is part of this project's set-up; if the build fails, the fast path is silently lost."""
+    assert kernels.ops() is not None, "rnnkit.kernels could not build rnnkit/csrc (see the warning logged)"
+
+
+@pytest.mark.parametrize("valid", [None, VALID[1:, :4]], ids=["full", "padded"])
+def test_gradcheck_of_the_python_layer_norm_lstm_loops(python_loops, valid):
+    torch.manual_seed(2)
+    function, inputs, options = function_inputs("layernorm-lstm")
+    assert torch.autograd.gradcheck(lambda *tensors: function.apply(*tensors, valid, *options), inputs)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 2e-5)], ids=["f64", "f32"])
+@pytest.mark.parametrize("valid", [None, HOLES], ids=["full", "holes"])
+def test_compiled_layer_norm_lstm_loops_match_the_python_ones(monkeypatch, dtype, tolerance, valid):
+    assert kernels.ops() is not None
+    torch.manual_seed(3)
+    cell = perturbed_layer_norm_lstm(3, 6).to(dtype)
+    x = torch.randn(3, 5, 3, dtype=dtype, requires_grad=True)
+    state = tuple(torch.randn(3, 6, dtype=dtype, requires_grad=True) for _ in range(2))
+    compiled = results_and_gradients(lambda *a: run_sequence(*a, valid=valid), cell, x, state)
+    monkeypatch.setattr(bptt, "_compiled", lambda name, like: None)
+    python = results_and_gradients(lambda *a: run_sequence(*a, valid=valid), cell, x, state)
+    for a, b in zip(compiled, python):
+        torch.testing.assert_close(a, b, rtol=0, atol=tolerance)

@@ -41,6 +41,7 @@ from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 from torch.nn.utils import parametrize
 
+from . import kernels
 from .cells import Cell, ElmanCell, GRUCell, JordanCell, LayerNormLSTMCell, LSTMCell, MultiLagCell, State
 
 ACTIVATE_ = {"tanh": torch.tanh_, "relu": torch.relu_}  # in place, on the pre-activation
@@ -106,6 +107,59 @@ def _lstm_gates_backward(gates, kappa, c_prev, gamma, squashed, out) -> None:
     torch.mul(gamma, squashed, out=d_o)
     out.mul_(torch.addcmul(gates, gates, gates, value=-1))  # σ' = s(1 − s); g's block is redone:
     torch.mul(kappa, i, out=d_g).mul_(1 - g * g)
+
+
+def _compiled(name: str, like: torch.Tensor):
+    """The compiled loop `name` of rnnkit.kernels for tensors like `like`, or None (then the Python loop)."""
+    compiled = kernels.ops() if like.device.type == "cpu" else None
+    return None if compiled is None else getattr(compiled, name)
+
+
+def _layer_norm_lstm_forward_steps(gates, vs, v_mean, v_rstd, hs, cs, c_mean, c_rstd, tanh_ls, weight_hh_t,
+                                   ln_hh_weight, ln_c_weight, ln_c_bias, keep, eps) -> None:
+    """LayerNormLSTMSequence's forward recursion, t = 1 … T, into the buffers; what
+    rnnkit/csrc/lnlstm.cpp's lnlstm_forward does in C++. gates[t] holds LN_ih(u_t) + biases and
+    ends as the activated gates. torch.native_layer_norm does mean, variance, normalisation and gain in
+    one kernel and hands back the mean and 1/std: a step makes a dozen calls instead of twenty-odd."""
+    hidden = hs.shape[-1]
+    for t in range(gates.shape[0]):
+        torch.mm(hs[t], weight_hh_t, out=vs[t])
+        v_normed, v_mean[t], v_rstd[t] = torch.native_layer_norm(vs[t], (4 * hidden,), ln_hh_weight, None, eps)
+        i, f, g, o = _lstm_gates_(gates[t].add_(v_normed))
+        torch.mul(f, cs[t], out=cs[t + 1]).addcmul_(i, g)
+        ell, c_mean[t], c_rstd[t] = torch.native_layer_norm(cs[t + 1], (hidden,), ln_c_weight, ln_c_bias, eps)
+        torch.tanh(ell, out=tanh_ls[t])
+        torch.mul(o, tanh_ls[t], out=hs[t + 1])
+        if keep is not None:
+            torch.where(keep[t], cs[t + 1], cs[t], out=cs[t + 1])
+            torch.where(keep[t], hs[t + 1], hs[t], out=hs[t + 1])
+
+
+def _layer_norm_lstm_backward_steps(gates, vs, v_mean, v_rstd, cs, c_mean, c_rstd, tanh_ls, weight_hh, ln_hh_weight,
+                                    ln_c_weight, keep, Gh, Gc, delta, grad_v, grad_l) -> None:
+    """LayerNormLSTMSequence's backward recursion, t = T … 1: fills δ_t, ∂L/∂v_t and ∂L/∂ℓ_t, and
+    leaves γ_t in Gh[t] and κ_t in Gc[t]; what rnnkit/csrc/lnlstm.cpp's lnlstm_backward does in C++."""
+    layer_norm_backward = torch.ops.aten.native_layer_norm_backward
+    hidden = cs.shape[-1]
+    gates_size, input_only = [4 * hidden], [True, False, False]
+    valid = None if keep is None else keep.to(cs.dtype)
+    c_normalised = cs[1:]  # c_t as normalised: a padded step's c_t is overwritten after, but its ∂L/∂ℓ_t is 0
+    for t in reversed(range(gates.shape[0])):
+        f, o = gates[t, :, hidden:2 * hidden], gates[t, :, 3 * hidden:]
+        gamma, kappa, tanh_l = Gh[t + 1], Gc[t + 1], tanh_ls[t]
+        gamma_o = gamma * o if valid is None else gamma * o * valid[t]  # padded: h_t is not o ⊙ tanh ℓ_t
+        torch.mul(gamma_o, 1 - tanh_l * tanh_l, out=grad_l[t])
+        kappa += layer_norm_backward(grad_l[t], c_normalised[t], [hidden], c_mean[t], c_rstd[t], ln_c_weight,
+                                     None, input_only)[0]  # κ_t
+        _lstm_gates_backward(gates[t], kappa, cs[t], gamma, tanh_l, out=delta[t])
+        torch.mul(kappa, f, out=Gc[t])
+        if valid is not None:  # a padded step keeps h and c: δ_t = 0, γ_t and κ_t pass on unchanged
+            delta[t].mul_(valid[t])
+            torch.where(keep[t], Gc[t], kappa, out=Gc[t])
+            Gh[t].addcmul_(gamma, 1 - valid[t])
+        grad_v[t] = layer_norm_backward(delta[t], vs[t], gates_size, v_mean[t], v_rstd[t], ln_hh_weight, None,
+                                        input_only)[0]
+        Gh[t].addmm_(grad_v[t], weight_hh)
 
 
 class ElmanSequence(Function):
@@ -329,8 +383,6 @@ class LayerNormLSTMSequence(Function):
     @staticmethod
     def forward(ctx, x, h0, c0, weight_ih, weight_hh, bias, ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias,
                 ln_c_weight, ln_c_bias, valid=None, eps=1e-5):
-        # torch.native_layer_norm does mean, variance, normalisation and gain in one kernel and
-        # hands back the mean and 1/std; a step makes a dozen calls instead of twenty-odd.
         batch, steps, _ = x.shape
         hidden = h0.shape[-1]
         keep = _step_mask(valid)
@@ -344,18 +396,9 @@ class LayerNormLSTMSequence(Function):
         hs[0], cs[0] = h0, c0
         c_mean, c_rstd = torch.empty_like(v_mean), torch.empty_like(v_rstd)
         tanh_ls = torch.empty_like(hs[1:])
-        weight_hh_t = weight_hh.t().contiguous()
-        for t in range(steps):
-            torch.mm(hs[t], weight_hh_t, out=vs[t])
-            v_normed, v_mean[t], v_rstd[t] = torch.native_layer_norm(vs[t], (4 * hidden,), ln_hh_weight, None, eps)
-            i, f, g, o = _lstm_gates_(gates[t].add_(v_normed))
-            torch.mul(f, cs[t], out=cs[t + 1]).addcmul_(i, g)
-            ell, c_mean[t], c_rstd[t] = torch.native_layer_norm(cs[t + 1], (hidden,), ln_c_weight, ln_c_bias, eps)
-            torch.tanh(ell, out=tanh_ls[t])
-            torch.mul(o, tanh_ls[t], out=hs[t + 1])
-            if keep is not None:
-                torch.where(keep[t], cs[t + 1], cs[t], out=cs[t + 1])
-                torch.where(keep[t], hs[t + 1], hs[t], out=hs[t + 1])
+        forward_steps = _compiled("lnlstm_forward", x) or _layer_norm_lstm_forward_steps
+        forward_steps(gates, vs, v_mean, v_rstd, hs, cs, c_mean, c_rstd, tanh_ls, weight_hh.t().contiguous(),
+                      ln_hh_weight, ln_c_weight, ln_c_bias, keep, eps)
         ctx.eps = eps
         ctx.save_for_backward(xs, us, u_mean, u_rstd, gates, vs, v_mean, v_rstd, hs, cs, c_mean, c_rstd, tanh_ls,
                               weight_ih, weight_hh, ln_ih_weight, ln_hh_weight, ln_c_weight, keep)
@@ -375,31 +418,16 @@ class LayerNormLSTMSequence(Function):
         Gc[steps] = grad_c
         delta, grad_v = torch.empty_like(gates), torch.empty_like(gates)  # δ_t, ∂L/∂v_t
         grad_l = torch.empty_like(tanh_ls)  # ∂L/∂ℓ_t
-        # c_t as it was normalised: a padded step's c_t is overwritten after, but its ∂L/∂ℓ_t is 0
-        c_normalised = cs[1:]
-        for t in reversed(range(steps)):
-            f, o = gates[t, :, hidden:2 * hidden], gates[t, :, 3 * hidden:]
-            gamma, kappa, tanh_l = Gh[t + 1], Gc[t + 1], tanh_ls[t]
-            gamma_o = gamma * o if valid is None else gamma * o * valid[t]  # padded: h_t is not o ⊙ tanh ℓ_t
-            torch.mul(gamma_o, 1 - tanh_l * tanh_l, out=grad_l[t])
-            kappa += layer_norm_backward(grad_l[t], c_normalised[t], [hidden], c_mean[t], c_rstd[t], ln_c_weight,
-                                         None, input_only)[0]  # κ_t
-            _lstm_gates_backward(gates[t], kappa, cs[t], gamma, tanh_l, out=delta[t])
-            torch.mul(kappa, f, out=Gc[t])
-            if valid is not None:  # a padded step keeps h and c: δ_t = 0, γ_t and κ_t pass on unchanged
-                delta[t].mul_(valid[t])
-                torch.where(keep[t], Gc[t], kappa, out=Gc[t])
-                Gh[t].addcmul_(gamma, 1 - valid[t])
-            grad_v[t] = layer_norm_backward(delta[t], vs[t], gates_size, v_mean[t], v_rstd[t], ln_hh_weight, None,
-                                            input_only)[0]
-            Gh[t].addmm_(grad_v[t], weight_hh)
+        backward_steps = _compiled("lnlstm_backward", hs) or _layer_norm_lstm_backward_steps
+        backward_steps(gates, vs, v_mean, v_rstd, cs, c_mean, c_rstd, tanh_ls, weight_hh, ln_hh_weight, ln_c_weight,
+                       keep, Gh, Gc, delta, grad_v, grad_l)
         delta, grad_v = delta.view(-1, 4 * hidden), grad_v.view(-1, 4 * hidden)
         grad_u, grad_ln_ih_weight, _ = layer_norm_backward(delta, us, gates_size, u_mean.view(-1, 1),
                                                            u_rstd.view(-1, 1), ln_ih_weight, None, [True, True, False])
         grad_x = (grad_u @ weight_ih).view(steps, batch, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None
         grad_bias = delta.sum(0)
         v_hat = (vs - v_mean).mul_(v_rstd).view(-1, 4 * hidden)
-        c_hat = (c_normalised - c_mean).mul_(c_rstd)
+        c_hat = (cs[1:] - c_mean).mul_(c_rstd)
         return (grad_x, Gh[0], Gc[0], grad_u.t() @ xs, grad_v.t() @ hs[:-1].view(-1, hidden), grad_bias,
                 grad_ln_ih_weight, grad_bias, (delta * v_hat).sum(0), grad_bias,
                 (grad_l * c_hat).sum((0, 1)), grad_l.sum((0, 1)), None, None)

@@ -1,0 +1,207 @@
+// The sequential part of LayerNormLSTMSequence (rnnkit/bptt.py), compiled: the loop over time
+// steps, forwards and backwards, with each step's pointwise work (layer norms, gate
+// activations, cell update) done in one pass per batch row instead of a dozen tensor calls.
+// The equations, the buffers and their layout are those of the Python Function, which stays
+// the readable statement of the algorithm and the fallback where this file cannot be built;
+// the time-batched products before and after these loops are done there, in Python.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+#include <algorithm>
+#include <cmath>
+
+namespace {
+
+// mean and 1/sqrt(var + eps) of v[0..n), the biased variance as torch.native_layer_norm takes it
+template <typename T>
+inline void moments(const T* v, int64_t n, double eps, T& mean, T& rstd) {
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < n; ++j) sum += v[j];
+  const T m = sum / n;
+  T squares = 0;
+#pragma omp simd reduction(+ : squares)
+  for (int64_t j = 0; j < n; ++j) squares += (v[j] - m) * (v[j] - m);
+  mean = m;
+  rstd = T(1.0 / std::sqrt(double(squares) / n + eps));
+}
+
+// In place: d ← rstd ⊙ (d − mean d − v̂ ⊙ mean(d ⊙ v̂)), with v̂ = (v − mean) · rstd and d
+// already multiplied by the LN gain: the gradient through v ↦ v̂ (LN'ᵀ in bptt.py).
+template <typename T>
+inline void normalise_backward(T* d, const T* v, int64_t n, T mean, T rstd) {
+  T sum_d = 0, sum_dv = 0;
+#pragma omp simd reduction(+ : sum_d, sum_dv)
+  for (int64_t j = 0; j < n; ++j) {
+    sum_d += d[j];
+    sum_dv += d[j] * (v[j] - mean) * rstd;
+  }
+  const T mean_d = sum_d / n, mean_dv = sum_dv / n;
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) d[j] = rstd * (d[j] - mean_d - (v[j] - mean) * rstd * mean_dv);
+}
+
+template <typename T>
+void forward_loop(at::Tensor& gates, at::Tensor& vs, at::Tensor& v_mean, at::Tensor& v_rstd, at::Tensor& hs,
+                  at::Tensor& cs, at::Tensor& c_mean, at::Tensor& c_rstd, at::Tensor& tanh_ls,
+                  const at::Tensor& weight_hh_t, const at::Tensor& ln_hh_weight, const at::Tensor& ln_c_weight,
+                  const at::Tensor& ln_c_bias, const c10::optional<at::Tensor>& keep, double eps) {
+  const int64_t steps = gates.size(0), batch = gates.size(1), hidden = hs.size(2), width = 4 * hidden;
+  const T* w_hh = ln_hh_weight.data_ptr<T>();
+  const T* w_c = ln_c_weight.data_ptr<T>();
+  const T* b_c = ln_c_bias.data_ptr<T>();
+  const bool* kept = keep ? keep->data_ptr<bool>() : nullptr;
+  T *z0 = gates.data_ptr<T>(), *v0 = vs.data_ptr<T>(), *h0 = hs.data_ptr<T>(), *c0 = cs.data_ptr<T>();
+  T *tanh_l0 = tanh_ls.data_ptr<T>(), *vm = v_mean.data_ptr<T>(), *vr = v_rstd.data_ptr<T>();
+  T *cm = c_mean.data_ptr<T>(), *cr = c_rstd.data_ptr<T>();
+  for (int64_t t = 0; t < steps; ++t) {
+    at::Tensor z_t = gates[t], v_t = vs[t], tanh_l_t = tanh_ls[t];
+    at::mm_out(v_t, hs[t], weight_hh_t);
+    for (int64_t row = t * batch; row < (t + 1) * batch; ++row) {  // gates += LN_hh(v_t)
+      const T* v = v0 + row * width;
+      T* z = z0 + row * width;
+      moments(v, width, eps, vm[row], vr[row]);
+      const T mean = vm[row], rstd = vr[row];
+#pragma omp simd
+      for (int64_t j = 0; j < width; ++j) z[j] += w_hh[j] * (v[j] - mean) * rstd;
+    }
+    // ATen's vectorised activations, on the (B, H) blocks of the step's gates
+    z_t.narrow(1, 0, 2 * hidden).sigmoid_();
+    z_t.narrow(1, 2 * hidden, hidden).tanh_();
+    z_t.narrow(1, 3 * hidden, hidden).sigmoid_();
+    for (int64_t row = t * batch; row < (t + 1) * batch; ++row) {  // c_t, and ℓ_t = LN_c(c_t) into tanh_l
+      const T* z = z0 + row * width;
+      const T *i = z, *f = z + hidden, *g = z + 2 * hidden;
+      const T* c_prev = c0 + row * hidden;
+      T* c = c0 + (row + batch) * hidden;
+      T* ell = tanh_l0 + row * hidden;
+#pragma omp simd
+      for (int64_t j = 0; j < hidden; ++j) c[j] = f[j] * c_prev[j] + i[j] * g[j];
+      moments(c, hidden, eps, cm[row], cr[row]);
+      const T mean = cm[row], rstd = cr[row];
+#pragma omp simd
+      for (int64_t j = 0; j < hidden; ++j) ell[j] = w_c[j] * (c[j] - mean) * rstd + b_c[j];
+    }
+    tanh_l_t.tanh_();
+    for (int64_t row = t * batch; row < (t + 1) * batch; ++row) {  // h_t = o ⊙ tanh ℓ_t
+      const T* o = z0 + row * width + 3 * hidden;
+      const T* tanh_l = tanh_l0 + row * hidden;
+      T* h = h0 + (row + batch) * hidden;
+      T* c = c0 + (row + batch) * hidden;
+      if (kept && !kept[row]) {  // padded step: the state is kept
+        std::copy_n(h0 + row * hidden, hidden, h);
+        std::copy_n(c0 + row * hidden, hidden, c);
+        continue;
+      }
+#pragma omp simd
+      for (int64_t j = 0; j < hidden; ++j) h[j] = o[j] * tanh_l[j];
+    }
+  }
+}
+
+template <typename T>
+void backward_loop(const at::Tensor& gates, const at::Tensor& vs, const at::Tensor& v_mean,
+                   const at::Tensor& v_rstd, const at::Tensor& cs, const at::Tensor& c_mean,
+                   const at::Tensor& c_rstd, const at::Tensor& tanh_ls, const at::Tensor& weight_hh,
+                   const at::Tensor& ln_hh_weight, const at::Tensor& ln_c_weight,
+                   const c10::optional<at::Tensor>& keep, at::Tensor& Gh, at::Tensor& Gc, at::Tensor& delta,
+                   at::Tensor& grad_v, at::Tensor& grad_l) {
+  const int64_t steps = gates.size(0), batch = gates.size(1), hidden = cs.size(2), width = 4 * hidden;
+  const T* w_hh = ln_hh_weight.data_ptr<T>();
+  const T* w_c = ln_c_weight.data_ptr<T>();
+  const bool* kept = keep ? keep->data_ptr<bool>() : nullptr;
+  const T *z0 = gates.data_ptr<T>(), *v0 = vs.data_ptr<T>(), *c0 = cs.data_ptr<T>(), *tanh_l0 = tanh_ls.data_ptr<T>();
+  const T *vm = v_mean.data_ptr<T>(), *vr = v_rstd.data_ptr<T>(), *cm = c_mean.data_ptr<T>(), *cr = c_rstd.data_ptr<T>();
+  T *gh0 = Gh.data_ptr<T>(), *gc0 = Gc.data_ptr<T>(), *d0 = delta.data_ptr<T>(), *dv0 = grad_v.data_ptr<T>();
+  T* dl0 = grad_l.data_ptr<T>();
+  for (int64_t t = steps - 1; t >= 0; --t) {
+    for (int64_t row = t * batch; row < (t + 1) * batch; ++row) {
+      const T valid = (kept && !kept[row]) ? T(0) : T(1);
+      const T* z = z0 + row * width;
+      const T *i = z, *f = z + hidden, *g = z + 2 * hidden, *o = z + 3 * hidden;
+      const T* c_prev = c0 + row * hidden;
+      const T* c = c0 + (row + batch) * hidden;  // c_t as it was normalised (padded: ∂L/∂ℓ_t = 0 anyway)
+      const T* tanh_l = tanh_l0 + row * hidden;
+      const T* gamma = gh0 + (row + batch) * hidden;  // γ_t
+      T* kappa = gc0 + (row + batch) * hidden;        // κ_{t+1} ⊙ f_{t+1}, becomes κ_t
+      T* gh_prev = gh0 + row * hidden;
+      T* gc_prev = gc0 + row * hidden;
+      T* dl = dl0 + row * hidden;
+      T* d = d0 + row * width;
+      T* dv = dv0 + row * width;  // ∂L/∂v_t; its first H entries serve as scratch first
+      // ∂L/∂ℓ_t, then κ_t = LN'ᵀ(w_c ⊙ ∂L/∂ℓ_t) + κ_{t+1} ⊙ f_{t+1}
+#pragma omp simd
+      for (int64_t j = 0; j < hidden; ++j) {
+        dl[j] = gamma[j] * o[j] * valid * (T(1) - tanh_l[j] * tanh_l[j]);
+        dv[j] = w_c[j] * dl[j];
+      }
+      normalise_backward(dv, c, hidden, cm[row], cr[row]);
+#pragma omp simd
+      for (int64_t j = 0; j < hidden; ++j) {
+        const T k = kappa[j] += dv[j];
+        d[j] = k * g[j] * i[j] * (T(1) - i[j]) * valid;
+        d[hidden + j] = k * c_prev[j] * f[j] * (T(1) - f[j]) * valid;
+        d[2 * hidden + j] = k * i[j] * (T(1) - g[j] * g[j]) * valid;
+        d[3 * hidden + j] = gamma[j] * tanh_l[j] * o[j] * (T(1) - o[j]) * valid;
+        gc_prev[j] = k * (f[j] * valid + (T(1) - valid));  // a padded step passes κ on unchanged
+        gh_prev[j] += gamma[j] * (T(1) - valid);            // and γ
+      }
+#pragma omp simd
+      for (int64_t j = 0; j < width; ++j) dv[j] = w_hh[j] * d[j];
+      normalise_backward(dv, v0 + row * width, width, vm[row], vr[row]);
+    }
+    at::Tensor gh_t = Gh[t];
+    gh_t.addmm_(grad_v[t], weight_hh);
+  }
+}
+
+// The buffers are written in place, so they must be contiguous as made by bptt.py; the read-only
+// inputs are made contiguous here (no copy when they already are).
+void check_buffers(const char* name, std::initializer_list<const at::Tensor*> buffers) {
+  const at::ScalarType dtype = (*buffers.begin())->scalar_type();
+  for (const at::Tensor* buffer : buffers)
+    TORCH_CHECK(buffer->is_contiguous() && buffer->device().is_cpu() && buffer->scalar_type() == dtype, name,
+                ": every buffer must be a contiguous CPU tensor of one floating dtype");
+}
+
+void lnlstm_forward(at::Tensor gates, at::Tensor vs, at::Tensor v_mean, at::Tensor v_rstd, at::Tensor hs,
+                    at::Tensor cs, at::Tensor c_mean, at::Tensor c_rstd, at::Tensor tanh_ls,
+                    const at::Tensor& weight_hh_t, const at::Tensor& ln_hh_weight, const at::Tensor& ln_c_weight,
+                    const at::Tensor& ln_c_bias, const c10::optional<at::Tensor>& keep, double eps) {
+  check_buffers("lnlstm_forward", {&gates, &vs, &v_mean, &v_rstd, &hs, &cs, &c_mean, &c_rstd, &tanh_ls});
+  const c10::optional<at::Tensor> kept = keep ? c10::optional<at::Tensor>(keep->to(at::kBool).contiguous()) : keep;
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lnlstm_forward", [&] {
+    forward_loop<scalar_t>(gates, vs, v_mean, v_rstd, hs, cs, c_mean, c_rstd, tanh_ls, weight_hh_t.contiguous(),
+                           ln_hh_weight.contiguous(), ln_c_weight.contiguous(), ln_c_bias.contiguous(), kept, eps);
+  });
+}
+
+void lnlstm_backward(const at::Tensor& gates, const at::Tensor& vs, const at::Tensor& v_mean,
+                     const at::Tensor& v_rstd, const at::Tensor& cs, const at::Tensor& c_mean,
+                     const at::Tensor& c_rstd, const at::Tensor& tanh_ls, const at::Tensor& weight_hh,
+                     const at::Tensor& ln_hh_weight, const at::Tensor& ln_c_weight,
+                     const c10::optional<at::Tensor>& keep, at::Tensor Gh, at::Tensor Gc, at::Tensor delta,
+                     at::Tensor grad_v, at::Tensor grad_l) {
+  check_buffers("lnlstm_backward", {&gates, &vs, &v_mean, &v_rstd, &cs, &c_mean, &c_rstd, &tanh_ls, &Gh, &Gc,
+                                    &delta, &grad_v, &grad_l});
+  const c10::optional<at::Tensor> kept = keep ? c10::optional<at::Tensor>(keep->to(at::kBool).contiguous()) : keep;
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lnlstm_backward", [&] {
+    backward_loop<scalar_t>(gates, vs, v_mean, v_rstd, cs, c_mean, c_rstd, tanh_ls, weight_hh.contiguous(),
+                            ln_hh_weight.contiguous(), ln_c_weight.contiguous(), kept, Gh, Gc, delta, grad_v, grad_l);
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY(rnnkit_kernels, m) {
+  m.def("lnlstm_forward(Tensor(a!) gates, Tensor(b!) vs, Tensor(c!) v_mean, Tensor(d!) v_rstd, Tensor(e!) hs, "
+        "Tensor(f!) cs, Tensor(g!) c_mean, Tensor(h!) c_rstd, Tensor(i!) tanh_ls, Tensor weight_hh_t, "
+        "Tensor ln_hh_weight, Tensor ln_c_weight, Tensor ln_c_bias, Tensor? keep, float eps) -> ()");
+  m.def("lnlstm_backward(Tensor gates, Tensor vs, Tensor v_mean, Tensor v_rstd, Tensor cs, Tensor c_mean, "
+        "Tensor c_rstd, Tensor tanh_ls, Tensor weight_hh, Tensor ln_hh_weight, Tensor ln_c_weight, Tensor? keep, "
+        "Tensor(a!) Gh, Tensor(b!) Gc, Tensor(c!) delta, Tensor(d!) grad_v, Tensor(e!) grad_l) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(rnnkit_kernels, CPU, m) {
+  m.impl("lnlstm_forward", lnlstm_forward);
+  m.impl("lnlstm_backward", lnlstm_backward);
+}

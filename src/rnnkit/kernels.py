@@ -1,0 +1,49 @@
+"""Compiled loops for the hand-derived BPTT: `rnnkit/csrc/*.cpp`, built on first use.
+
+Where a cell's step is a dozen small pointwise operations (LayerNorm-LSTM: two layer norms,
+four activations, the cell update), calling them one by one from Python costs more than the
+arithmetic at small sizes. The C++ loops do a step's pointwise work in one pass per batch row
+and call ATen's matrix products, with the same buffers and equations as the Python Functions
+in `rnnkit.bptt`, which remain the fallback.
+
+`ops()` builds the extension once per machine with torch's JIT extension builder (about 20 s
+with gcc, kept in TORCH_EXTENSIONS_DIR, by default ~/.cache/torch_extensions) and returns
+`torch.ops.rnnkit_kernels`, or None where it cannot be built (no C++ compiler, or the build
+fails). RNNKIT_KERNELS=0 turns the compiled loops off.
+"""
+
+import logging
+import os
+from functools import cache
+from pathlib import Path
+
+import torch
+
+SOURCES = [Path(__file__).with_name("csrc") / "lnlstm.cpp"]
+# Vector instructions for the pointwise loops, by the capability ATen itself dispatches to on this
+# CPU; the build is named after it, so a home directory shared by different CPUs keeps one per kind.
+VECTOR_FLAGS = {
+    "AVX2": ["-mavx2", "-mfma"],
+    "AVX512": ["-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"],
+}
+log = logging.getLogger(__name__)
+
+
+@cache
+def ops():
+    """torch.ops.rnnkit_kernels once built; None where the compiled loops are unavailable."""
+    if os.environ.get("RNNKIT_KERNELS", "1") == "0":
+        return None
+    try:
+        import ninja  # torch's builder runs the `ninja` binary, which an unactivated venv lacks on PATH
+        from torch.utils.cpp_extension import load
+
+        os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
+        log.info("rnnkit: building the compiled BPTT loops (once per machine, about 20 s)")
+        capability = torch.backends.cpu.get_cpu_capability()
+        load(f"rnnkit_kernels_{capability.lower()}", sources=[str(path) for path in SOURCES],
+             extra_cflags=["-O3", "-fopenmp-simd", *VECTOR_FLAGS.get(capability, [])], is_python_module=False)
+    except Exception as error:  # no compiler, no ninja, a failed build: the Python loops do the work
+        log.warning("rnnkit: compiled BPTT loops unavailable, using the Python loops (%s)", error)
+        return None
+    return torch.ops.rnnkit_kernels
