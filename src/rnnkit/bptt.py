@@ -115,6 +115,50 @@ def _compiled(name: str, like: torch.Tensor):
     return None if compiled is None else getattr(compiled, name)
 
 
+def _elman_forward_steps(S, weight_hh_t, keep, nonlinearity) -> None:
+    """ElmanSequence's forward recursion: S[t + 1] = [f(a_t) | S[t] minus its last block], with
+    S[t + 1, :, :H] holding the input part of a_t beforehand (rnnkit/csrc/elman_jordan.cpp in C++)."""
+    hidden = weight_hh_t.shape[1]
+    for t in range(S.shape[0] - 1):
+        ACTIVATE_[nonlinearity](S[t + 1, :, :hidden].addmm_(S[t], weight_hh_t))
+        if S.shape[2] > hidden:  # K > 1: the older lags move one block on
+            S[t + 1, :, hidden:] = S[t, :, :-hidden]
+        if keep is not None:
+            torch.where(keep[t], S[t + 1], S[t], out=S[t + 1])
+
+
+def _elman_backward_steps(G, delta, weight_hh, valid) -> None:
+    """ElmanSequence's backward recursion: delta[t] turns from f'(a_t) into δ_t and G[t] into
+    ∂L/∂s_t, t = T … 1 (rnnkit/csrc/elman_jordan.cpp in C++)."""
+    hidden = delta.shape[2]
+    for t in reversed(range(delta.shape[0])):
+        G[t].addmm_(delta[t].mul_(G[t + 1, :, :hidden]), weight_hh)
+        if G.shape[2] > hidden:
+            G[t, :, :-hidden] += G[t + 1, :, hidden:] if valid is None else G[t + 1, :, hidden:] * valid[t]
+        if valid is not None:  # a padded step keeps the state: its gradient passes through
+            G[t].addcmul_(G[t + 1], 1 - valid[t])
+
+
+def _jordan_forward_steps(hs, ys, weight_yh_t, weight_hy_t, bias_hy, keep, nonlinearity) -> None:
+    """JordanSequence's forward recursion: hs[t] turns from W_ih x_t + b_ih into h_t, and ys[t + 1]
+    is y_t (rnnkit/csrc/elman_jordan.cpp in C++)."""
+    for t in range(hs.shape[0]):
+        h = ACTIVATE_[nonlinearity](hs[t].addmm_(ys[t], weight_yh_t))
+        torch.addmm(bias_hy, h, weight_hy_t, out=ys[t + 1])
+        if keep is not None:
+            torch.where(keep[t], ys[t + 1], ys[t], out=ys[t + 1])
+
+
+def _jordan_backward_steps(G, delta, derivative, weight_yh, weight_hy, valid) -> None:
+    """JordanSequence's backward recursion: delta[t] = δ_t and G[t] ends as γ_t, t = T … 1
+    (rnnkit/csrc/elman_jordan.cpp in C++)."""
+    for t in reversed(range(delta.shape[0])):
+        torch.mm(G[t + 1], weight_hy, out=delta[t]).mul_(derivative[t])
+        G[t].addmm_(delta[t], weight_yh)
+        if valid is not None:  # a padded step keeps y: its gradient passes through
+            G[t].addcmul_(G[t + 1], 1 - valid[t])
+
+
 def _layer_norm_lstm_forward_steps(gates, vs, v_mean, v_rstd, hs, cs, c_mean, c_rstd, tanh_ls, weight_hh_t,
                                    ln_hh_weight, ln_c_weight, ln_c_bias, keep, eps) -> None:
     """LayerNormLSTMSequence's forward recursion, t = 1 … T, into the buffers; what
@@ -191,13 +235,8 @@ class ElmanSequence(Function):
         S[0] = state
         # Every step's input part at once, written where h_t will be; the loop adds W_hh s_{t-1}.
         _project(xs, weight_ih, bias_ih + bias_hh, out=S[1:, :, :hidden].view(-1, hidden))
-        weight_hh_t = weight_hh.t().contiguous()
-        for t in range(steps):
-            ACTIVATE_[nonlinearity](S[t + 1, :, :hidden].addmm_(S[t], weight_hh_t))
-            if width > hidden:  # K > 1: the older lags move one block on
-                S[t + 1, :, hidden:] = S[t, :, :-hidden]
-            if keep is not None:
-                torch.where(keep[t], S[t + 1], S[t], out=S[t + 1])
+        forward_steps = _compiled("elman_forward", x) or _elman_forward_steps
+        forward_steps(S, weight_hh.t().contiguous(), keep, nonlinearity)
         ctx.save_for_backward(xs, S, weight_ih, weight_hh, keep)
         ctx.nonlinearity = nonlinearity
         return _outputs(S[1:, :, :hidden], keep), S[steps]
@@ -213,12 +252,8 @@ class ElmanSequence(Function):
         delta = DERIVATIVE[ctx.nonlinearity](S[1:, :, :hidden])  # f'(a_t), then δ_t in place
         if valid is not None:
             delta *= valid  # a padded step has no a_t: δ_t = 0
-        for t in reversed(range(steps)):
-            G[t].addmm_(delta[t].mul_(G[t + 1, :, :hidden]), weight_hh)
-            if width > hidden:
-                G[t, :, :-hidden] += G[t + 1, :, hidden:] if valid is None else G[t + 1, :, hidden:] * valid[t]
-            if valid is not None:  # a padded step keeps the state: its gradient passes through
-                G[t].addcmul_(G[t + 1], 1 - valid[t])
+        backward_steps = _compiled("elman_backward", S) or _elman_backward_steps
+        backward_steps(G, delta, weight_hh, valid)
         delta = delta.view(-1, hidden)
         grad_x = (delta @ weight_ih).view(steps, batch, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None
         grad_bias = delta.sum(0)
@@ -254,12 +289,8 @@ class JordanSequence(Function):
         hs = _project(xs, weight_ih, bias_ih).view(steps, batch, -1)  # a_t less W_yh y_{t-1}
         ys = x.new_empty(steps + 1, batch, weight_hy.shape[0])
         ys[0] = y0
-        weight_yh_t, weight_hy_t = weight_yh.t().contiguous(), weight_hy.t().contiguous()
-        for t in range(steps):
-            h = ACTIVATE_[nonlinearity](hs[t].addmm_(ys[t], weight_yh_t))
-            torch.addmm(bias_hy, h, weight_hy_t, out=ys[t + 1])
-            if keep is not None:
-                torch.where(keep[t], ys[t + 1], ys[t], out=ys[t + 1])
+        forward_steps = _compiled("jordan_forward", x) or _jordan_forward_steps
+        forward_steps(hs, ys, weight_yh.t().contiguous(), weight_hy.t().contiguous(), bias_hy, keep, nonlinearity)
         ctx.save_for_backward(xs, hs, ys, weight_ih, weight_yh, weight_hy, keep)
         ctx.nonlinearity = nonlinearity
         return _outputs(ys[1:], keep), ys[steps]
@@ -275,11 +306,8 @@ class JordanSequence(Function):
         if valid is not None:
             derivative *= valid
         delta = torch.empty_like(hs)
-        for t in reversed(range(steps)):
-            torch.mm(G[t + 1], weight_hy, out=delta[t]).mul_(derivative[t])
-            G[t].addmm_(delta[t], weight_yh)
-            if valid is not None:  # a padded step keeps y: its gradient passes through
-                G[t].addcmul_(G[t + 1], 1 - valid[t])
+        backward_steps = _compiled("jordan_backward", hs) or _jordan_backward_steps
+        backward_steps(G, delta, derivative, weight_yh, weight_hy, valid)
         gamma = G[1:] if valid is None else G[1:] * valid  # a padded step does not use W_hy
         gamma, delta = gamma.reshape(steps * batch, -1), delta.view(-1, hidden)
         grad_x = (delta @ weight_ih).view(steps, batch, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None

@@ -1,10 +1,12 @@
 """Compiled loops for the hand-derived BPTT: `rnnkit/csrc/*.cpp`, built on first use.
 
-Where a cell's step is a dozen small pointwise operations (LayerNorm-LSTM: two layer norms,
-four activations, the cell update), calling them one by one from Python costs more than the
-arithmetic at small sizes. The C++ loops do a step's pointwise work in one pass per batch row
-and call ATen's matrix products, with the same buffers and equations as the Python Functions
-in `rnnkit.bptt`, which remain the fallback.
+Only the recursion along time is sequential, but it is a Python loop of small operations, and
+at small sizes the interpreter between them costs more than the arithmetic. The C++ loops run
+the same steps: for Elman (K lags) and Jordan the same ATen calls (elman_jordan.cpp); for
+LayerNorm-LSTM, whose step is a dozen pointwise operations (two layer norms, the activations,
+the cell update), one pass per batch row around ATen's products and activations (lnlstm.cpp).
+The buffers and equations are those of the Functions in `rnnkit.bptt`, whose Python loops
+remain the fallback and the readable statement of each recursion.
 
 `ops()` builds the extension once per machine with torch's JIT extension builder (about 20 s
 with gcc, kept in TORCH_EXTENSIONS_DIR, by default ~/.cache/torch_extensions) and returns
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-SOURCES = [Path(__file__).with_name("csrc") / "lnlstm.cpp"]
+SOURCES = [Path(__file__).with_name("csrc") / name for name in ("elman_jordan.cpp", "lnlstm.cpp")]
 # Vector instructions for the pointwise loops, by the capability ATen itself dispatches to on this
 # CPU; the build is named after it, so a home directory shared by different CPUs keeps one per kind.
 VECTOR_FLAGS = {

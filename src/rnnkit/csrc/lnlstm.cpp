@@ -192,7 +192,7 @@ void lnlstm_backward(const at::Tensor& gates, const at::Tensor& vs, const at::Te
 
 }  // namespace
 
-TORCH_LIBRARY(rnnkit_kernels, m) {
+TORCH_LIBRARY_FRAGMENT(rnnkit_kernels, m) {
   m.def("lnlstm_forward(Tensor(a!) gates, Tensor(b!) vs, Tensor(c!) v_mean, Tensor(d!) v_rstd, Tensor(e!) hs, "
         "Tensor(f!) cs, Tensor(g!) c_mean, Tensor(h!) c_rstd, Tensor(i!) tanh_ls, Tensor weight_hh_t, "
         "Tensor ln_hh_weight, Tensor ln_c_weight, Tensor ln_c_bias, Tensor? keep, float eps) -> ()");
