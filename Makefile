@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m rnnkit.kernels  # builds rnnkit/csrc once (about 20 s), so no run pays for it later
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -146,6 +146,47 @@ def test_statistical_fits_in_the_background_process_equal_fits_here():
         forecast.statistical_forecast("theta", 1, values[:1], 6)
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="the background process is forked on Linux only")
+def test_the_background_process_never_destroys_what_it_inherits():
+    """Garbage the parent leaves at the fork is not collected in the child: its destructor could
+    wait forever on a lock that another thread of the parent held at the fork (onnxruntime's did,
+    and hung the test suite). Here the child collects at once (threshold 1, set after the fork)
+    and the garbage's destructor waits on a lock held at the fork."""
+    import gc
+    import threading
+    from multiprocessing import util
+
+    from rnnkit.tasks import forecast
+
+    parent, held = os.getpid(), threading.Lock()
+    held.acquire()
+
+    class WaitsInTheChild:
+        def __del__(self):
+            if os.getpid() != parent:
+                held.acquire()
+
+    def collect_at_once(_):
+        gc.set_threshold(1)
+        gc.enable()
+
+    gc.collect()
+    gc.disable()  # until the fork: the parent must not collect the garbage first
+    try:
+        garbage = WaitsInTheChild()
+        garbage.cycle = garbage
+        del garbage
+        util.register_after_fork(collect_at_once, collect_at_once)
+        worker = forecast._Worker()
+    finally:
+        gc.enable()
+    try:
+        worker.submit(forecast._key("naive", 1, np.arange(20.0), 3))
+        assert worker.results.poll(60), "the background process hung in a destructor it inherited"
+    finally:
+        worker.process.kill()
+
+
 def test_global_model_with_covariates_and_calendar_features():
     first = seasonal(80, seed=1)
     second = make_series(seasonal(80, seed=2).values, 12, covariates=np.arange(80.0)[:, None])

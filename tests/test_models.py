@@ -48,6 +48,52 @@ def test_language_model_learns_a_repeating_text():
     assert loss < 0.05
 
 
+@pytest.mark.parametrize("vocab_size", [7, None], ids=["tokens", "features"])
+def test_sequence_model_step_is_forward_over_one_step(vocab_size):
+    torch.manual_seed(0)
+    model = SequenceModel(5, 7, 6, cell="lstm", vocab_size=vocab_size, dropout=0.3, num_layers=2).eval()
+    x = torch.randint(0, 7, (3, 4)) if vocab_size else torch.randn(3, 4, 5)
+    logits, final = model(x)
+    state = None
+    for t in range(4):
+        step_logits, state = model.step(x[:, t], state)
+        torch.testing.assert_close(step_logits, logits[:, t], rtol=0, atol=1e-6)
+    for a, b in zip(state, final):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("weight_dropout", [0.0, 0.5])
+def test_compiled_stepper_of_an_lstm_language_model_is_forward(dtype, batch, weight_dropout):
+    """The one-call compiled step (rnnkit/csrc/language_model_step.cpp) gives forward's logits and
+    states, token after token, for one sequence (its own products) and a batch (ATen's)."""
+    torch.manual_seed(1)
+    model = SequenceModel(5, 9, 8, cell="lstm", vocab_size=9, num_layers=2, weight_dropout=weight_dropout)
+    model = model.to(dtype).eval()
+    tokens = torch.randint(0, 9, (batch, 6))
+    with torch.no_grad():
+        logits, final = model(tokens)
+        step = model.stepper()
+        assert step != model.step  # the compiled one
+        state = None
+        for t in range(6):
+            step_logits, state = step(tokens[:, t], state)
+            torch.testing.assert_close(step_logits, logits[:, t], rtol=1e-5, atol=1e-12 if dtype == torch.float64 else 1e-6)
+    for a, b in zip(state, final):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-12 if dtype == torch.float64 else 1e-6)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="0..8"):
+        step(torch.tensor([9] * batch), state)
+
+
+def test_stepper_falls_back_to_step_where_there_is_no_compiled_one():
+    gru = SequenceModel(5, 9, 8, cell="gru", vocab_size=9).eval()
+    lstm = SequenceModel(5, 9, 8, cell="lstm", vocab_size=9).eval()
+    with torch.no_grad():
+        assert gru.stepper() == gru.step
+    assert lstm.stepper() == lstm.step  # gradients wanted: the compiled step has no backward
+
+
 def test_tied_weights_share_the_embedding():
     model = SequenceModel(16, 10, 16, cell="lstm", vocab_size=10, tie_weights=True)
     assert model.head.weight is model.input.embedding.weight

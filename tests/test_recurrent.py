@@ -112,6 +112,32 @@ def test_given_state_continues_the_sequence(cell, options):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("cell, options", ALL_CELLS + [("lnlstm", {})], ids=lambda v: str(v))
+@pytest.mark.parametrize("initial_state", ["zeros", "learned"])
+def test_step_is_forward_over_one_step(cell, options, initial_state):
+    """Recurrent.step (generation, through torch.lstm_cell & co. where the cell has one) gives
+    forward's outputs and states, step after step, from the initial state and from a given one."""
+    torch.manual_seed(4)
+    layer = Recurrent(cell, 3, 4, num_layers=2, initial_state=initial_state, **options).eval()
+    if initial_state == "learned":
+        with torch.no_grad():
+            for init in layer.initial_state:
+                init.normal_()
+    x = torch.randn(2, 5, 3)
+    whole, whole_state = layer(x)
+    state = None
+    for t in range(5):
+        output, state = layer.step(x[:, t], state)
+        torch.testing.assert_close(output, whole[:, t], rtol=0, atol=1e-12)
+    for a, b in zip(as_tuple(state), as_tuple(whole_state)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_step_refuses_a_bidirectional_layer():
+    with pytest.raises(ValueError, match="bidirectional"):
+        Recurrent("gru", 3, 4, bidirectional=True).step(torch.randn(2, 3))
+
+
 @pytest.mark.parametrize("cell", ["lstm", "multilag"])
 def test_learned_initial_state_is_trained(cell):
     layer = Recurrent(cell, 2, 3, num_layers=2, bidirectional=True, initial_state="learned")

@@ -1,4 +1,4 @@
-"""Compiled loops for the hand-derived BPTT: `rnnkit/csrc/*.cpp`, built on first use.
+"""Compiled loops for the hand-derived BPTT and for generation: `rnnkit/csrc/*.cpp`, built on first use.
 
 Only the recursion along time is sequential, but it is a Python loop of small operations, and
 at small sizes the interpreter between them costs more than the arithmetic. The C++ loops run
@@ -6,7 +6,9 @@ the same steps: for Elman (K lags) and Jordan the same ATen calls (elman_jordan.
 LayerNorm-LSTM, whose step is a dozen pointwise operations (two layer norms, the activations,
 the cell update), one pass per batch row around ATen's products and activations (lnlstm.cpp).
 The buffers and equations are those of the Functions in `rnnkit.bptt`, whose Python loops
-remain the fallback and the readable statement of each recursion.
+remain the fallback and the readable statement of each recursion. Generation writes one token
+per call; language_model_step.cpp makes a token-reading LSTM model's whole step one call
+(`SequenceModel.stepper`), with `SequenceModel.step` as the fallback.
 
 `ops()` builds the extension once per machine with torch's JIT extension builder (about 20 s
 with gcc, kept in TORCH_EXTENSIONS_DIR, by default ~/.cache/torch_extensions) and returns
@@ -21,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-SOURCES = [Path(__file__).with_name("csrc") / name for name in ("elman_jordan.cpp", "lnlstm.cpp")]
+SOURCES = [Path(__file__).with_name("csrc") / name for name in (
+    "elman_jordan.cpp", "lnlstm.cpp", "language_model_step.cpp")]
 # Vector instructions for the pointwise loops, by the capability ATen itself dispatches to on this
 # CPU; the build is named after it, so a home directory shared by different CPUs keeps one per kind.
 VECTOR_FLAGS = {
@@ -41,7 +44,7 @@ def ops():
         from torch.utils.cpp_extension import load
 
         os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
-        log.info("rnnkit: building the compiled BPTT loops (once per machine, about 20 s)")
+        log.info("rnnkit: loading the compiled loops (built the first time on a machine: about 20 s)")
         capability = torch.backends.cpu.get_cpu_capability()
         load(f"rnnkit_kernels_{capability.lower()}", sources=[str(path) for path in SOURCES],
              extra_cflags=["-O3", "-fopenmp-simd", *VECTOR_FLAGS.get(capability, [])], is_python_module=False)
@@ -49,3 +52,8 @@ def ops():
         log.warning("rnnkit: compiled BPTT loops unavailable, using the Python loops (%s)", error)
         return None
     return torch.ops.rnnkit_kernels
+
+
+if __name__ == "__main__":  # `python -m rnnkit.kernels`: build now (the Makefile's set-up does), say how it went
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print("rnnkit compiled loops:", "ready" if ops() is not None else "unavailable (the Python loops will run)")

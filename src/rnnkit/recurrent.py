@@ -38,6 +38,13 @@ FUSED_KERNELS = {
     "lstm": torch.lstm,
     "gru": torch.gru,
 }
+# One step of a cell with a fused_mode in one call, for Recurrent.step (cells' parameters as they are)
+FUSED_STEPS = {
+    "rnn_tanh": torch.rnn_tanh_cell,
+    "rnn_relu": torch.rnn_relu_cell,
+    "lstm": torch.lstm_cell,
+    "gru": torch.gru_cell,
+}
 PATHS = ("auto", "fused", "bptt", "loop")
 SHORT_SEQUENCE = 5  # up to this many steps, "auto" runs the per-step loop on CPU (see _fastest_path)
 # Training on CPU, hand BPTT beats the fused kernel for these modes from this hidden size on
@@ -151,6 +158,29 @@ class Recurrent(nn.Module):
             outputs = outputs.transpose(0, 1)
         return outputs, states[0] if len(states) == 1 else states
 
+    def step(self, x: torch.Tensor, state=None):
+        """One time step of every layer, for writing a sequence one token at a time (generation).
+
+        x (batch, input_size); state as `forward`'s final_state (None: the initial state).
+        Returns (output (batch, output_size), state): what forward(x[:, None], state) returns in
+        eval mode, less the time axis, without its checks, padding and per-sequence bookkeeping,
+        and through the fused one-step kernels (torch.lstm_cell, torch.gru_cell,
+        torch.rnn_tanh_cell, torch.rnn_relu_cell) where the cell has one. No dropout between
+        layers (as in eval mode). Unidirectional layers only: a backward direction needs the
+        whole sequence.
+        """
+        if self.num_directions == 2:
+            raise ValueError("step: a bidirectional layer reads the whole sequence at once; use forward")
+        batch = x.shape[0]
+        states = self._initial_states(batch, x) if state is None else self._check_state(state, batch)
+        finals = []
+        with parametrize.cached() if self.weight_dropout else contextlib.nullcontext():
+            for layer, cell in enumerate(self.cells):
+                x, layer_state = _one_step(cell, x, tuple(s[layer] for s in states))
+                finals.append(layer_state)
+        states = tuple(torch.stack(parts) for parts in zip(*finals))
+        return x, states[0] if len(states) == 1 else states
+
     def _run(self, x: torch.Tensor, states: State, lengths: torch.Tensor | None, path: str):
         if path != "loop" and self.step_hook is not None:
             raise ValueError(f"step_hook needs path='loop' (path='{path}' has no per-step access)")
@@ -254,6 +284,18 @@ class Recurrent(nn.Module):
             PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices),
             batch_first=True, total_length=x.shape[1])
         return outputs, tuple(h.index_select(1, packed.unsorted_indices) for h in finals)
+
+
+def _one_step(cell: Cell, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    """cell(x, state), through the cell's fused one-step kernel where it has one."""
+    fused_step = FUSED_STEPS.get(cell.fused_mode)
+    if fused_step is None:
+        return cell(x, state)
+    if cell.fused_mode == "lstm":
+        h, c = fused_step(x, state, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
+        return h, (h, c)
+    h = fused_step(x, state[0], cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
+    return h, (h,)
 
 
 def _lengths(lengths, mask, batch: int, steps: int) -> torch.Tensor | None:

@@ -10,6 +10,7 @@ values. Errors per origin: MASE (scale: in-sample seasonal naive MAE at lag m of
 sMAPE, RMSE, coverage and width of the 80% interval. One origin is a holdout evaluation.
 """
 
+import gc
 import os
 import tempfile
 import time
@@ -140,7 +141,15 @@ class _Worker:
         self.tasks.cancel_join_thread()
         self.results, child = context.Pipe(duplex=False)
         self.process = context.Process(target=_serve, args=(self.tasks, child, os.getpid()), daemon=True)
-        self.process.start()
+        # The child must not destroy what it inherits: an object that holds a lock another thread
+        # of the parent held at the fork hangs in its destructor (seen with an onnxruntime session
+        # that the child's garbage collector reached). Frozen, everything that exists at the fork
+        # is out of the collector's reach there (Python's recipe for fork without exec).
+        gc.freeze()
+        try:
+            self.process.start()
+        finally:
+            gc.unfreeze()
         child.close()
         self.pending: list[tuple] = []  # keys sent whose results are not read yet
 

@@ -152,6 +152,7 @@ def generate(model, vocab: Vocabulary, prime: str = "", length: int = 300, tempe
     start = _start_ids(vocab, prime)
     logits, state = model(start.expand(num_samples, -1))
     logits = logits[:, -1]
+    step = model.stepper()
     written = []
     for _ in range(length):
         if greedy:
@@ -169,8 +170,7 @@ def generate(model, vocab: Vocabulary, prime: str = "", length: int = 300, tempe
         written.append(token)
         if on_text is not None:
             on_text(vocab.decode(token[0]))
-        logits, state = model(token, state)
-        logits = logits[:, -1]
+        logits, state = step(token[:, 0], state)
     tokens = torch.cat(written, dim=1)
     return [vocab.decode(row) for row in tokens]
 
@@ -183,16 +183,18 @@ def beam_search(model, vocab: Vocabulary, prime: str = "", length: int = 300, be
         raise ValueError(f"beam_width and length must be >= 1, got {beam_width}, {length}")
     model.eval()
     logits, state = model(_start_ids(vocab, prime)[None])
+    logits = logits[:, -1]
+    step = model.stepper()
     scores = torch.zeros(1)
     tokens = torch.zeros(1, 0, dtype=torch.long)
     for _ in range(length):
-        log_probs = torch.log_softmax(logits[:, -1], dim=-1)            # (beams, V)
+        log_probs = torch.log_softmax(logits, dim=-1)                   # (beams, V)
         candidates = (scores[:, None] + log_probs).flatten()
         scores, best = candidates.topk(min(beam_width, candidates.numel()))
         beam, token = best // log_probs.shape[1], best % log_probs.shape[1]
         tokens = torch.cat([tokens[beam], token[:, None]], dim=1)
         state = tuple(s.index_select(1, beam) for s in state) if isinstance(state, tuple) else state.index_select(1, beam)
-        logits, state = model(token[:, None], state)
+        logits, state = step(token, state)
     return vocab.decode(tokens[0])
 
 
