@@ -435,24 +435,28 @@ def run_generation(settings: Settings, log) -> dict:
     rereading = timed(reread)
 
     @torch.no_grad()
-    def one_step_us(path, repeats=100):
-        """µs for the recurrent layer alone to take one step from a carried state (what
-        `generate` does per character), by path: where the time of a character goes."""
-        x = model.input(torch.tensor([[5]]))
-        _, state = model.recurrent(model.input(vocab.encode(prime)[None]))
+    def one_step_us(step, repeats=200):
+        """µs for the model to take one step from a carried state (all of a character but the
+        sampling): the compiled stepper `generate` uses, SequenceModel.step, and forward."""
+        token = torch.tensor([5])
+        _, state = model(vocab.encode(prime)[None])
         for _ in range(5):
-            model.recurrent(x, state, path=path)
+            step(token, state)
         start = time.perf_counter()
         for _ in range(repeats):
-            model.recurrent(x, state, path=path)
+            step(token, state)
         return (time.perf_counter() - start) / repeats * 1e6
 
+    with torch.no_grad():
+        stepper = model.stepper()
     result = {
         "model": "build_model(TextConfig(), vocab_size=103): embedding 64 → LSTM 512 → linear 103",
         "single_chars": settings.gen_chars, "single_chars_s": settings.gen_chars / single,
         "batched_chars": settings.gen_batched_chars * 32, "batched_chars_s": settings.gen_batched_chars * 32 / batched,
         "reread_chars": settings.reread_chars, "reread_chars_s": settings.reread_chars / rereading,
-        "step_us": {path: one_step_us(path) for path in ("fused", "bptt", "loop")},
+        "step_us": {"stepper (compiled, what generate uses)": one_step_us(stepper),
+                    "SequenceModel.step": one_step_us(model.step),
+                    "forward over one step": one_step_us(lambda token, state: model(token[:, None], state))},
     }
     log(f"[generation] single {result['single_chars_s']:.0f} chars/s, 32 streams {result['batched_chars_s']:.0f}, "
         f"re-reading {result['reread_chars_s']:.0f}")
@@ -701,9 +705,8 @@ def generation_table(gen: dict) -> str:
         f"| carried state, 32 streams (`generate(num_samples=32)`) | {gen['batched_chars']:,} | "
         f"{gen['batched_chars_s']:,.0f} | {gen['batched_chars_s'] / gen['reread_chars_s']:.1f} |",
         f"| re-reading the whole text so far, 1 stream | {gen['reread_chars']:,} | {gen['reread_chars_s']:,.0f} | 1.0 |",
-        "", "One step of the recurrent layer alone (batch 1, one character, carried state), by path: " +
-        ", ".join(f"{path} {us:.0f} µs" for path, us in gen["step_us"].items()) +
-        " (`generate` runs the model's default path, \"auto\").",
+        "", "One step of the model (batch 1, one character, carried state; all of a character but the "
+        "sampling): " + ", ".join(f"{how} {us:.0f} µs" for how, us in gen["step_us"].items()) + ".",
     ])
 
 

@@ -180,9 +180,11 @@ def _layer_norm_lstm_forward_steps(gates, vs, v_mean, v_rstd, hs, cs, c_mean, c_
 
 
 def _layer_norm_lstm_backward_steps(gates, vs, v_mean, v_rstd, cs, c_mean, c_rstd, tanh_ls, weight_hh, ln_hh_weight,
-                                    ln_c_weight, keep, Gh, Gc, delta, grad_v, grad_l) -> None:
-    """LayerNormLSTMSequence's backward recursion, t = T … 1: fills δ_t, ∂L/∂v_t and ∂L/∂ℓ_t, and
-    leaves γ_t in Gh[t] and κ_t in Gc[t]; what rnnkit/csrc/lnlstm.cpp's lnlstm_backward does in C++."""
+                                    ln_c_weight, keep, Gh, Gc, delta, grad_v, grad_l, grad_ln_hh_weight,
+                                    grad_ln_c_weight, grad_ln_c_bias) -> None:
+    """LayerNormLSTMSequence's backward recursion, t = T … 1: fills δ_t, ∂L/∂v_t and ∂L/∂ℓ_t, leaves
+    γ_t in Gh[t] and κ_t in Gc[t], and writes the gradients of w_hh, w_c and b_c; what
+    rnnkit/csrc/lnlstm.cpp's lnlstm_backward does in C++ (which sums those three as it goes)."""
     layer_norm_backward = torch.ops.aten.native_layer_norm_backward
     hidden = cs.shape[-1]
     gates_size, input_only = [4 * hidden], [True, False, False]
@@ -204,6 +206,11 @@ def _layer_norm_lstm_backward_steps(gates, vs, v_mean, v_rstd, cs, c_mean, c_rst
         grad_v[t] = layer_norm_backward(delta[t], vs[t], gates_size, v_mean[t], v_rstd[t], ln_hh_weight, None,
                                         input_only)[0]
         Gh[t].addmm_(grad_v[t], weight_hh)
+    v_hat = (vs - v_mean).mul_(v_rstd)
+    c_hat = (c_normalised - c_mean).mul_(c_rstd)
+    torch.sum(delta * v_hat, (0, 1), out=grad_ln_hh_weight)
+    torch.sum(grad_l * c_hat, (0, 1), out=grad_ln_c_weight)
+    torch.sum(grad_l, (0, 1), out=grad_ln_c_bias)
 
 
 class ElmanSequence(Function):
@@ -446,19 +453,18 @@ class LayerNormLSTMSequence(Function):
         Gc[steps] = grad_c
         delta, grad_v = torch.empty_like(gates), torch.empty_like(gates)  # δ_t, ∂L/∂v_t
         grad_l = torch.empty_like(tanh_ls)  # ∂L/∂ℓ_t
+        grad_ln_hh_weight, grad_ln_c_weight, grad_ln_c_bias = hs.new_empty(4 * hidden), *hs.new_empty(2, hidden)
         backward_steps = _compiled("lnlstm_backward", hs) or _layer_norm_lstm_backward_steps
         backward_steps(gates, vs, v_mean, v_rstd, cs, c_mean, c_rstd, tanh_ls, weight_hh, ln_hh_weight, ln_c_weight,
-                       keep, Gh, Gc, delta, grad_v, grad_l)
+                       keep, Gh, Gc, delta, grad_v, grad_l, grad_ln_hh_weight, grad_ln_c_weight, grad_ln_c_bias)
         delta, grad_v = delta.view(-1, 4 * hidden), grad_v.view(-1, 4 * hidden)
         grad_u, grad_ln_ih_weight, _ = layer_norm_backward(delta, us, gates_size, u_mean.view(-1, 1),
                                                            u_rstd.view(-1, 1), ln_ih_weight, None, [True, True, False])
         grad_x = (grad_u @ weight_ih).view(steps, batch, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None
         grad_bias = delta.sum(0)
-        v_hat = (vs - v_mean).mul_(v_rstd).view(-1, 4 * hidden)
-        c_hat = (cs[1:] - c_mean).mul_(c_rstd)
         return (grad_x, Gh[0], Gc[0], grad_u.t() @ xs, grad_v.t() @ hs[:-1].view(-1, hidden), grad_bias,
-                grad_ln_ih_weight, grad_bias, (delta * v_hat).sum(0), grad_bias,
-                (grad_l * c_hat).sum((0, 1)), grad_l.sum((0, 1)), None, None)
+                grad_ln_ih_weight, grad_bias, grad_ln_hh_weight, grad_bias, grad_ln_c_weight, grad_ln_c_bias,
+                None, None)
 
 
 class GRUSequence(Function):

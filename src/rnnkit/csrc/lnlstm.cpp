@@ -8,6 +8,7 @@
 #include <torch/library.h>
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 namespace {
 
@@ -63,19 +64,22 @@ void forward_loop(at::Tensor& gates, at::Tensor& vs, at::Tensor& v_mean, at::Ten
       const T mean = vm[row], rstd = vr[row];
 #pragma omp simd
       for (int64_t j = 0; j < width; ++j) z[j] += w_hh[j] * (v[j] - mean) * rstd;
+#pragma omp simd
+      for (int64_t j = 2 * hidden; j < 3 * hidden; ++j) z[j] *= 2;  // tanh(g) = 2σ(2g) − 1, below
     }
-    // ATen's vectorised activations, on the (B, H) blocks of the step's gates
-    z_t.narrow(1, 0, 2 * hidden).sigmoid_();
-    z_t.narrow(1, 2 * hidden, hidden).tanh_();
-    z_t.narrow(1, 3 * hidden, hidden).sigmoid_();
+    z_t.sigmoid_();  // ATen's vectorised kernel, once over the step's (B, 4H) gates
     for (int64_t row = t * batch; row < (t + 1) * batch; ++row) {  // c_t, and ℓ_t = LN_c(c_t) into tanh_l
-      const T* z = z0 + row * width;
-      const T *i = z, *f = z + hidden, *g = z + 2 * hidden;
+      T* z = z0 + row * width;
+      const T *i = z, *f = z + hidden;
+      T* g = z + 2 * hidden;
       const T* c_prev = c0 + row * hidden;
       T* c = c0 + (row + batch) * hidden;
       T* ell = tanh_l0 + row * hidden;
 #pragma omp simd
-      for (int64_t j = 0; j < hidden; ++j) c[j] = f[j] * c_prev[j] + i[j] * g[j];
+      for (int64_t j = 0; j < hidden; ++j) {
+        g[j] = 2 * g[j] - 1;
+        c[j] = f[j] * c_prev[j] + i[j] * g[j];
+      }
       moments(c, hidden, eps, cm[row], cr[row]);
       const T mean = cm[row], rstd = cr[row];
 #pragma omp simd
@@ -104,8 +108,11 @@ void backward_loop(const at::Tensor& gates, const at::Tensor& vs, const at::Tens
                    const at::Tensor& c_rstd, const at::Tensor& tanh_ls, const at::Tensor& weight_hh,
                    const at::Tensor& ln_hh_weight, const at::Tensor& ln_c_weight,
                    const c10::optional<at::Tensor>& keep, at::Tensor& Gh, at::Tensor& Gc, at::Tensor& delta,
-                   at::Tensor& grad_v, at::Tensor& grad_l) {
+                   at::Tensor& grad_v, at::Tensor& grad_l, at::Tensor& grad_ln_hh_weight,
+                   at::Tensor& grad_ln_c_weight, at::Tensor& grad_ln_c_bias) {
   const int64_t steps = gates.size(0), batch = gates.size(1), hidden = cs.size(2), width = 4 * hidden;
+  // Σ_t δ_t ⊙ v̂_t, Σ_t ∂L/∂ℓ_t ⊙ ĉ_t and Σ_t ∂L/∂ℓ_t, summed in double while each row is at hand
+  std::vector<double> sum_w_hh(width, 0.0), sum_w_c(hidden, 0.0), sum_b_c(hidden, 0.0);
   const T* w_hh = ln_hh_weight.data_ptr<T>();
   const T* w_c = ln_c_weight.data_ptr<T>();
   const bool* kept = keep ? keep->data_ptr<bool>() : nullptr;
@@ -134,6 +141,10 @@ void backward_loop(const at::Tensor& gates, const at::Tensor& vs, const at::Tens
         dl[j] = gamma[j] * o[j] * valid * (T(1) - tanh_l[j] * tanh_l[j]);
         dv[j] = w_c[j] * dl[j];
       }
+      for (int64_t j = 0; j < hidden; ++j) {
+        sum_w_c[j] += dl[j] * (c[j] - cm[row]) * cr[row];
+        sum_b_c[j] += dl[j];
+      }
       normalise_backward(dv, c, hidden, cm[row], cr[row]);
 #pragma omp simd
       for (int64_t j = 0; j < hidden; ++j) {
@@ -145,13 +156,19 @@ void backward_loop(const at::Tensor& gates, const at::Tensor& vs, const at::Tens
         gc_prev[j] = k * (f[j] * valid + (T(1) - valid));  // a padded step passes κ on unchanged
         gh_prev[j] += gamma[j] * (T(1) - valid);            // and γ
       }
-#pragma omp simd
-      for (int64_t j = 0; j < width; ++j) dv[j] = w_hh[j] * d[j];
-      normalise_backward(dv, v0 + row * width, width, vm[row], vr[row]);
+      const T* v = v0 + row * width;
+      for (int64_t j = 0; j < width; ++j) {
+        sum_w_hh[j] += d[j] * (v[j] - vm[row]) * vr[row];
+        dv[j] = w_hh[j] * d[j];
+      }
+      normalise_backward(dv, v, width, vm[row], vr[row]);
     }
     at::Tensor gh_t = Gh[t];
     gh_t.addmm_(grad_v[t], weight_hh);
   }
+  std::copy(sum_w_hh.begin(), sum_w_hh.end(), grad_ln_hh_weight.data_ptr<T>());
+  std::copy(sum_w_c.begin(), sum_w_c.end(), grad_ln_c_weight.data_ptr<T>());
+  std::copy(sum_b_c.begin(), sum_b_c.end(), grad_ln_c_bias.data_ptr<T>());
 }
 
 // The buffers are written in place, so they must be contiguous as made by bptt.py; the read-only
@@ -180,13 +197,16 @@ void lnlstm_backward(const at::Tensor& gates, const at::Tensor& vs, const at::Te
                      const at::Tensor& c_rstd, const at::Tensor& tanh_ls, const at::Tensor& weight_hh,
                      const at::Tensor& ln_hh_weight, const at::Tensor& ln_c_weight,
                      const c10::optional<at::Tensor>& keep, at::Tensor Gh, at::Tensor Gc, at::Tensor delta,
-                     at::Tensor grad_v, at::Tensor grad_l) {
+                     at::Tensor grad_v, at::Tensor grad_l, at::Tensor grad_ln_hh_weight, at::Tensor grad_ln_c_weight,
+                     at::Tensor grad_ln_c_bias) {
   check_buffers("lnlstm_backward", {&gates, &vs, &v_mean, &v_rstd, &cs, &c_mean, &c_rstd, &tanh_ls, &Gh, &Gc,
-                                    &delta, &grad_v, &grad_l});
+                                    &delta, &grad_v, &grad_l, &grad_ln_hh_weight, &grad_ln_c_weight,
+                                    &grad_ln_c_bias});
   const c10::optional<at::Tensor> kept = keep ? c10::optional<at::Tensor>(keep->to(at::kBool).contiguous()) : keep;
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lnlstm_backward", [&] {
     backward_loop<scalar_t>(gates, vs, v_mean, v_rstd, cs, c_mean, c_rstd, tanh_ls, weight_hh.contiguous(),
-                            ln_hh_weight.contiguous(), ln_c_weight.contiguous(), kept, Gh, Gc, delta, grad_v, grad_l);
+                            ln_hh_weight.contiguous(), ln_c_weight.contiguous(), kept, Gh, Gc, delta, grad_v, grad_l,
+                            grad_ln_hh_weight, grad_ln_c_weight, grad_ln_c_bias);
   });
 }
 
@@ -198,7 +218,8 @@ TORCH_LIBRARY_FRAGMENT(rnnkit_kernels, m) {
         "Tensor ln_hh_weight, Tensor ln_c_weight, Tensor ln_c_bias, Tensor? keep, float eps) -> ()");
   m.def("lnlstm_backward(Tensor gates, Tensor vs, Tensor v_mean, Tensor v_rstd, Tensor cs, Tensor c_mean, "
         "Tensor c_rstd, Tensor tanh_ls, Tensor weight_hh, Tensor ln_hh_weight, Tensor ln_c_weight, Tensor? keep, "
-        "Tensor(a!) Gh, Tensor(b!) Gc, Tensor(c!) delta, Tensor(d!) grad_v, Tensor(e!) grad_l) -> ()");
+        "Tensor(a!) Gh, Tensor(b!) Gc, Tensor(c!) delta, Tensor(d!) grad_v, Tensor(e!) grad_l, "
+        "Tensor(f!) grad_ln_hh_weight, Tensor(g!) grad_ln_c_weight, Tensor(h!) grad_ln_c_bias) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(rnnkit_kernels, CPU, m) {
