@@ -84,6 +84,8 @@ def test_compiled_stepper_of_an_lstm_language_model_is_forward(dtype, batch, wei
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-12 if dtype == torch.float64 else 1e-6)
     with torch.no_grad(), pytest.raises(RuntimeError, match="0..8"):
         step(torch.tensor([9] * batch), state)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="hidden"):  # a state of another size
+        step(tokens[:, 0], tuple(s[..., :7] for s in state))
 
 
 def test_stepper_falls_back_to_step_where_there_is_no_compiled_one():

@@ -73,6 +73,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_language_model_step(
   TORCH_CHECK(tokens.dim() == 1 && tokens.size(0) == batch && tokens.scalar_type() == at::kLong,
               "tokens must be (batch,) int64 ids");
   TORCH_CHECK(static_cast<int64_t>(weights.size()) == 4 * layers, "4 weights per layer");
+  TORCH_CHECK(h.dim() == 3 && c.sizes() == h.sizes(), "h and c must both be (layers, batch, hidden)");
+  TORCH_CHECK(head_weight.dim() == 2 && head_weight.size(1) == hidden && head_bias.numel() == head_weight.size(0),
+              "the head must be (vocab, hidden) with one bias per row");
+  for (int64_t l = 0; l < layers; ++l) {  // the products below read exactly these shapes
+    const int64_t input_size = l == 0 ? embedding.size(1) : hidden;
+    TORCH_CHECK(weights[4 * l].sizes() == at::IntArrayRef({4 * hidden, input_size}) &&
+                    weights[4 * l + 1].sizes() == at::IntArrayRef({4 * hidden, hidden}) &&
+                    weights[4 * l + 2].numel() == 4 * hidden && weights[4 * l + 3].numel() == 4 * hidden,
+                "layer ", l, "'s weights do not match the state's hidden size ", hidden);
+  }
   const at::Tensor ids = tokens.contiguous();
   for (int64_t b = 0; b < batch; ++b) {
     const int64_t id = ids.data_ptr<int64_t>()[b];

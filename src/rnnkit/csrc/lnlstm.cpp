@@ -180,11 +180,19 @@ void check_buffers(const char* name, std::initializer_list<const at::Tensor*> bu
                 ": every buffer must be a contiguous CPU tensor of one floating dtype");
 }
 
+// The loops read the layer-norm parameters by raw pointer: their lengths must be right.
+void check_lengths(int64_t hidden, const at::Tensor& ln_hh, std::initializer_list<const at::Tensor*> ln_c) {
+  TORCH_CHECK(ln_hh.numel() == 4 * hidden, "LayerNorm-LSTM: ln_hh_weight must have 4·hidden entries");
+  for (const at::Tensor* parameter : ln_c)
+    TORCH_CHECK(parameter->numel() == hidden, "LayerNorm-LSTM: ln_c_weight and ln_c_bias must have hidden entries");
+}
+
 void lnlstm_forward(at::Tensor gates, at::Tensor vs, at::Tensor v_mean, at::Tensor v_rstd, at::Tensor hs,
                     at::Tensor cs, at::Tensor c_mean, at::Tensor c_rstd, at::Tensor tanh_ls,
                     const at::Tensor& weight_hh_t, const at::Tensor& ln_hh_weight, const at::Tensor& ln_c_weight,
                     const at::Tensor& ln_c_bias, const c10::optional<at::Tensor>& keep, double eps) {
   check_buffers("lnlstm_forward", {&gates, &vs, &v_mean, &v_rstd, &hs, &cs, &c_mean, &c_rstd, &tanh_ls});
+  check_lengths(hs.size(2), ln_hh_weight, {&ln_c_weight, &ln_c_bias});
   const c10::optional<at::Tensor> kept = keep ? c10::optional<at::Tensor>(keep->to(at::kBool).contiguous()) : keep;
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lnlstm_forward", [&] {
     forward_loop<scalar_t>(gates, vs, v_mean, v_rstd, hs, cs, c_mean, c_rstd, tanh_ls, weight_hh_t.contiguous(),
@@ -202,6 +210,7 @@ void lnlstm_backward(const at::Tensor& gates, const at::Tensor& vs, const at::Te
   check_buffers("lnlstm_backward", {&gates, &vs, &v_mean, &v_rstd, &cs, &c_mean, &c_rstd, &tanh_ls, &Gh, &Gc,
                                     &delta, &grad_v, &grad_l, &grad_ln_hh_weight, &grad_ln_c_weight,
                                     &grad_ln_c_bias});
+  check_lengths(cs.size(2), ln_hh_weight, {&ln_c_weight});
   const c10::optional<at::Tensor> kept = keep ? c10::optional<at::Tensor>(keep->to(at::kBool).contiguous()) : keep;
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lnlstm_backward", [&] {
     backward_loop<scalar_t>(gates, vs, v_mean, v_rstd, cs, c_mean, c_rstd, tanh_ls, weight_hh.contiguous(),
