@@ -62,16 +62,19 @@ def test_sequence_model_step_is_forward_over_one_step(vocab_size):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("cell, options", [("lstm", {}), ("gru", {}), ("elman", {}),
+                                           ("elman", {"nonlinearity": "relu"})], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("weight_dropout", [0.0, 0.5])
-def test_compiled_stepper_of_an_lstm_language_model_is_forward(dtype, batch, weight_dropout):
+def test_compiled_stepper_of_a_language_model_is_forward(cell, options, dtype, batch, weight_dropout):
     """The one-call compiled step (rnnkit/csrc/language_model_step.cpp) gives forward's logits and
     states, token after token, for one sequence (its own products) and a batch (ATen's)."""
     torch.manual_seed(1)
-    model = SequenceModel(5, 9, 8, cell="lstm", vocab_size=9, num_layers=2, weight_dropout=weight_dropout)
+    model = SequenceModel(5, 9, 8, cell=cell, vocab_size=9, num_layers=2, weight_dropout=weight_dropout, **options)
     model = model.to(dtype).eval()
     tokens = torch.randint(0, 9, (batch, 6))
+    tolerance = {"rtol": 1e-5, "atol": 1e-12 if dtype == torch.float64 else 1e-6}
     with torch.no_grad():
         logits, final = model(tokens)
         step = model.stepper()
@@ -79,20 +82,22 @@ def test_compiled_stepper_of_an_lstm_language_model_is_forward(dtype, batch, wei
         state = None
         for t in range(6):
             step_logits, state = step(tokens[:, t], state)
-            torch.testing.assert_close(step_logits, logits[:, t], rtol=1e-5, atol=1e-12 if dtype == torch.float64 else 1e-6)
-    for a, b in zip(state, final):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-12 if dtype == torch.float64 else 1e-6)
+            torch.testing.assert_close(step_logits, logits[:, t], **tolerance)
+    states, finals = (state, final) if cell == "lstm" else ((state,), (final,))
+    for a, b in zip(states, finals):
+        torch.testing.assert_close(a, b, **tolerance)
     with torch.no_grad(), pytest.raises(RuntimeError, match="0..8"):
         step(torch.tensor([9] * batch), state)
     with torch.no_grad(), pytest.raises(RuntimeError, match="hidden"):  # a state of another size
-        step(tokens[:, 0], tuple(s[..., :7] for s in state))
+        smaller = tuple(s[..., :7] for s in states)
+        step(tokens[:, 0], smaller if cell == "lstm" else smaller[0])
 
 
 def test_stepper_falls_back_to_step_where_there_is_no_compiled_one():
-    gru = SequenceModel(5, 9, 8, cell="gru", vocab_size=9).eval()
+    jordan = SequenceModel(5, 9, 8, cell="jordan", vocab_size=9).eval()
     lstm = SequenceModel(5, 9, 8, cell="lstm", vocab_size=9).eval()
     with torch.no_grad():
-        assert gru.stepper() == gru.step
+        assert jordan.stepper() == jordan.step
     assert lstm.stepper() == lstm.step  # gradients wanted: the compiled step has no backward
 
 

@@ -7,7 +7,7 @@ LayerNorm-LSTM, whose step is a dozen pointwise operations (two layer norms, the
 the cell update), one pass per batch row around ATen's products and activations (lnlstm.cpp).
 The buffers and equations are those of the Functions in `rnnkit.bptt`, whose Python loops
 remain the fallback and the readable statement of each recursion. Generation writes one token
-per call; language_model_step.cpp makes a token-reading LSTM model's whole step one call
+per call; language_model_step.cpp makes a token-reading LSTM, GRU or Elman model's whole step one call
 (`SequenceModel.stepper`), with `SequenceModel.step` as the fallback.
 
 `ops()` builds the extension once per machine with torch's JIT extension builder (about 20 s

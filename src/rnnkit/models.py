@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import kernels
-from .cells import LSTMCell, check_positive
+from .cells import ElmanCell, GRUCell, LSTMCell, check_positive
 from .recurrent import Recurrent
 
 POOLINGS = ("last", "mean", "max")
@@ -183,8 +183,8 @@ class SequenceModel(nn.Module):
     def stepper(self):
         """`step` for a loop that writes many tokens with these weights (generation, beam search).
 
-        A token-reading, unidirectional LSTM model on the CPU, run without gradients, gets the
-        whole step (embedding, every layer, head) as one compiled call
+        A token-reading, unidirectional LSTM, GRU or Elman model on the CPU, run without
+        gradients, gets the whole step (embedding, every layer, head) as one compiled call
         (rnnkit/csrc/language_model_step.cpp) with the weights looked up once, here: per token,
         Python's share of the work is then one call. Other models get `step`. Build a new
         stepper after the weights are replaced (training changes them in place, which is fine).
@@ -193,16 +193,22 @@ class SequenceModel(nn.Module):
         compiled = kernels.ops()
         if (compiled is None or self.input.embedding is None or self.head.weight.device.type != "cpu"
                 or torch.is_grad_enabled() or recurrent.num_directions != 1
-                or any(parametrize.type_before_parametrizations(cell) is not LSTMCell for cell in recurrent.cells)):
+                or any(parametrize.type_before_parametrizations(cell) not in (LSTMCell, GRUCell, ElmanCell)
+                       for cell in recurrent.cells)):
             return self.step
+        kind, lstm = recurrent.fused_mode, recurrent.fused_mode == "lstm"
         embedding, head_weight, head_bias = self.input.embedding.weight, self.head.weight, self.head.bias
         weights = [w.contiguous() for cell in recurrent.cells
                    for w in (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)]
 
         def step(tokens: torch.Tensor, state=None):
-            h, c = recurrent._initial_states(len(tokens), head_weight) if state is None else state
-            logits, h, c = compiled.lstm_language_model_step(tokens, embedding, weights, h, c, head_weight, head_bias)
-            return logits, (h, c)
+            if state is None:
+                states = recurrent._initial_states(len(tokens), head_weight)
+            else:
+                states = tuple(state) if lstm else (state,)
+            logits, states = compiled.language_model_step(tokens, embedding, weights, list(states), head_weight,
+                                                          head_bias, kind)
+            return logits, tuple(states) if lstm else states[0]
 
         return step
 
