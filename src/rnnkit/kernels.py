@@ -1,4 +1,4 @@
-"""Compiled loops for the hand-derived BPTT and for generation: `rnnkit/csrc/*.cpp`, built on first use.
+"""Compiled loops for hand BPTT and for generation: `rnnkit/csrc/*.cpp`, built on first use.
 
 Only the recursion along time is sequential, but it is a Python loop of small operations, and
 at small sizes the interpreter between them costs more than the arithmetic. The C++ loops run
@@ -7,8 +7,8 @@ LayerNorm-LSTM, whose step is a dozen pointwise operations (two layer norms, the
 the cell update), one pass per batch row around ATen's products and activations (lnlstm.cpp).
 The buffers and equations are those of the Functions in `rnnkit.bptt`, whose Python loops
 remain the fallback and the readable statement of each recursion. Generation writes one token
-per call; language_model_step.cpp makes a token-reading LSTM, GRU or Elman model's whole step one call
-(`SequenceModel.stepper`), with `SequenceModel.step` as the fallback.
+per call; language_model_step.cpp makes the whole step of a token-reading LSTM, GRU or Elman
+model one call (`SequenceModel.stepper`), with `SequenceModel.step` as the fallback.
 
 `ops()` builds the extension once per machine with torch's JIT extension builder (about 20 s
 with gcc, kept in TORCH_EXTENSIONS_DIR, by default ~/.cache/torch_extensions) and returns
@@ -49,7 +49,7 @@ def ops():
         load(f"rnnkit_kernels_{capability.lower()}", sources=[str(path) for path in SOURCES],
              extra_cflags=["-O3", "-fopenmp-simd", *VECTOR_FLAGS.get(capability, [])], is_python_module=False)
     except Exception as error:  # no compiler, no ninja, a failed build: the Python loops do the work
-        log.warning("rnnkit: compiled BPTT loops unavailable, using the Python loops (%s)", error)
+        log.warning("rnnkit: compiled loops unavailable, running the Python ones (%s)", error)
         return None
     return torch.ops.rnnkit_kernels
 
