@@ -32,6 +32,10 @@ state is kept and the output is zero, as in `Recurrent`'s loop path; in the back
 a step has δ_t = 0 and passes the gradient reaching its state on unchanged. Any mask works
 forwards in time; `run_sequence` runs backwards in time by flipping the time axis.
 
+The step-by-step recursions are the `_*_steps` functions below. On the CPU each Function runs
+their C++ twin from `rnnkit.kernels` (rnnkit/csrc) when it is built: the same steps without the
+interpreter between them. The Python ones remain the fallback and the readable version.
+
 `run_sequence(cell, x, state, valid, reverse)` is the entry point: one layer, one direction,
 any cell of `rnnkit.cells`, the same result as `Recurrent._loop` for that cell.
 """
@@ -446,7 +450,7 @@ class LayerNormLSTMSequence(Function):
          weight_ih, weight_hh, ln_ih_weight, ln_hh_weight, ln_c_weight, keep) = ctx.saved_tensors
         layer_norm_backward = torch.ops.aten.native_layer_norm_backward
         steps, batch, hidden = tanh_ls.shape
-        gates_size, input_only = [4 * hidden], [True, False, False]
+        gates_size = [4 * hidden]
         valid = None if keep is None else keep.to(hs.dtype)
         Gh = _grad_buffer(grad_outputs, grad_h, valid, hidden)  # Gh[t] ends as γ_t
         Gc = torch.zeros_like(Gh)  # Gc[t] ends as κ_t
