@@ -7,7 +7,9 @@
 // product on one core.
 #include <ATen/ATen.h>
 #include <torch/library.h>
-#include <cmath>
+#include <algorithm>
+#include <tuple>
+#include <vector>
 
 namespace {
 
