@@ -1,12 +1,14 @@
+import json
 import os
 import sys
 
 import numpy as np
 import pytest
+import torch
 
 from rnnkit.cli import main
 from rnnkit.data.series import Series
-from rnnkit.tasks.forecast import ANCHORS, TRUST_GRID, Baseline, Forecaster, Windows, choose_anchor
+from rnnkit.tasks.forecast import ANCHORS, TRUST_GRID, Baseline, Forecaster, Windows, choose_anchor, ridge_highway
 
 TINY = dict(hidden_size=8, ensemble=1, max_steps=20, eval_every=10, combine=())  # the RNN alone
 
@@ -99,6 +101,46 @@ def test_trust_scales_the_networks_correction_to_its_anchor():
     assert raw.trust == 1.0 and np.abs(raw.predict().mean - exact.values[-12:]).max() > 1e-3
     with pytest.raises(ValueError, match="trust must be in"):
         Forecaster(trust=1.5)
+
+
+def test_ridge_highway_recovers_a_linear_forecast_and_shrinks_noise():
+    rng = np.random.default_rng(0)
+    L, steps, quantiles = 6, 3, (0.1, 0.5, 0.9)
+    coefficients, intercept = rng.normal(0, 1, (L, steps)), np.array([0.5, -1.0, 2.0])
+
+    def windows(count, signal, noise):
+        window, anchor = rng.normal(0, 1, (count, L)), rng.normal(0, 1, (count, steps))
+        target = anchor + signal * (window @ coefficients + intercept) + rng.normal(0, noise, (count, steps))
+        return tuple(torch.tensor(part) for part in (window[..., None], anchor, target))
+
+    weight, bias = ridge_highway(windows(300, 1.0, 0.1), windows(100, 1.0, 0.1), quantiles)
+    weight, bias = weight.view(steps, 3, L), bias.view(steps, 3)  # rows ordered (step, quantile)
+    np.testing.assert_allclose(weight[:, 1].numpy(), coefficients.T, atol=0.03)
+    assert torch.equal(weight[:, 0], weight[:, 2])  # every quantile shares the regression
+    np.testing.assert_allclose(bias[:, 1].numpy(), intercept, atol=0.03)
+    # the 0.1 and 0.9 quantiles of N(0, 0.1²) residuals lie ±0.128 about the median
+    np.testing.assert_allclose((bias[:, 2] - bias[:, 0]).numpy(), 2 * 0.128, rtol=0.25)
+    # Pure noise, few windows: the penalty chosen on validation shrinks the weights towards 0.
+    noise_weight, _ = ridge_highway(windows(30, 0.0, 1.0), windows(30, 0.0, 1.0), quantiles)
+    assert noise_weight.abs().max() < 0.1
+
+
+def test_long_histories_start_the_highway_at_the_regression():
+    # An AR(2) cycle: its best forecast is linear in the window, which 20 Adam steps find only roughly.
+    rng = np.random.default_rng(0)
+    values = np.zeros(700)
+    for t in range(2, 700):
+        values[t] = 1.6 * values[t - 1] - 0.8 * values[t - 2] + rng.normal()
+    series = make_series(values)
+    errors = {}
+    for start in (True, False):
+        forecaster = Forecaster(horizon=10, linear_start=start, **TINY).fit(series.head(500))
+        assert (forecaster.highway_start is not None) == start  # 377 training windows for 20 inputs
+        errors[start] = np.mean([np.abs(forecaster.predict(10, series.head(end)).mean - values[end:end + 10]).mean()
+                                 for end in range(500, 690, 5)])
+    assert errors[True] < 0.9 * errors[False]
+    # 73 training windows for 20 inputs: too few, the network starts small and stays near its anchor.
+    assert Forecaster(horizon=10, **TINY).fit(series.head(120)).highway_start is None
 
 
 def test_forecaster_learns_a_seasonal_signal_beyond_seasonal_naive():
@@ -205,7 +247,7 @@ def test_cli_writes_the_run_folder_and_predicts(tmp_path, capsys):
                                             for i, v in enumerate(series.values)))
     main(["forecast", "--csv", str(path), "--time", "quarter", "--target", "y", "--horizon", "4", "--origins", "2",
           "--baselines", "naive,seasonal_naive", "--combine", "ets", "--ensemble", "1", "--max-steps", "10", "--hidden-size", "8",
-          "--trust", "auto", "--runs-dir", str(tmp_path), "--name", "run", "--quiet"])
+          "--trust", "auto", "--no-linear-start", "--runs-dir", str(tmp_path), "--name", "run", "--quiet"])
     out = capsys.readouterr().out
     assert "rnnkit" in out and "seasonal_naive" in out
     run = tmp_path / "run"
@@ -213,14 +255,13 @@ def test_cli_writes_the_run_folder_and_predicts(tmp_path, capsys):
                  "training_curves.png", "model.pt", "report.html", "member-0/metrics.csv"):
         assert (run / name).is_file(), name
     assert len((run / "backtest.csv").read_text().splitlines()) == 1 + 3 * 2
+    assert json.loads((run / "config.json").read_text())["forecast"]["linear_start"] is False
     main(["predict", str(run)])
     assert len(capsys.readouterr().out.splitlines()) == 4
     main(["predict", str(run), *map(str, series.values[-20:])])
     assert len(capsys.readouterr().out.splitlines()) == 4
 
     # exported, each member gives the same quantiles from onnxruntime, on a batch never seen
-    import json
-
     import onnxruntime
     import torch
 
