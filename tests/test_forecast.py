@@ -103,6 +103,15 @@ def test_trust_scales_the_networks_correction_to_its_anchor():
         Forecaster(trust=1.5)
 
 
+def test_default_window_spans_two_horizons_and_four_seasons():
+    quick = dict(TINY, max_steps=1, eval_every=1)
+    assert Forecaster(horizon=12, **quick).fit(seasonal(240)).window == 48  # four monthly seasons
+    assert Forecaster(horizon=6, **quick).fit(seasonal(240, m=4)).window == 16  # 16 steps at least
+    assert Forecaster(horizon=10, **quick).fit(make_series(np.arange(100.0))).window == 20  # two horizons
+    assert Forecaster(horizon=52, **quick).fit(seasonal(400, m=52)).window == 104  # two weekly seasons
+    assert Forecaster(horizon=12, **quick).fit(seasonal(72)).window == 72 - 12 - 24 + 1  # short: 24 windows left
+
+
 def test_ridge_highway_recovers_a_linear_forecast_and_shrinks_noise():
     rng = np.random.default_rng(0)
     L, steps, quantiles = 6, 3, (0.1, 0.5, 0.9)

@@ -243,7 +243,7 @@ class ForecastConfig:
     cell: str = "gru"
     hidden_size: int = 32
     num_layers: int = 1
-    window: int | None = None         # input steps (default: max(2·horizon, 2·season, 16), fewer for short series)
+    window: int | None = None         # input steps (default: max(2·horizon, 4·season, 16), 2·season for m > 12; fewer for short series)
     strategy: str = "direct"          # direct multi-output | recursive one-step | seq2seq encoder–decoder
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
     seasonal_features: bool = True    # sin/cos of the seasonal phase as extra inputs (when m > 1)
@@ -502,12 +502,13 @@ class Forecaster(ForecastModel):
     history (of one series, or several for a global model) with the pinball loss.
 
     The default recipe (ForecastConfig's defaults, one for every series): a 32-unit GRU over
-    max(2h, 2m, 16) steps, direct multi-output head plus linear highway (started at the ridge
-    fit where the history has ≥ 10 windows per window step), seasonal phase features,
-    correcting the classical forecast that erred least on the history (the anchor: naive,
-    seasonal naive, either with drift, or a window mean), 3 seeds averaged, ≤ 200 Adam steps
-    with early stopping on the latest 20% of windows; its forecast is then combined with
-    auto-ARIMA's fitted on the same history (Smyl's ES-RNN and forecast-combination results):
+    max(2h, 4m, 16) steps (2m for m > 12), direct multi-output head plus linear highway
+    (started at the ridge fit where the history has ≥ 10 windows per window step), seasonal
+    phase features, correcting the classical forecast that erred least on the history (the
+    anchor: naive, seasonal naive, either with drift, or a window mean), 3 seeds averaged,
+    ≤ 200 Adam steps with early stopping on the latest 20% of windows; its forecast is then
+    combined with auto-ARIMA's fitted on the same history (Smyl's ES-RNN and forecast-
+    combination results):
 
         ŷ = (1 − λ) · ŷ_RNN + λ · ŷ_ARIMA,   λ = 0.35
 
@@ -531,12 +532,16 @@ class Forecaster(ForecastModel):
         return 1 if self.config.strategy == "recursive" else self.horizon
 
     def _window(self, shortest: int, season: int) -> int:
-        """The configured window, or the default shrunk to leave `min_windows` examples."""
+        """The configured window, or the default shrunk to leave `min_windows` examples: two
+        horizons, and four seasons of a monthly or quarterly series (on elnino's validation
+        origins, 48 months erred 12% less than 24), two of a longer season (on weekly co2's
+        first nine validation origins, three seasons erred 11% more than two, at 1.5× the compute)."""
         config = self.config
         if config.window is not None:
             window = config.window
         else:
-            window = min(max(2 * self.horizon, 2 * season, 16), shortest - self._steps() - config.min_windows + 1)
+            seasons = 4 if season <= 12 else 2
+            window = min(max(2 * self.horizon, seasons * season, 16), shortest - self._steps() - config.min_windows + 1)
         return max(window, season + 1, 2)  # the seasonal drift anchor reads one season and a step back
 
     def fit(self, series: Series | list[Series], run_dir: Path | None = None, quiet: bool = True) -> "Forecaster":
