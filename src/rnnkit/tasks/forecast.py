@@ -255,6 +255,7 @@ class ForecastConfig:
     max_steps: int = 200              # a backtest refits K times: the budget stays small
     learning_rate: float = 5e-3
     weight_decay: float = 1e-4
+    local_scale: bool = True          # each window scaled by its own mean |y_t − y_{t−m}| (False: the history's)
     linear_start: bool = True         # highway starts at the ridge fit (`ridge_highway`) given ≥ 10 windows per window step
     eval_every: int = 25
     patience: int = 3
@@ -286,6 +287,8 @@ class ForecastConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "ForecastConfig":
+        """The config a run saved; runs saved before windows were scaled locally used the history's scale."""
+        values = {"local_scale": False, **values}
         known = {f.name for f in fields(cls)}
         config = cls(**{k: v for k, v in values.items() if k in known})
         config.quantiles, config.combine = tuple(config.quantiles), tuple(config.combine)
@@ -336,17 +339,22 @@ def choose_anchor(histories: list[Series], steps: int, window: int) -> str:
 class Windows:
     """Training examples cut from a history, scaled by that history alone.
 
-        z_s      = (y_s − y_T) / scale,   s = T−L+1 … T       scale = mean |y_t − y_{t−m}|
+        z_s      = (y_s − y_T) / scale,   s = T−L+1 … T       scale = mean |y_t − y_{t−m}| over the
+                                                          window (local_scale) or the whole history
         anchor_k = (a_k − y_T) / scale     a_k: a classical forecast of y_{T+k} (`anchor_forecast`:
                    naive, seasonal naive, either with drift, or a window mean; `choose_anchor`)
         target_k = (y_{T+k} − y_T) / scale,   k = 1 … steps
 
     Inputs carry z, then sin/cos of the seasonal phase (optional), then the covariates
-    standardised by their mean and deviation over the history.
+    standardised by their mean and deviation over the history. A local scale makes the windows
+    of a series whose swings grow with its level (GDP, sunspots' cycles) alike to the network;
+    a history's scale keeps a seasonal pattern of fixed amplitude at one size (co2).
     """
 
-    def __init__(self, series: Series, window: int, steps: int, seasonal_features: bool, anchor: str):
+    def __init__(self, series: Series, window: int, steps: int, seasonal_features: bool, anchor: str,
+                 local_scale: bool = False):
         self.series, self.window, self.steps, self.anchor = series, window, steps, anchor
+        self.local_scale = local_scale
         self.seasonal_features = seasonal_features and series.season > 1
         self.scale = series_scale(series.values, series.season)
         covariates = series.covariates
@@ -358,18 +366,29 @@ class Windows:
         covariates = 0 if self.series.covariates is None else self.series.covariates.shape[1]
         return 1 + 2 * self.seasonal_features + covariates
 
+    def scales(self, values: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """(N, 1): the scale of each window ending just before `ends` (the history's where a
+        window is flat)."""
+        if not self.local_scale:
+            return np.full((len(ends), 1), self.scale)
+        m, L = self.series.season, self.window
+        lag = m if L > m else 1
+        index = ends[:, None] + np.arange(-L, 0)
+        local = np.abs(values[index[:, lag:]] - values[index[:, :-lag]]).mean(1, keepdims=True)
+        return np.where(local > 0, local, self.scale)
+
     def inputs(self, values: np.ndarray, covariates: np.ndarray | None, ends: np.ndarray):
         """(features (N, L, F), anchor (N, steps)) for windows ending just before `ends`."""
         m, L = self.series.season, self.window
         index = ends[:, None] + np.arange(-L, 0)
-        last = values[ends - 1][:, None]
-        columns = [(values[index] - last) / self.scale]
+        last, scale = values[ends - 1][:, None], self.scales(values, ends)
+        columns = [(values[index] - last) / scale]
         if self.seasonal_features:
             phase = 2 * np.pi * (index % m) / m
             columns += [np.sin(phase), np.cos(phase)]
         if covariates is not None:
             columns += list(((covariates[index] - self.covariate_mean) / self.covariate_std).transpose(2, 0, 1))
-        anchor = (anchor_forecast(values, ends, self.steps, m, self.anchor, L) - last) / self.scale
+        anchor = (anchor_forecast(values, ends, self.steps, m, self.anchor, L) - last) / scale
         return (torch.tensor(np.stack(columns, -1), dtype=torch.float32),
                 torch.tensor(anchor, dtype=torch.float32))
 
@@ -378,7 +397,7 @@ class Windows:
         values = self.series.values
         ends = np.arange(self.window, len(values) - self.steps + 1)
         features, anchor = self.inputs(values, self.series.covariates, ends)
-        target = (values[ends[:, None] + np.arange(self.steps)] - values[ends - 1][:, None]) / self.scale
+        target = (values[ends[:, None] + np.arange(self.steps)] - values[ends - 1][:, None]) / self.scales(values, ends)
         return features, anchor, torch.tensor(target, dtype=torch.float32)
 
 
@@ -502,9 +521,9 @@ class Forecaster(ForecastModel):
     history (of one series, or several for a global model) with the pinball loss.
 
     The default recipe (ForecastConfig's defaults, one for every series): a 32-unit GRU over
-    max(2h, 4m, 16) steps (2m for m > 12), direct multi-output head plus linear highway
-    (started at the ridge fit where the history has ≥ 10 windows per window step), seasonal
-    phase features, correcting the classical forecast that erred least on the history (the
+    max(2h, 4m, 16) steps (2m for m > 12), each window scaled by its own mean seasonal
+    difference, direct multi-output head plus linear highway (started at the ridge fit where the
+    history has ≥ 10 windows per window step), seasonal phase features, correcting the classical forecast that erred least on the history (the
     anchor: naive, seasonal naive, either with drift, or a window mean), 3 seeds averaged,
     ≤ 200 Adam steps with early stopping on the latest 20% of windows; its forecast is then
     combined with auto-ARIMA's fitted on the same history (Smyl's ES-RNN and forecast-
@@ -513,8 +532,8 @@ class Forecaster(ForecastModel):
         ŷ = (1 − λ) · ŷ_RNN + λ · ŷ_ARIMA,   λ = 0.35
 
     applied alike to the point forecast and to each bound of the 80% interval. The anchor rule,
-    the linear start, λ and the members were chosen on 10 validation origins before the
-    benchmark's test origins.
+    the window, the local scale, the linear start, λ and the members were chosen on 10
+    validation origins before the benchmark's test origins.
     """
 
     name = "rnnkit"
@@ -535,7 +554,7 @@ class Forecaster(ForecastModel):
         """The configured window, or the default shrunk to leave `min_windows` examples: two
         horizons, and four seasons of a monthly or quarterly series (on elnino's validation
         origins, 48 months erred 12% less than 24), two of a longer season (on weekly co2's
-        first nine validation origins, three seasons erred 11% more than two, at 1.5× the compute)."""
+        validation origins, three seasons erred 13% more than two, at 1.5× the compute)."""
         config = self.config
         if config.window is not None:
             window = config.window
@@ -557,7 +576,8 @@ class Forecaster(ForecastModel):
         for one in many:
             check_length(one, self.window + self._steps() + 1, f"window {self.window} + horizon {self._steps()} (+1 to validate)")
         self.anchor = choose_anchor(many, self._steps(), self.window) if config.anchor == "auto" else config.anchor
-        windows = [Windows(one, self.window, self._steps(), config.seasonal_features, self.anchor) for one in many]
+        windows = [Windows(one, self.window, self._steps(), config.seasonal_features, self.anchor, config.local_scale)
+                   for one in many]
         train, val = [], []
         for examples in (w.examples() for w in windows):  # each series' latest windows validate
             validation = max(1, round(config.val_fraction * len(examples[0])))
@@ -618,13 +638,14 @@ class Forecaster(ForecastModel):
             raise ValueError(f"this forecaster was fitted for horizon {self.horizon}; got {horizon}")
         series = series or self.history
         check_length(series, self.window, f"a window of {self.window}")
-        windows = Windows(series, self.window, self._steps(), self.config.seasonal_features, self.anchor)
+        windows = Windows(series, self.window, self._steps(), self.config.seasonal_features, self.anchor,
+                          self.config.local_scale)
         values, covariates = series.values.astype(float), series.covariates
         quantiles = []
         while len(quantiles) < horizon:  # one pass (direct, seq2seq) or one per step (recursive)
             features, anchor = windows.inputs(values, covariates, np.array([len(values)]))
             scaled = self._quantiles(features, anchor)[0]
-            predicted = values[-1] + windows.scale * scaled.numpy()
+            predicted = values[-1] + windows.scales(values, np.array([len(values)]))[0, 0] * scaled.numpy()
             quantiles.extend(predicted)
             median = predicted[:, self.config.quantiles.index(0.5)]
             values = np.concatenate([values, median])
@@ -757,6 +778,7 @@ def run_forecast(args) -> None:
     config = ForecastConfig(horizon=horizon, cell=args.cell, hidden_size=args.hidden_size, num_layers=args.layers,
                             window=args.window, strategy=args.strategy, seasonal_features=args.seasonal_features,
                             anchor=args.anchor, trust=args.trust, linear_start=args.linear_start,
+                            local_scale=args.local_scale,
                             ensemble=args.ensemble, max_steps=args.max_steps, learning_rate=args.lr, seed=args.seed,
                             combine=tuple(name for name in args.combine.split(",") if name),
                             combine_weight=args.combine_weight)
@@ -852,11 +874,13 @@ def export_modules(run_dir: Path) -> tuple[dict, dict]:
     return graphs, {"window": payload["window"], "steps": steps, "season": payload["season"],
                     "anchor": payload.get("anchor", "seasonal_naive"), "trust": payload.get("trust", 1.0),
                     "quantiles": list(config.quantiles), "strategy": config.strategy,
-                    "seasonal_features": config.seasonal_features, "combine": list(config.combine),
+                    "seasonal_features": config.seasonal_features, "local_scale": config.local_scale,
+                    "combine": list(config.combine),
                     "combine_weight": config.combine_weight,
                     "recipe": "q = sort(mean_k member_k(features, anchor)) over quantiles; "
                               "forecast = y_T + scale * (q - (1 - trust) * (q_median - anchor)); "
-                              "inputs and scale as rnnkit.tasks.forecast.Windows (scale = mean |y_t - y_(t-m)|); "
+                              "inputs and scale as rnnkit.tasks.forecast.Windows (scale = mean |y_t - y_(t-m)| "
+                              "over the window if local_scale, else over the history); "
                               "the run's default then mixes (1 - combine_weight) * that + combine_weight * "
                               "mean(combine baselines), which are not exported"}
 
@@ -913,6 +937,8 @@ def add_commands(commands) -> None:
     model.add_argument("--trust", type=trust_share, default=defaults.trust, metavar="SHARE|auto",
                        help="share of the network's correction to the anchor kept, 0 to 1 (auto: chosen on the "
                             "validation windows where the anchor alone did better)")
+    model.add_argument("--local-scale", action=argparse.BooleanOptionalAction, default=defaults.local_scale,
+                       help="scale each window by its own mean seasonal difference (else by the history's)")
     model.add_argument("--linear-start", action=argparse.BooleanOptionalAction, default=defaults.linear_start,
                        help="start the linear highway at the ridge regression on long histories")
     model.add_argument("--ensemble", type=positive_int, default=defaults.ensemble, help="members (seeds)")
