@@ -407,7 +407,7 @@ def run_shape(name: str, settings: Settings, gemm_cache: dict, log, specs=CELL_S
 
 def run_generation(settings: Settings, log) -> dict:
     from rnnkit.data.text import Vocabulary
-    from rnnkit.tasks.text import TextConfig, build_model, generate
+    from rnnkit.tasks.text import TextConfig, build_model, generate, sample
 
     vocab = Vocabulary([chr(32 + i) for i in range(VOCAB_SIZE)])
     torch.manual_seed(0)
@@ -429,7 +429,7 @@ def run_generation(settings: Settings, log) -> dict:
         generator = torch.Generator().manual_seed(0)
         for _ in range(settings.reread_chars):
             logits, _ = model(ids)
-            token = torch.multinomial(torch.softmax(logits[:, -1], dim=-1), 1, generator=generator)
+            token = sample(logits[:, -1], generator=generator)
             ids = torch.cat([ids, token], dim=1)
 
     rereading = timed(reread)

@@ -13,7 +13,7 @@ import torch
 from rnnkit.cli import main
 from rnnkit.data.text import StreamBatches
 from rnnkit.train.trainer import bf16_is_supported
-from rnnkit.tasks.text import TextConfig, TextTask, beam_search, generate, load_run
+from rnnkit.tasks.text import TextConfig, TextTask, beam_search, generate, load_run, sample
 from rnnkit.train.checkpoint import load_checkpoint
 from rnnkit.train.trainer import TrainConfig, Trainer
 
@@ -143,6 +143,22 @@ def test_every_optimizer_reduces_the_loss(tmp_path, corpus, optimizer):
     trainer.fit()
     rows = metric_rows(run_dir)
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"]) - 0.3
+
+
+def test_sampling_draws_each_character_as_often_as_its_probability():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -30.0]]).expand(20000, -1)
+    generator = torch.Generator().manual_seed(0)
+    for temperature in (1.0, 0.5):
+        drawn = sample(logits, temperature, generator=generator)[:, 0]
+        frequencies = torch.bincount(drawn, minlength=5) / len(drawn)
+        expected = torch.softmax(logits[0] / temperature, -1)
+        # 20,000 draws: a frequency's standard error is at most 0.0036
+        torch.testing.assert_close(frequencies, expected, atol=0.015, rtol=0)
+    top_two = sample(logits, top_k=2, generator=generator)[:, 0]
+    assert set(top_two.tolist()) == {0, 1}
+    assert torch.bincount(top_two)[0] / len(top_two) == pytest.approx(math.e / (math.e + 1), abs=0.015)
+    # top_p = 0.6: the most likely (0.64 of the mass) alone reaches it
+    assert set(sample(logits, top_p=0.6, generator=generator)[:, 0].tolist()) == {0}
 
 
 def test_generation_is_reproducible_and_keeps_its_state(tmp_path, corpus):

@@ -127,6 +127,25 @@ def _start_ids(vocab: Vocabulary, prime: str) -> torch.Tensor:
 
 
 @torch.no_grad()
+def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """(batch, V) logits → (batch, 1) ids drawn from softmax(logits / temperature), optionally
+    restricted to the `top_k` most likely or to the smallest set whose mass reaches `top_p`.
+
+    Drawn as argmax_i p_i / E_i with E_i ~ Exp(1) (the exponential race: i wins with
+    probability p_i / Σ p), the algorithm torch.multinomial runs for one draw, here without its
+    input checks, which cost five times the draw itself per character of generation."""
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_k is not None:
+        kth = probs.topk(min(top_k, probs.shape[-1]), dim=-1).values[:, -1:]
+        probs = probs.masked_fill(probs < kth, 0.0)
+    if top_p is not None:
+        ordered, order = probs.sort(dim=-1, descending=True)
+        before = ordered.cumsum(-1) - ordered  # mass of the strictly more likely ones
+        probs = probs.scatter(-1, order, ordered.masked_fill(before >= top_p, 0.0))
+    return probs.div_(torch.empty_like(probs).exponential_(generator=generator)).argmax(-1, keepdim=True)
+
+
 def generate(model, vocab: Vocabulary, prime: str = "", length: int = 300, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
              num_samples: int = 1, seed: int | None = None, on_text=None) -> list[str]:
@@ -155,18 +174,7 @@ def generate(model, vocab: Vocabulary, prime: str = "", length: int = 300, tempe
     step = model.stepper()
     written = []
     for _ in range(length):
-        if greedy:
-            token = logits.argmax(-1, keepdim=True)
-        else:
-            probs = torch.softmax(logits / temperature, dim=-1)
-            if top_k is not None:
-                kth = probs.topk(min(top_k, probs.shape[-1]), dim=-1).values[:, -1:]
-                probs = probs.masked_fill(probs < kth, 0.0)
-            if top_p is not None:
-                ordered, order = probs.sort(dim=-1, descending=True)
-                before = ordered.cumsum(-1) - ordered  # mass of the strictly more likely ones
-                probs = probs.scatter(-1, order, ordered.masked_fill(before >= top_p, 0.0))
-            token = torch.multinomial(probs, 1, generator=generator)
+        token = logits.argmax(-1, keepdim=True) if greedy else sample(logits, temperature, top_k, top_p, generator)
         written.append(token)
         if on_text is not None:
             on_text(vocab.decode(token[0]))
