@@ -8,8 +8,7 @@ import torch
 
 from rnnkit.cli import main
 from rnnkit.data.series import Series
-from rnnkit.tasks.forecast import (ANCHORS, TRUST_GRID, Baseline, ForecastConfig, Forecaster, Windows, choose_anchor,
-                                   ridge_highway)
+from rnnkit.tasks.forecast import ANCHORS, TRUST_GRID, Baseline, Forecaster, Windows, choose_anchor, ridge_highway
 
 TINY = dict(hidden_size=8, ensemble=1, max_steps=20, eval_every=10, combine=())  # the RNN alone
 
@@ -66,8 +65,6 @@ def test_local_scale_is_each_windows_own_mean_seasonal_difference():
     steps = make_series(np.repeat([1.0, 5.0, 2.0], 8), season=2)
     windows = Windows(steps, window=4, steps=2, seasonal_features=False, anchor="naive", local_scale=True)
     np.testing.assert_allclose(windows.scales(steps.values, np.array([4, 20]))[:, 0], windows.scale)
-    # Runs saved before local scaling keep the history's scale when loaded.
-    assert ForecastConfig().local_scale and not ForecastConfig.from_dict({"cell": "gru"}).local_scale
 
 
 def test_anchor_is_the_classical_forecast_that_erred_least_on_the_history():
@@ -275,7 +272,7 @@ def test_cli_writes_the_run_folder_and_predicts(tmp_path, capsys):
                                             for i, v in enumerate(series.values)))
     main(["forecast", "--csv", str(path), "--time", "quarter", "--target", "y", "--horizon", "4", "--origins", "2",
           "--baselines", "naive,seasonal_naive", "--combine", "ets", "--ensemble", "1", "--max-steps", "10", "--hidden-size", "8",
-          "--trust", "auto", "--no-linear-start", "--no-local-scale", "--runs-dir", str(tmp_path), "--name", "run", "--quiet"])
+          "--trust", "auto", "--no-linear-start", "--local-scale", "--runs-dir", str(tmp_path), "--name", "run", "--quiet"])
     out = capsys.readouterr().out
     assert "rnnkit" in out and "seasonal_naive" in out
     run = tmp_path / "run"
@@ -284,7 +281,7 @@ def test_cli_writes_the_run_folder_and_predicts(tmp_path, capsys):
         assert (run / name).is_file(), name
     assert len((run / "backtest.csv").read_text().splitlines()) == 1 + 3 * 2
     saved = json.loads((run / "config.json").read_text())["forecast"]
-    assert saved["linear_start"] is False and saved["local_scale"] is False
+    assert saved["linear_start"] is False and saved["local_scale"] is True
     main(["predict", str(run)])
     assert len(capsys.readouterr().out.splitlines()) == 4
     main(["predict", str(run), *map(str, series.values[-20:])])
@@ -294,12 +291,12 @@ def test_cli_writes_the_run_folder_and_predicts(tmp_path, capsys):
     import onnxruntime
     import torch
 
-    from rnnkit.tasks.forecast import ForecastNet
+    from rnnkit.tasks.forecast import ForecastConfig, ForecastNet
     from rnnkit.train.checkpoint import load_checkpoint
 
     main(["export", str(run)])
     sidecar = json.loads((run / "export" / "export.json").read_text())
-    assert sidecar["combine"] == ["ets"] and sidecar["steps"] == 4 and sidecar["local_scale"] is False
+    assert sidecar["combine"] == ["ets"] and sidecar["steps"] == 4 and sidecar["local_scale"] is True
     assert sidecar["anchor"] in ANCHORS[1:] and sidecar["trust"] in TRUST_GRID
     payload = load_checkpoint(run / "model.pt")
     member = ForecastNet(ForecastConfig.from_dict(payload["forecast"]), payload["window"], 4, payload["num_features"])

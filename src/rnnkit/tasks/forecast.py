@@ -255,7 +255,7 @@ class ForecastConfig:
     max_steps: int = 200              # a backtest refits K times: the budget stays small
     learning_rate: float = 5e-3
     weight_decay: float = 1e-4
-    local_scale: bool = True          # each window scaled by its own mean |y_t − y_{t−m}| (False: the history's)
+    local_scale: bool = False         # each window scaled by its own mean |y_t − y_{t−m}| (False: the history's)
     linear_start: bool = True         # highway starts at the ridge fit (`ridge_highway`) given ≥ 10 windows per window step
     eval_every: int = 25
     patience: int = 3
@@ -287,8 +287,7 @@ class ForecastConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "ForecastConfig":
-        """The config a run saved; runs saved before windows were scaled locally used the history's scale."""
-        values = {"local_scale": False, **values}
+        """The config a run saved."""
         known = {f.name for f in fields(cls)}
         config = cls(**{k: v for k, v in values.items() if k in known})
         config.quantiles, config.combine = tuple(config.quantiles), tuple(config.combine)
@@ -521,9 +520,9 @@ class Forecaster(ForecastModel):
     history (of one series, or several for a global model) with the pinball loss.
 
     The default recipe (ForecastConfig's defaults, one for every series): a 32-unit GRU over
-    max(2h, 4m, 16) steps (2m for m > 12), each window scaled by its own mean seasonal
-    difference, direct multi-output head plus linear highway (started at the ridge fit where the
-    history has ≥ 10 windows per window step), seasonal phase features, correcting the classical forecast that erred least on the history (the
+    max(2h, 4m, 16) steps (2m for m > 12), direct multi-output head plus linear highway
+    (started at the ridge fit where the history has ≥ 10 windows per window step), seasonal
+    phase features, correcting the classical forecast that erred least on the history (the
     anchor: naive, seasonal naive, either with drift, or a window mean), 3 seeds averaged,
     ≤ 200 Adam steps with early stopping on the latest 20% of windows; its forecast is then
     combined with auto-ARIMA's fitted on the same history (Smyl's ES-RNN and forecast-
@@ -532,8 +531,8 @@ class Forecaster(ForecastModel):
         ŷ = (1 − λ) · ŷ_RNN + λ · ŷ_ARIMA,   λ = 0.35
 
     applied alike to the point forecast and to each bound of the 80% interval. The anchor rule,
-    the window, the local scale, the linear start, λ and the members were chosen on 10
-    validation origins before the benchmark's test origins.
+    the window, the linear start, λ and the members were chosen on 10 validation origins
+    before the benchmark's test origins.
     """
 
     name = "rnnkit"
