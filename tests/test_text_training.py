@@ -167,6 +167,13 @@ def test_generation_is_reproducible_and_keeps_its_state(tmp_path, corpus):
     model, vocab = task.model, task.vocab
     a = generate(model, vocab, "the ", 50, seed=3, num_samples=2)
     assert a == generate(model, vocab, "the ", 50, seed=3, num_samples=2)
+    # Without gradients, so that the model's compiled stepper runs (and no graph is kept).
+    asked = []
+    stepper = model.stepper
+    model.stepper = lambda: asked.append(torch.is_grad_enabled()) or stepper()
+    generate(model, vocab, "the ", 5)
+    del model.stepper
+    assert asked == [False]
     assert all(len(s) == 50 for s in a)
     streamed = []
     greedy = generate(model, vocab, "the quick", 20, greedy=True, on_text=streamed.append)[0]

@@ -126,7 +126,6 @@ def _start_ids(vocab: Vocabulary, prime: str) -> torch.Tensor:
     return vocab.encode("\n") if "\n" in vocab.ids else torch.tensor([0])
 
 
-@torch.no_grad()
 def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
            generator: torch.Generator | None = None) -> torch.Tensor:
     """(batch, V) logits → (batch, 1) ids drawn from softmax(logits / temperature), optionally
@@ -147,6 +146,7 @@ def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = N
     return probs.div_(torch.empty_like(probs).exponential_(generator=generator)).argmax(-1, keepdim=True)
 
 
+@torch.no_grad()
 def generate(model, vocab: Vocabulary, prime: str = "", length: int = 300, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
              num_samples: int = 1, seed: int | None = None, on_text=None) -> list[str]:
