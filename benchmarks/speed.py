@@ -447,6 +447,16 @@ def run_generation(settings: Settings, log) -> dict:
             step(token, state)
         return (time.perf_counter() - start) / repeats * 1e6
 
+    def one_draw_us(draw, repeats=2000):
+        """µs to draw one character from a (1, V) row of logits."""
+        logits, generator = torch.randn(1, VOCAB_SIZE), torch.Generator().manual_seed(0)
+        for _ in range(50):
+            draw(logits, generator)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            draw(logits, generator)
+        return (time.perf_counter() - start) / repeats * 1e6
+
     with torch.no_grad():
         stepper = model.stepper()
     result = {
@@ -457,6 +467,11 @@ def run_generation(settings: Settings, log) -> dict:
         "step_us": {"stepper (compiled, what generate uses)": one_step_us(stepper),
                     "SequenceModel.step": one_step_us(model.step),
                     "forward over one step": one_step_us(lambda token, state: model(token[:, None], state))},
+        "sample_us": {"exponential race (`sample`, what generate uses)":
+                      one_draw_us(lambda logits, generator: sample(logits, generator=generator)),
+                      "softmax + torch.multinomial":
+                      one_draw_us(lambda logits, generator: torch.multinomial(torch.softmax(logits, -1), 1,
+                                                                              generator=generator))},
     }
     log(f"[generation] single {result['single_chars_s']:.0f} chars/s, 32 streams {result['batched_chars_s']:.0f}, "
         f"re-reading {result['reread_chars_s']:.0f}")
@@ -706,7 +721,9 @@ def generation_table(gen: dict) -> str:
         f"{gen['batched_chars_s']:,.0f} | {gen['batched_chars_s'] / gen['reread_chars_s']:.1f} |",
         f"| re-reading the whole text so far, 1 stream | {gen['reread_chars']:,} | {gen['reread_chars_s']:,.0f} | 1.0 |",
         "", "One step of the model (batch 1, one character, carried state; all of a character but the "
-        "sampling): " + ", ".join(f"{how} {us:.0f} µs" for how, us in gen["step_us"].items()) + ".",
+        "sampling): " + ", ".join(f"{how} {us:.0f} µs" for how, us in gen["step_us"].items()) + ". "
+        "Drawing one character from the logits: " + ", ".join(f"{how} {us:.0f} µs" for how, us in gen["sample_us"].items())
+        + ".",
     ])
 
 

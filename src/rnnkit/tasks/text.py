@@ -132,9 +132,9 @@ def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = N
     restricted to the `top_k` most likely or to the smallest set whose mass reaches `top_p`.
 
     Drawn as argmax_i p_i / E_i with E_i ~ Exp(1) (the exponential race, the Gumbel-max trick
-    in other clothes: i wins with probability p_i / Σ p exactly): three tensor operations,
-    where torch.multinomial's checks and general path took about five times as long per
-    character of generation."""
+    in other clothes: i wins with probability p_i / Σ p exactly): 32 µs a character here,
+    where softmax and torch.multinomial took 42–57 µs (one thread, vocabulary of 103;
+    `rnnkit bench`, generation)."""
     probs = torch.softmax(logits / temperature, dim=-1)
     if top_k is not None:
         kth = probs.topk(min(top_k, probs.shape[-1]), dim=-1).values[:, -1:]
