@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from rnnkit.cli import main
-from rnnkit.data.text import StreamBatches
+from rnnkit.data.text import StreamBatches, Vocabulary
 from rnnkit.train.trainer import bf16_is_supported
-from rnnkit.tasks.text import TextConfig, TextTask, beam_search, generate, load_run, sample
+from rnnkit.tasks.text import TextConfig, TextTask, beam_search, build_model, generate, load_run, sample
 from rnnkit.train.checkpoint import load_checkpoint
 from rnnkit.train.trainer import TrainConfig, Trainer
 
@@ -161,12 +161,24 @@ def test_sampling_draws_each_character_as_often_as_its_probability():
     assert set(sample(logits, top_p=0.6, generator=generator)[:, 0].tolist()) == {0}
 
 
+def test_generation_refuses_a_model_whose_outputs_are_not_finite():
+    vocab = Vocabulary(list("ab"))
+    model = build_model(TextConfig(hidden_size=8, embedding_size=4), len(vocab))
+    with torch.no_grad():
+        model.head.bias.fill_(float("nan"))
+    with pytest.raises(ValueError, match="not finite"):
+        generate(model, vocab, "ab", 5)
+    with pytest.raises(ValueError, match="not finite"):
+        beam_search(model, vocab, "ab", 5)
+
+
 def test_generation_is_reproducible_and_keeps_its_state(tmp_path, corpus):
     trainer, task, _ = train(tmp_path, corpus, max_steps=100)
     trainer.fit()
     model, vocab = task.model, task.vocab
     a = generate(model, vocab, "the ", 50, seed=3, num_samples=2)
     assert a == generate(model, vocab, "the ", 50, seed=3, num_samples=2)
+    assert all(len(s) == 50 for s in a)
     # Without gradients, so that the model's compiled stepper runs (and no graph is kept).
     asked = []
     stepper = model.stepper
@@ -174,7 +186,6 @@ def test_generation_is_reproducible_and_keeps_its_state(tmp_path, corpus):
     generate(model, vocab, "the ", 5)
     del model.stepper
     assert asked == [False]
-    assert all(len(s) == 50 for s in a)
     streamed = []
     greedy = generate(model, vocab, "the quick", 20, greedy=True, on_text=streamed.append)[0]
     assert "".join(streamed) == greedy

@@ -126,6 +126,12 @@ def _start_ids(vocab: Vocabulary, prime: str) -> torch.Tensor:
     return vocab.encode("\n") if "\n" in vocab.ids else torch.tensor([0])
 
 
+def _check_finite(logits: torch.Tensor) -> None:
+    """Sampling and beam search would quietly pick the first NaN: say why instead."""
+    if not torch.isfinite(logits).all():
+        raise ValueError("the model's outputs are not finite (NaN or inf): its weights are broken")
+
+
 def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
            generator: torch.Generator | None = None) -> torch.Tensor:
     """(batch, V) logits → (batch, 1) ids drawn from softmax(logits / temperature), optionally
@@ -172,6 +178,7 @@ def generate(model, vocab: Vocabulary, prime: str = "", length: int = 300, tempe
     start = _start_ids(vocab, prime)
     logits, state = model(start.expand(num_samples, -1))
     logits = logits[:, -1]
+    _check_finite(logits)
     step = model.stepper()
     written = []
     for _ in range(length):
@@ -193,6 +200,7 @@ def beam_search(model, vocab: Vocabulary, prime: str = "", length: int = 300, be
     model.eval()
     logits, state = model(_start_ids(vocab, prime)[None])
     logits = logits[:, -1]
+    _check_finite(logits)
     step = model.stepper()
     scores = torch.zeros(1)
     tokens = torch.zeros(1, 0, dtype=torch.long)
