@@ -434,28 +434,27 @@ def run_generation(settings: Settings, log) -> dict:
 
     rereading = timed(reread)
 
+    def per_call_us(call, repeats: int, warmup: int) -> float:
+        """µs per call of `call()`, after `warmup` untimed calls."""
+        for _ in range(warmup):
+            call()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            call()
+        return (time.perf_counter() - start) / repeats * 1e6
+
     @torch.no_grad()
-    def one_step_us(step, repeats=200):
+    def one_step_us(step):
         """µs for the model to take one step from a carried state (all of a character but the
         sampling): the compiled stepper `generate` uses, SequenceModel.step, and forward."""
         token = torch.tensor([5])
         _, state = model(vocab.encode(prime)[None])
-        for _ in range(5):
-            step(token, state)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            step(token, state)
-        return (time.perf_counter() - start) / repeats * 1e6
+        return per_call_us(lambda: step(token, state), repeats=200, warmup=5)
 
-    def one_draw_us(draw, repeats=2000):
+    def one_draw_us(draw):
         """µs to draw one character from a (1, V) row of logits."""
         logits, generator = torch.randn(1, VOCAB_SIZE), torch.Generator().manual_seed(0)
-        for _ in range(50):
-            draw(logits, generator)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            draw(logits, generator)
-        return (time.perf_counter() - start) / repeats * 1e6
+        return per_call_us(lambda: draw(logits, generator), repeats=2000, warmup=50)
 
     with torch.no_grad():
         stepper = model.stepper()
