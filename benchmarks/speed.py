@@ -429,7 +429,7 @@ def run_generation(settings: Settings, log) -> dict:
         generator = torch.Generator().manual_seed(0)
         for _ in range(settings.reread_chars):
             logits, _ = model(ids)
-            token = sample(logits[:, -1], generator=generator)
+            token = sample(logits[:, -1], noise=torch.empty(1, VOCAB_SIZE).exponential_(generator=generator))
             ids = torch.cat([ids, token], dim=1)
 
     rereading = timed(reread)
@@ -446,7 +446,7 @@ def run_generation(settings: Settings, log) -> dict:
     @torch.no_grad()
     def one_step_us(step):
         """µs for the model to take one step from a carried state (all of a character but the
-        sampling): the compiled stepper `generate` uses, SequenceModel.step, and forward."""
+        sampling): the compiled stepper (beam search's), SequenceModel.step, and forward."""
         token = torch.tensor([5])
         _, state = model(vocab.encode(prime)[None])
         return per_call_us(lambda: step(token, state), repeats=200, warmup=5)
@@ -463,11 +463,12 @@ def run_generation(settings: Settings, log) -> dict:
         "single_chars": settings.gen_chars, "single_chars_s": settings.gen_chars / single,
         "batched_chars": settings.gen_batched_chars * 32, "batched_chars_s": settings.gen_batched_chars * 32 / batched,
         "reread_chars": settings.reread_chars, "reread_chars_s": settings.reread_chars / rereading,
-        "step_us": {"stepper (compiled, what generate uses)": one_step_us(stepper),
+        "step_us": {"compiled stepper": one_step_us(stepper),
                     "SequenceModel.step": one_step_us(model.step),
                     "forward over one step": one_step_us(lambda token, state: model(token[:, None], state))},
-        "sample_us": {"exponential race (`sample`, what generate uses)":
-                      one_draw_us(lambda logits, generator: sample(logits, generator=generator)),
+        "sample_us": {"exponential race (`sample`)":
+                      one_draw_us(lambda logits, generator: sample(
+                          logits, noise=torch.empty_like(logits).exponential_(generator=generator))),
                       "softmax + torch.multinomial":
                       one_draw_us(lambda logits, generator: torch.multinomial(torch.softmax(logits, -1), 1,
                                                                               generator=generator))},
@@ -714,7 +715,7 @@ def generation_table(gen: dict) -> str:
     return "\n".join([
         f"Model: {gen['model']}; prime of 100 characters; sampling at temperature 1.", "",
         "| method | characters written | chars/s | ÷ re-reading |", "|---|---:|---:|---:|",
-        f"| carried state, 1 stream (`generate`) | {gen['single_chars']:,} | {carried:,.0f} | "
+        f"| carried state, 1 stream (`generate`: the compiled writing loop) | {gen['single_chars']:,} | {carried:,.0f} | "
         f"{carried / gen['reread_chars_s']:.1f} |",
         f"| carried state, 32 streams (`generate(num_samples=32)`) | {gen['batched_chars']:,} | "
         f"{gen['batched_chars_s']:,.0f} | {gen['batched_chars_s'] / gen['reread_chars_s']:.1f} |",

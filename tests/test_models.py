@@ -1,7 +1,10 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from rnnkit.tasks.text import _write_by_steps
 from rnnkit.models import Attention, ConditionedGenerator, Decoder, Seq2Seq, SequenceClassifier, SequenceModel
 
 
@@ -91,6 +94,61 @@ def test_compiled_stepper_of_a_language_model_is_forward(cell, options, dtype, b
     with torch.no_grad(), pytest.raises(RuntimeError, match="hidden"):  # a state of another size
         smaller = tuple(s[..., :7] for s in states)
         step(tokens[:, 0], smaller if cell == "lstm" else smaller[0])
+
+
+@pytest.mark.parametrize("cell, options", [("lstm", {}), ("gru", {}), ("elman", {}),
+                                           ("elman", {"nonlinearity": "relu"})], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("sampling", [{}, {"temperature": 0.6, "top_k": 4}, {"top_p": 0.7}, {"greedy": True}],
+                         ids=str)
+def test_compiled_writer_draws_as_sample_and_steps_as_forward(cell, options, dtype, batch, sampling):
+    """The compiled writing loop draws the tokens that `sample` draws from the same noise, and
+    ends in the logits and state that stepping on them gives."""
+    torch.manual_seed(2)
+    model = SequenceModel(5, 9, 8, cell=cell, vocab_size=9, num_layers=2, **options).to(dtype).eval()
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.empty(40, batch, 9).exponential_(generator=generator)
+    with torch.no_grad():
+        logits, state = model(torch.randint(0, 9, (batch, 3)))
+        logits = logits[:, -1] * 3  # sharper than at random, so that top_k and top_p matter
+        write = model.writer()
+        tokens, last_logits, last_state = write(logits, state, noise, 40, **sampling)
+        expected, expected_logits, expected_state = _write_by_steps(model.step, logits, state, noise, 40, **sampling)
+    assert tokens.shape == (batch, 40)
+    assert sampling.get("greedy") or len(set(tokens.flatten().tolist())) > 3  # draws, not a fixed point
+    assert torch.equal(tokens, expected)
+    tolerance = {"rtol": 1e-5, "atol": 1e-12 if dtype == torch.float64 else 1e-6}
+    torch.testing.assert_close(last_logits, expected_logits, **tolerance)
+    for a, b in zip(*((last_state, expected_state) if cell == "lstm" else ((last_state,), (expected_state,)))):
+        torch.testing.assert_close(a, b, **tolerance)
+
+
+def test_compiled_writer_draws_each_token_as_often_as_its_probability():
+    """A head that ignores the state gives the same logits every step: 20,000 draws then show
+    the loop's frequencies against softmax, with temperature, top_k and top_p."""
+    model = SequenceModel(5, 5, 8, cell="lstm", vocab_size=5).eval()
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([2.0, 1.0, 0.0, -1.0, -30.0]))
+        logits, state = model(torch.zeros(1, 1, dtype=torch.long))
+        write = model.writer()
+        generator = torch.Generator().manual_seed(0)
+
+        def frequencies(**sampling):
+            noise = torch.empty(20000, 1, 5).exponential_(generator=generator)
+            tokens = write(logits[:, -1], state, noise, 20000, **sampling)[0][0]
+            return torch.bincount(tokens, minlength=5) / len(tokens)
+
+        for temperature in (1.0, 0.5):  # a frequency's standard error is at most 0.0036
+            expected = torch.softmax(model.head.bias / temperature, -1)
+            torch.testing.assert_close(frequencies(temperature=temperature), expected, atol=0.015, rtol=0)
+        top_two = frequencies(top_k=2)
+        assert top_two[2:].sum() == 0 and top_two[0] == pytest.approx(math.e / (math.e + 1), abs=0.015)
+        assert frequencies(top_p=0.6)[0] == 1  # the most likely (0.64 of the mass) alone reaches 0.6
+        with pytest.raises(RuntimeError, match="not finite"):
+            model.head.bias[0] = float("nan")
+            model.writer()(model(torch.zeros(1, 1, dtype=torch.long))[0][:, -1] * 0, state, None, 3, greedy=True)
 
 
 def test_stepper_falls_back_to_step_where_there_is_no_compiled_one():

@@ -148,17 +148,21 @@ def test_every_optimizer_reduces_the_loss(tmp_path, corpus, optimizer):
 def test_sampling_draws_each_character_as_often_as_its_probability():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -30.0]]).expand(20000, -1)
     generator = torch.Generator().manual_seed(0)
+
+    def noise():
+        return torch.empty(logits.shape).exponential_(generator=generator)
+
     for temperature in (1.0, 0.5):
-        drawn = sample(logits, temperature, generator=generator)[:, 0]
+        drawn = sample(logits, temperature, noise=noise())[:, 0]
         frequencies = torch.bincount(drawn, minlength=5) / len(drawn)
         expected = torch.softmax(logits[0] / temperature, -1)
         # 20,000 draws: a frequency's standard error is at most 0.0036
         torch.testing.assert_close(frequencies, expected, atol=0.015, rtol=0)
-    top_two = sample(logits, top_k=2, generator=generator)[:, 0]
+    top_two = sample(logits, top_k=2, noise=noise())[:, 0]
     assert set(top_two.tolist()) == {0, 1}
     assert torch.bincount(top_two)[0] / len(top_two) == pytest.approx(math.e / (math.e + 1), abs=0.015)
     # top_p = 0.6: the most likely (0.64 of the mass) alone reaches it
-    assert set(sample(logits, top_p=0.6, generator=generator)[:, 0].tolist()) == {0}
+    assert set(sample(logits, top_p=0.6, noise=noise())[:, 0].tolist()) == {0}
 
 
 def test_generation_refuses_a_model_whose_outputs_are_not_finite():
@@ -179,12 +183,12 @@ def test_generation_is_reproducible_and_keeps_its_state(tmp_path, corpus):
     a = generate(model, vocab, "the ", 50, seed=3, num_samples=2)
     assert a == generate(model, vocab, "the ", 50, seed=3, num_samples=2)
     assert all(len(s) == 50 for s in a)
-    # Without gradients, so that the model's compiled stepper runs (and no graph is kept).
+    # Without gradients, so that the model's compiled writing loop runs (and no graph is kept).
     asked = []
-    stepper = model.stepper
-    model.stepper = lambda: asked.append(torch.is_grad_enabled()) or stepper()
+    writer = model.writer
+    model.writer = lambda: asked.append(torch.is_grad_enabled()) or writer()
     generate(model, vocab, "the ", 5)
-    del model.stepper
+    del model.writer
     assert asked == [False]
     streamed = []
     greedy = generate(model, vocab, "the quick", 20, greedy=True, on_text=streamed.append)[0]

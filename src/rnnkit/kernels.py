@@ -7,8 +7,10 @@ LayerNorm-LSTM, whose step is a dozen pointwise operations (two layer norms, the
 the cell update), one pass per batch row around ATen's products and activations (lnlstm.cpp).
 The buffers and equations are those of the Functions in `rnnkit.bptt`, whose Python loops
 remain the fallback and the readable statement of each recursion. Generation writes one token
-per call; language_model_step.cpp makes the whole step of a token-reading LSTM, GRU or Elman
-model one call (`SequenceModel.stepper`), with `SequenceModel.step` as the fallback.
+per step; for a token-reading LSTM, GRU or Elman model, language_model_step.cpp runs the
+writing loop, steps and draws, in one call per 256 tokens (`SequenceModel.writer`) and a single
+step in one call (`SequenceModel.stepper`, for beam search), with `SequenceModel.step` and
+`rnnkit.tasks.text.sample` as the fallback.
 
 `ops()` builds the extension once per machine with torch's JIT extension builder (about 20 s
 with gcc, kept in TORCH_EXTENSIONS_DIR, by default ~/.cache/torch_extensions) and returns

@@ -180,37 +180,72 @@ class SequenceModel(nn.Module):
         output, state = self.recurrent.step(self.input(x[:, None])[:, 0], state)
         return self.head(output), state
 
-    def stepper(self):
-        """`step` for a loop that writes many tokens with these weights (generation, beam search).
-
-        A token-reading, unidirectional LSTM, GRU or Elman model on the CPU, run without
-        gradients, gets the whole step (embedding, every layer, head) as one compiled call
-        (rnnkit/csrc/language_model_step.cpp) with the weights looked up once, here: per token,
-        Python's share of the work is then one call. Other models get `step`. Build a new
-        stepper after the weights are replaced (training changes them in place, which is fine).
-        """
+    def _compiled_generation(self):
+        """What the compiled generation ops (rnnkit/csrc/language_model_step.cpp) need of this
+        model, looked up once: (ops, cell kind, layer 0's input table, the layers' weights), or
+        None where they do not apply. They apply to a token-reading, unidirectional LSTM, GRU or
+        Elman model on the CPU, run without gradients (they have no backward)."""
         recurrent = self.recurrent
         compiled = kernels.ops()
         if (compiled is None or self.input.embedding is None or self.head.weight.device.type != "cpu"
                 or torch.is_grad_enabled() or recurrent.num_directions != 1
                 or any(parametrize.type_before_parametrizations(cell) not in (LSTMCell, GRUCell, ElmanCell)
                        for cell in recurrent.cells)):
-            return self.step
-        kind, lstm = recurrent.fused_mode, recurrent.fused_mode == "lstm"
-        embedding, head_weight, head_bias = self.input.embedding.weight, self.head.weight, self.head.bias
+            return None
+        kind, first = recurrent.fused_mode, recurrent.cells[0]
+        # Layer 0's input gates W_ih e + b_ih for every token e, with b_hh too except for the GRU
+        # (its n gate needs W_hn h + b_hn apart): a step then never multiplies by W_ih there.
+        bias = first.bias_ih if kind == "gru" else first.bias_ih + first.bias_hh
+        input_table = torch.addmm(bias, self.input.embedding.weight, first.weight_ih.t())
         weights = [w.contiguous() for cell in recurrent.cells
                    for w in (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)]
+        return compiled, kind, input_table, weights
+
+    def stepper(self):
+        """`step` for a loop that steps many times with these weights (beam search).
+
+        Where the compiled ops apply (`_compiled_generation`), the whole step (every layer, the
+        head) is one compiled call; per token, Python's share of the work is then that call.
+        Other models get `step`. Build a new stepper after the weights are replaced (training
+        changes them in place, which is fine).
+        """
+        compiled = self._compiled_generation()
+        if compiled is None:
+            return self.step
+        ops, kind, input_table, weights = compiled
+        head_weight, head_bias = self.head.weight, self.head.bias
 
         def step(tokens: torch.Tensor, state=None):
-            if state is None:
-                states = recurrent._initial_states(len(tokens), head_weight)
-            else:
-                states = tuple(state) if lstm else (state,)
-            logits, states = compiled.language_model_step(tokens, embedding, weights, list(states), head_weight,
-                                                          head_bias, kind)
-            return logits, tuple(states) if lstm else states[0]
+            states = self.recurrent._initial_states(len(tokens), head_weight) if state is None else _as_tuple(state)
+            logits, states = ops.language_model_step(tokens, input_table, weights, list(states), head_weight,
+                                                     head_bias, kind)
+            return logits, _unwrap(tuple(states))
 
         return step
+
+    def writer(self):
+        """The compiled writing loop where it applies (`_compiled_generation`), else None:
+        write(logits, state, noise, length, temperature, top_k, top_p, greedy) -> (tokens (batch,
+        length), logits, state) draws `length` tokens, each from the logits before it (the first
+        from `logits`) as `rnnkit.tasks.text.sample` draws with the same noise ((length, batch,
+        vocab) Exp(1) draws; None when greedy), and steps on each, in one call. Per character it
+        saves the sampling's and the step's calls from Python, as much time as the step's products.
+        """
+        compiled = self._compiled_generation()
+        if compiled is None:
+            return None
+        ops, kind, input_table, weights = compiled
+        head_weight, head_bias = self.head.weight, self.head.bias
+
+        def write(logits, state, noise, length: int, temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float | None = None, greedy: bool = False):
+            noise = logits.new_empty(0) if noise is None else noise
+            tokens, logits, states = ops.language_model_write(logits, noise, length, input_table, weights,
+                                                              list(_as_tuple(state)), head_weight, head_bias, kind,
+                                                              temperature, top_k, top_p, greedy)
+            return tokens, logits, _unwrap(tuple(states))
+
+        return write
 
 
 class StateBridge(nn.Module):

@@ -1,13 +1,22 @@
-// A language model's step for generation: token → embedding → recurrent layers (LSTM, GRU or
-// Elman) → logits, one token at a time, in one call. Writing one character costs two
-// matrix-vector products per layer and one for the head; from Python the dozen calls around
-// them (embedding, cells, head, state bookkeeping) cost as much again. For a single sequence the
-// products are done here as one pass over each weight row (four rows at a time, so the vector is
-// read once per four rows): ATen's general product is about 1.5× slower on a (1, 512) × (512, 2048)
-// product on one core.
+// Generation with a language model: token → layer 0's input gates → recurrent layers (LSTM, GRU or
+// Elman) → logits → the next token, in compiled code.
+//
+// - language_model_step: one step for a batch of tokens, in one call (SequenceModel.stepper).
+// - language_model_write: `length` steps, each drawing its token from the previous step's logits
+//   (softmax with temperature, top-k, top-p, by the exponential race over noise drawn by the
+//   caller), in one call (SequenceModel.writer). From Python, the dozen calls around the products
+//   of a step and the sampling cost as much as the products themselves.
+//
+// Layer 0 reads its input gates W_ih x + b from a table with one row per token (`input_table`,
+// made once per stepper), so the step never multiplies by W_ih there. For one sequence the products
+// are done here as one pass over each weight row (four rows at a time, so the vector is read once
+// per four rows): ATen's general product is about 1.5× slower on a (1, 512) × (512, 2048) product
+// on one core. Batches use ATen's products.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 #include <algorithm>
+#include <cmath>
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -41,7 +50,28 @@ void add_matrix_vector(T* out, const T* W, const T* v, int64_t rows, int64_t n) 
   }
 }
 
-// Gate blocks per cell, as torch.nn.LSTM/GRU/RNN stack them in W_ih and W_hh.
+// out (batch, rows) += x (batch, n) · Wᵀ, W (rows, n): one pass over W for a single row, ATen's
+// product for a batch
+template <typename T>
+void add_product(at::Tensor& out, const at::Tensor& x, const at::Tensor& W) {
+  if (out.size(0) == 1)
+    add_matrix_vector(out.data_ptr<T>(), W.data_ptr<T>(), x.data_ptr<T>(), W.size(0), W.size(1));
+  else
+    out.addmm_(x, W.t());
+}
+
+// A language model's weights, checked once per call. Per layer l, weights[4l..4l+3] are W_ih,
+// W_hh, b_ih, b_hh as torch.nn.LSTM/GRU/RNN stack their gate blocks; layer 0's W_ih and b_ih are
+// already in input_table (vocab, gates·hidden), and so is b_hh except for the GRU, whose n gate
+// needs W_hn h + b_hn apart from the input's part.
+struct LanguageModel {
+  c10::string_view cell;
+  bool lstm, gru;
+  int64_t gates, layers, batch, hidden, vocab;
+  at::Tensor input_table, head_weight, head_bias;
+  std::vector<at::Tensor> weights;
+};
+
 int64_t gates_of(c10::string_view cell) {
   if (cell == "lstm") return 4;
   if (cell == "gru") return 3;
@@ -49,133 +79,244 @@ int64_t gates_of(c10::string_view cell) {
   return 1;
 }
 
-// One layer's step for one sequence: x (I), h (H) and, for the LSTM, c (H) → h_new (and c_new).
-// gi and gh (G·H) and scratch (H) are scratch tensors; the activations run as ATen's vectorised
-// kernels on them. Equations as torch.lstm_cell, torch.gru_cell and torch.rnn_*_cell:
+LanguageModel check_model(const at::Tensor& input_table, at::TensorList weights, at::TensorList state,
+                          const at::Tensor& head_weight, const at::Tensor& head_bias, c10::string_view cell) {
+  LanguageModel m{cell, cell == "lstm", cell == "gru", gates_of(cell)};
+  TORCH_CHECK(static_cast<int64_t>(state.size()) == (m.lstm ? 2 : 1), "the state must be [h, c] for an LSTM, else [h]");
+  const at::Tensor& h = state[0];
+  TORCH_CHECK(h.dim() == 3 && (!m.lstm || state[1].sizes() == h.sizes()), "the state must be (layers, batch, hidden)");
+  m.layers = h.size(0), m.batch = h.size(1), m.hidden = h.size(2), m.vocab = input_table.size(0);
+  const int64_t rows = m.gates * m.hidden;
+  TORCH_CHECK(input_table.dim() == 2 && input_table.size(1) == rows,
+              "the input table must be (vocab, gates × hidden) for the state's hidden size ", m.hidden);
+  TORCH_CHECK(static_cast<int64_t>(weights.size()) == 4 * m.layers, "4 weights per layer");
+  TORCH_CHECK(head_weight.dim() == 2 && head_weight.size(1) == m.hidden && head_bias.numel() == head_weight.size(0),
+              "the head must be (vocab, hidden) with one bias per row");
+  for (int64_t l = 0; l < m.layers; ++l) {  // the products below read exactly these shapes
+    TORCH_CHECK((l == 0 || weights[4 * l].sizes() == at::IntArrayRef({rows, m.hidden})) &&
+                    weights[4 * l + 1].sizes() == at::IntArrayRef({rows, m.hidden}) &&
+                    weights[4 * l + 2].numel() == rows && weights[4 * l + 3].numel() == rows,
+                "layer ", l, "'s weights do not match the state's hidden size ", m.hidden);
+  }
+  for (const at::Tensor& w : weights) m.weights.push_back(w.contiguous());
+  m.input_table = input_table.contiguous(), m.head_weight = head_weight.contiguous();
+  m.head_bias = head_bias.contiguous();
+  return m;
+}
+
+// Work space of a step: the gates of a layer (batch, gates·hidden), the GRU's hidden part of them,
+// and one (batch, hidden) tensor for the activations.
+struct Scratch {
+  at::Tensor gates, hidden_gates, units;
+  explicit Scratch(const LanguageModel& m, const at::TensorOptions& options)
+      : gates(at::empty({m.batch, m.gates * m.hidden}, options)),
+        hidden_gates(at::empty_like(gates)),
+        units(at::empty({m.batch, m.hidden}, options)) {}
+};
+
+// The cell's update from its gates for every sequence of the batch, h, c → h_new, c_new (each
+// (batch, hidden)). Equations as torch.lstm_cell, torch.gru_cell and torch.rnn_*_cell:
 //   LSTM  [i, f, g, o] = W_ih x + b_ih + W_hh h + b_hh,  c' = σ(f) ⊙ c + σ(i) ⊙ tanh(g),  h' = σ(o) ⊙ tanh(c')
 //         (tanh g taken as 2σ(2g) − 1, so that one sigmoid call covers all four gates)
 //   GRU   r, z = σ(W_ih x + b_ih + W_hh h + b_hh) on their blocks,  n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)),
-//         h' = (1 − z) ⊙ n + z ⊙ h
+//         h' = (1 − z) ⊙ n + z ⊙ h          (gates: the input's part, hidden_gates: the hidden's)
 //   Elman h' = f(W_ih x + b_ih + W_hh h + b_hh)
+// The activations run as ATen's vectorised kernels over the whole batch.
 template <typename T>
-void layer_step(c10::string_view cell, const T* x, int64_t input_size, const T* h, const T* c,
-                const at::Tensor& weight_ih, const at::Tensor& weight_hh, const at::Tensor& bias_ih,
-                const at::Tensor& bias_hh, at::Tensor& gi, at::Tensor& gh, at::Tensor& scratch, T* h_new, T* c_new,
-                int64_t hidden) {
-  const int64_t rows = gi.numel();
-  const T *b_ih = bias_ih.data_ptr<T>(), *b_hh = bias_hh.data_ptr<T>();
-  T *a = gi.data_ptr<T>(), *m = gh.data_ptr<T>(), *tc = scratch.data_ptr<T>();
-  if (cell == "gru") {  // the n gate needs W_hn h + b_hn apart from the input's part
-    std::copy_n(b_ih, rows, a);
-    std::copy_n(b_hh, rows, m);
-    add_matrix_vector(a, weight_ih.data_ptr<T>(), x, rows, input_size);
-    add_matrix_vector(m, weight_hh.data_ptr<T>(), h, rows, hidden);
-    for (int64_t r = 0; r < 2 * hidden; ++r) a[r] += m[r];
-    gi.narrow(0, 0, 2 * hidden).sigmoid_();
-    const T *reset = a, *update = a + hidden;
-    for (int64_t j = 0; j < hidden; ++j) tc[j] = a[2 * hidden + j] + reset[j] * m[2 * hidden + j];
-    scratch.tanh_();
-    for (int64_t j = 0; j < hidden; ++j) h_new[j] = (1 - update[j]) * tc[j] + update[j] * h[j];
+void cell_update(const LanguageModel& m, Scratch& s, const T* h, const T* c, T* h_new, T* c_new) {
+  const int64_t H = m.hidden, G = m.gates * H, batch = m.batch;
+  T *a = s.gates.data_ptr<T>(), *u = s.units.data_ptr<T>();
+  if (m.gru) {
+    const T* hidden_part = s.hidden_gates.data_ptr<T>();
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t r = 0; r < 2 * H; ++r) a[b * G + r] += hidden_part[b * G + r];
+    s.gates.narrow(1, 0, 2 * H).sigmoid_();
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t j = 0; j < H; ++j) u[b * H + j] = a[b * G + 2 * H + j] + a[b * G + j] * hidden_part[b * G + 2 * H + j];
+    s.units.tanh_();
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t j = 0; j < H; ++j) {
+        const T update = a[b * G + H + j];
+        h_new[b * H + j] = (1 - update) * u[b * H + j] + update * h[b * H + j];
+      }
     return;
   }
-  for (int64_t r = 0; r < rows; ++r) a[r] = b_ih[r] + b_hh[r];
-  add_matrix_vector(a, weight_ih.data_ptr<T>(), x, rows, input_size);
-  add_matrix_vector(a, weight_hh.data_ptr<T>(), h, rows, hidden);
-  if (cell != "lstm") {
-    if (cell == "rnn_tanh") gi.tanh_();
-    else gi.relu_();
-    std::copy_n(a, hidden, h_new);
+  if (!m.lstm) {
+    if (m.cell == "rnn_tanh") s.gates.tanh_();
+    else s.gates.relu_();
+    std::copy_n(a, batch * H, h_new);
     return;
   }
-  T* g = a + 2 * hidden;
-  for (int64_t j = 0; j < hidden; ++j) g[j] *= 2;
-  gi.sigmoid_();
-  const T *i = a, *f = a + hidden, *o = a + 3 * hidden;
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t j = 0; j < H; ++j) a[b * G + 2 * H + j] *= 2;
+  s.gates.sigmoid_();
+  for (int64_t b = 0; b < batch; ++b) {
+    const T *i = a + b * G, *f = i + H, *g = i + 2 * H;
 #pragma omp simd
-  for (int64_t j = 0; j < hidden; ++j) tc[j] = c_new[j] = f[j] * c[j] + i[j] * (2 * g[j] - 1);
-  scratch.tanh_();
+    for (int64_t j = 0; j < H; ++j) u[b * H + j] = c_new[b * H + j] = f[j] * c[b * H + j] + i[j] * (2 * g[j] - 1);
+  }
+  s.units.tanh_();
+  for (int64_t b = 0; b < batch; ++b) {
+    const T* o = a + b * G + 3 * H;
 #pragma omp simd
-  for (int64_t j = 0; j < hidden; ++j) h_new[j] = o[j] * tc[j];
+    for (int64_t j = 0; j < H; ++j) h_new[b * H + j] = o[j] * u[b * H + j];
+  }
 }
 
-// tokens (B,) → (logits (B, V), new state) for an embedding, L layers of `cell` (weights: W_ih,
-// W_hh, b_ih, b_hh per layer; state: [h] or, for the LSTM, [h, c], each (L, B, H)) and a
-// linear head.
+// One step of every layer and the head for a batch of token ids: the state (h, c: each (layers,
+// batch, hidden), c only for the LSTM) is read from the `old` tensors and written to the `new`
+// ones, the logits (batch, vocab) to `logits`.
+template <typename T>
+void model_step(const LanguageModel& m, const int64_t* ids, const at::Tensor& h_old, const at::Tensor& c_old,
+                at::Tensor& h_new, at::Tensor& c_new, at::Tensor& logits, Scratch& s) {
+  const int64_t G = m.gates * m.hidden, batch = m.batch;
+  T* a = s.gates.data_ptr<T>();
+  for (int64_t l = 0; l < m.layers; ++l) {
+    const at::Tensor &w_ih = m.weights[4 * l], &w_hh = m.weights[4 * l + 1];
+    const T *b_ih = m.weights[4 * l + 2].data_ptr<T>(), *b_hh = m.weights[4 * l + 3].data_ptr<T>();
+    if (l == 0) {
+      for (int64_t b = 0; b < batch; ++b) std::copy_n(m.input_table.data_ptr<T>() + ids[b] * G, G, a + b * G);
+    } else {
+      for (int64_t b = 0; b < batch; ++b)
+        for (int64_t r = 0; r < G; ++r) a[b * G + r] = m.gru ? b_ih[r] : b_ih[r] + b_hh[r];
+      add_product<T>(s.gates, h_new[l - 1], w_ih);
+    }
+    if (m.gru) {  // W_hn h + b_hn is kept apart from the input's part
+      T* hidden_part = s.hidden_gates.data_ptr<T>();
+      for (int64_t b = 0; b < batch; ++b) std::copy_n(b_hh, G, hidden_part + b * G);
+      add_product<T>(s.hidden_gates, h_old[l], w_hh);
+    } else {
+      add_product<T>(s.gates, h_old[l], w_hh);
+    }
+    const T* c = m.lstm ? c_old[l].data_ptr<T>() : nullptr;
+    cell_update<T>(m, s, h_old[l].data_ptr<T>(), c, h_new[l].data_ptr<T>(), m.lstm ? c_new[l].data_ptr<T>() : nullptr);
+  }
+  for (int64_t b = 0; b < batch; ++b)
+    std::copy_n(m.head_bias.data_ptr<T>(), m.vocab, logits.data_ptr<T>() + b * m.vocab);
+  add_product<T>(logits, h_new[m.layers - 1], m.head_weight);
+}
+
+void check_ids(const int64_t* ids, int64_t count, int64_t vocab) {
+  for (int64_t b = 0; b < count; ++b)
+    TORCH_CHECK(ids[b] >= 0 && ids[b] < vocab, "token ids must lie in 0..", vocab - 1, ", got ", ids[b]);
+}
+
+// tokens (batch,) → (logits (batch, vocab), new state [h] or [h, c], each (layers, batch, hidden))
 std::tuple<at::Tensor, std::vector<at::Tensor>> language_model_step(
-    const at::Tensor& tokens, const at::Tensor& embedding, at::TensorList weights, at::TensorList state,
+    const at::Tensor& tokens, const at::Tensor& input_table, at::TensorList weights, at::TensorList state,
     const at::Tensor& head_weight, const at::Tensor& head_bias, c10::string_view cell) {
-  const int64_t gates = gates_of(cell);
-  const bool lstm = cell == "lstm";
-  TORCH_CHECK(static_cast<int64_t>(state.size()) == (lstm ? 2 : 1), "the state must be [h, c] for an LSTM, else [h]");
-  const at::Tensor& h = state[0];
-  TORCH_CHECK(h.dim() == 3 && (!lstm || state[1].sizes() == h.sizes()), "the state must be (layers, batch, hidden)");
-  const int64_t layers = h.size(0), batch = h.size(1), hidden = h.size(2), vocab = embedding.size(0);
-  TORCH_CHECK(tokens.dim() == 1 && tokens.size(0) == batch && tokens.scalar_type() == at::kLong,
+  const LanguageModel m = check_model(input_table, weights, state, head_weight, head_bias, cell);
+  TORCH_CHECK(tokens.dim() == 1 && tokens.size(0) == m.batch && tokens.scalar_type() == at::kLong,
               "tokens must be (batch,) int64 ids");
-  TORCH_CHECK(static_cast<int64_t>(weights.size()) == 4 * layers, "4 weights per layer");
-  TORCH_CHECK(head_weight.dim() == 2 && head_weight.size(1) == hidden && head_bias.numel() == head_weight.size(0),
-              "the head must be (vocab, hidden) with one bias per row");
-  for (int64_t l = 0; l < layers; ++l) {  // the products below read exactly these shapes
-    const int64_t input_size = l == 0 ? embedding.size(1) : hidden;
-    TORCH_CHECK(weights[4 * l].sizes() == at::IntArrayRef({gates * hidden, input_size}) &&
-                    weights[4 * l + 1].sizes() == at::IntArrayRef({gates * hidden, hidden}) &&
-                    weights[4 * l + 2].numel() == gates * hidden && weights[4 * l + 3].numel() == gates * hidden,
-                "layer ", l, "'s weights do not match the state's hidden size ", hidden);
-  }
-  const at::Tensor ids = tokens.contiguous();
-  for (int64_t b = 0; b < batch; ++b) {
-    const int64_t id = ids.data_ptr<int64_t>()[b];
-    TORCH_CHECK(id >= 0 && id < vocab, "token ids must lie in 0..", vocab - 1, ", got ", id);
-  }
-  std::vector<at::Tensor> new_state;
-  for (const at::Tensor& s : state) new_state.push_back(at::empty({layers, batch, hidden}, h.options()));
-  if (batch != 1) {  // a batch of sequences: ATen's products are the efficient ones
-    at::Tensor x = embedding.index_select(0, ids);
-    for (int64_t l = 0; l < layers; ++l) {
-      const at::Tensor &w_ih = weights[4 * l], &w_hh = weights[4 * l + 1];
-      const at::Tensor &b_ih = weights[4 * l + 2], &b_hh = weights[4 * l + 3];
-      if (lstm) {
-        auto [h_l, c_l] = at::lstm_cell(x, {h[l], state[1][l]}, w_ih, w_hh, b_ih, b_hh);
-        new_state[1][l].copy_(c_l);
-        x = h_l;
-      } else if (cell == "gru") {
-        x = at::gru_cell(x, h[l], w_ih, w_hh, b_ih, b_hh);
-      } else {
-        x = cell == "rnn_tanh" ? at::rnn_tanh_cell(x, h[l], w_ih, w_hh, b_ih, b_hh)
-                               : at::rnn_relu_cell(x, h[l], w_ih, w_hh, b_ih, b_hh);
-      }
-      new_state[0][l].copy_(x);
-    }
-    return {at::addmm(head_bias, x, head_weight.t()), new_state};
-  }
-  for (const at::Tensor& w : weights) TORCH_CHECK(w.is_contiguous(), "weights must be contiguous");
-  TORCH_CHECK(embedding.is_contiguous() && head_weight.is_contiguous(), "weights must be contiguous");
-  at::Tensor logits = head_bias.unsqueeze(0).clone(), gi = at::empty({gates * hidden}, h.options());
-  at::Tensor gh = at::empty_like(gi), scratch = at::empty({hidden}, h.options());
-  const at::Tensor h_old = h.contiguous(), c_old = lstm ? state[1].contiguous() : h_old;
-  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "language_model_step", [&] {
-    const scalar_t* input = embedding.data_ptr<scalar_t>() + ids.data_ptr<int64_t>()[0] * embedding.size(1);
-    int64_t input_size = embedding.size(1);
-    for (int64_t l = 0; l < layers; ++l) {
-      scalar_t* h_out = new_state[0].data_ptr<scalar_t>() + l * hidden;
-      layer_step(cell, input, input_size, h_old.data_ptr<scalar_t>() + l * hidden,
-                 c_old.data_ptr<scalar_t>() + l * hidden, weights[4 * l], weights[4 * l + 1], weights[4 * l + 2],
-                 weights[4 * l + 3], gi, gh, scratch, h_out,
-                 lstm ? new_state[1].data_ptr<scalar_t>() + l * hidden : nullptr, hidden);
-      input = h_out;
-      input_size = hidden;
-    }
-    add_matrix_vector(logits.data_ptr<scalar_t>(), head_weight.data_ptr<scalar_t>(), input, head_weight.size(0),
-                      hidden);
+  const at::Tensor ids = tokens.contiguous(), h_old = state[0].contiguous();
+  const at::Tensor c_old = m.lstm ? state[1].contiguous() : h_old;
+  check_ids(ids.data_ptr<int64_t>(), m.batch, m.vocab);
+  at::Tensor h_new = at::empty_like(h_old), c_new = m.lstm ? at::empty_like(c_old) : h_new;
+  at::Tensor logits = at::empty({m.batch, m.vocab}, h_old.options());
+  Scratch scratch(m, h_old.options());
+  AT_DISPATCH_FLOATING_TYPES(h_old.scalar_type(), "language_model_step", [&] {
+    model_step<scalar_t>(m, ids.data_ptr<int64_t>(), h_old, c_old, h_new, c_new, logits, scratch);
   });
+  std::vector<at::Tensor> new_state{h_new};
+  if (m.lstm) new_state.push_back(c_new);
   return {logits, new_state};
+}
+
+// One token drawn from a row of logits as rnnkit.tasks.text.sample draws it: p = softmax(logits /
+// temperature), zero below the k-th largest p (top_k), zero where the mass of the strictly more
+// likely ones reaches top_p, then argmax p / E over the noise E ~ Exp(1); greedy: argmax logits.
+template <typename T>
+int64_t draw(const T* logits, const T* noise, int64_t vocab, double temperature, std::optional<int64_t> top_k,
+             std::optional<double> top_p, bool greedy, std::vector<T>& p, std::vector<T>& sorted,
+             std::vector<int64_t>& order) {
+  T largest = logits[0];
+  for (int64_t i = 1; i < vocab; ++i) largest = std::max(largest, logits[i]);
+  TORCH_CHECK(std::isfinite(static_cast<double>(largest)),
+              "the model's outputs are not finite (NaN or inf): its weights are broken");
+  if (greedy) return std::find(logits, logits + vocab, largest) - logits;
+  const T scale = static_cast<T>(1 / temperature), top = largest * scale;
+  T total = 0;
+  for (int64_t i = 0; i < vocab; ++i) total += p[i] = std::exp(logits[i] * scale - top);
+  TORCH_CHECK(std::isfinite(static_cast<double>(total)), "the model's outputs are not finite (NaN or inf): its weights are broken");
+  for (int64_t i = 0; i < vocab; ++i) p[i] /= total;
+  if (top_k && *top_k < vocab) {
+    sorted.assign(p.begin(), p.end());
+    std::nth_element(sorted.begin(), sorted.begin() + (*top_k - 1), sorted.end(), std::greater<T>());
+    const T kth = sorted[*top_k - 1];
+    for (int64_t i = 0; i < vocab; ++i)
+      if (p[i] < kth) p[i] = 0;
+  }
+  if (top_p) {
+    for (int64_t i = 0; i < vocab; ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) { return p[x] > p[y]; });
+    T before = 0;  // the mass of the strictly more likely ones
+    for (int64_t i : order) {
+      const T mass = p[i];
+      if (before >= *top_p) p[i] = 0;
+      before += mass;
+    }
+  }
+  int64_t best = 0;
+  T best_score = p[0] / noise[0];
+  for (int64_t i = 1; i < vocab; ++i) {
+    const T score = p[i] / noise[i];
+    if (score > best_score) best = i, best_score = score;
+  }
+  return best;
+}
+
+// `length` tokens for each of a batch of sequences, each drawn from the logits before it (the
+// first from `logits`), every token then read by a step: → (tokens (batch, length), the logits
+// after the last token, the state after it). noise (length, batch, vocab): Exp(1) draws (unused
+// when greedy).
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> language_model_write(
+    const at::Tensor& logits, const at::Tensor& noise, int64_t length, const at::Tensor& input_table,
+    at::TensorList weights, at::TensorList state, const at::Tensor& head_weight, const at::Tensor& head_bias,
+    c10::string_view cell, double temperature, std::optional<int64_t> top_k, std::optional<double> top_p,
+    bool greedy) {
+  const LanguageModel m = check_model(input_table, weights, state, head_weight, head_bias, cell);
+  TORCH_CHECK(length >= 0, "length must be >= 0, got ", length);
+  TORCH_CHECK(logits.sizes() == at::IntArrayRef({m.batch, m.vocab}), "logits must be (batch, vocab)");
+  TORCH_CHECK(greedy || noise.sizes() == at::IntArrayRef({length, m.batch, m.vocab}),
+              "noise must be (length, batch, vocab) unless greedy");
+  TORCH_CHECK(greedy || temperature > 0, "temperature must be > 0, got ", temperature);
+  TORCH_CHECK(!top_k || *top_k >= 1, "top_k must be >= 1");
+  at::Tensor h = state[0].contiguous().clone(), c = m.lstm ? state[1].contiguous().clone() : h;
+  at::Tensor h_next = at::empty_like(h), c_next = m.lstm ? at::empty_like(c) : h_next;
+  at::Tensor current = logits.contiguous().clone(), tokens = at::empty({m.batch, length}, at::kLong);
+  const at::Tensor draws = greedy ? noise : noise.to(logits.scalar_type()).contiguous();
+  Scratch scratch(m, h.options());
+  std::vector<int64_t> ids(m.batch), order(m.vocab);
+  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "language_model_write", [&] {
+    std::vector<scalar_t> p(m.vocab), sorted(m.vocab);
+    const scalar_t* row = current.data_ptr<scalar_t>();
+    for (int64_t t = 0; t < length; ++t) {
+      for (int64_t b = 0; b < m.batch; ++b) {
+        const scalar_t* e = greedy ? nullptr : draws.data_ptr<scalar_t>() + (t * m.batch + b) * m.vocab;
+        ids[b] = draw(row + b * m.vocab, e, m.vocab, temperature, top_k, top_p, greedy, p, sorted, order);
+        tokens.data_ptr<int64_t>()[b * length + t] = ids[b];
+      }
+      model_step<scalar_t>(m, ids.data(), h, c, h_next, c_next, current, scratch);
+      std::swap(h, h_next);
+      if (m.lstm) std::swap(c, c_next);
+    }
+  });
+  std::vector<at::Tensor> new_state{h};
+  if (m.lstm) new_state.push_back(c);
+  return {tokens, current, new_state};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(rnnkit_kernels, m) {
-  m.def("language_model_step(Tensor tokens, Tensor embedding, Tensor[] weights, Tensor[] state, "
+  m.def("language_model_step(Tensor tokens, Tensor input_table, Tensor[] weights, Tensor[] state, "
         "Tensor head_weight, Tensor head_bias, str cell) -> (Tensor, Tensor[])");
+  m.def("language_model_write(Tensor logits, Tensor noise, int length, Tensor input_table, Tensor[] weights, "
+        "Tensor[] state, Tensor head_weight, Tensor head_bias, str cell, float temperature, int? top_k, "
+        "float? top_p, bool greedy) -> (Tensor, Tensor, Tensor[])");
 }
 
-TORCH_LIBRARY_IMPL(rnnkit_kernels, CPU, m) { m.impl("language_model_step", language_model_step); }
+TORCH_LIBRARY_IMPL(rnnkit_kernels, CPU, m) {
+  m.impl("language_model_step", language_model_step);
+  m.impl("language_model_write", language_model_write);
+}

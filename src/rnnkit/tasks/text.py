@@ -7,6 +7,7 @@ the model sees context longer than a chunk. Quality is bits per character on hel
     bpc = (1/N) Σ_t −log₂ p(c_{t+1} | c_1 … c_t)   (= mean cross-entropy in nats / ln 2)
 """
 
+import functools
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -18,6 +19,10 @@ from ..data.text import StreamBatches, Vocabulary, load_corpus, split_text
 from ..models import SequenceModel
 from ..train.checkpoint import load_checkpoint
 from ..train.trainer import TrainConfig
+
+# Characters written per call of the model's writing loop: one draw of noise and one call per
+# chunk, and how much streamed output (`generate`'s on_text) arrives at once.
+WRITE_CHUNK = 256
 
 
 @dataclass
@@ -133,14 +138,14 @@ def _check_finite(logits: torch.Tensor) -> None:
 
 
 def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-           generator: torch.Generator | None = None) -> torch.Tensor:
+           noise: torch.Tensor | None = None) -> torch.Tensor:
     """(batch, V) logits → (batch, 1) ids drawn from softmax(logits / temperature), optionally
     restricted to the `top_k` most likely or to the smallest set whose mass reaches `top_p`.
 
-    Drawn as argmax_i p_i / E_i with E_i ~ Exp(1) (the exponential race, the Gumbel-max trick
-    in other clothes: i wins with probability p_i / Σ p exactly): 32 µs a character here,
-    where softmax and torch.multinomial took 42–57 µs (one thread, vocabulary of 103;
-    `rnnkit bench`, generation)."""
+    Drawn as argmax_i p_i / E_i over `noise` E, (batch, V) draws of Exp(1) (the exponential race,
+    the Gumbel-max trick in other clothes: i wins with probability p_i / Σ p exactly); E comes
+    from torch's global generator when not given. The compiled writing loop
+    (`SequenceModel.writer`) draws the same way, so the same noise gives the same characters."""
     probs = torch.softmax(logits / temperature, dim=-1)
     if top_k is not None:
         kth = probs.topk(min(top_k, probs.shape[-1]), dim=-1).values[:, -1:]
@@ -149,7 +154,20 @@ def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = N
         ordered, order = probs.sort(dim=-1, descending=True)
         before = ordered.cumsum(-1) - ordered  # mass of the strictly more likely ones
         probs = probs.scatter(-1, order, ordered.masked_fill(before >= top_p, 0.0))
-    return probs.div_(torch.empty_like(probs).exponential_(generator=generator)).argmax(-1, keepdim=True)
+    noise = torch.empty_like(probs).exponential_() if noise is None else noise
+    return probs.div_(noise).argmax(-1, keepdim=True)
+
+
+def _write_by_steps(step, logits, state, noise, length: int, temperature: float = 1.0, top_k: int | None = None,
+                    top_p: float | None = None, greedy: bool = False):
+    """`SequenceModel.writer`'s loop, a draw and a step call per token, for the models it does not
+    cover."""
+    tokens = []
+    for t in range(length):
+        token = logits.argmax(-1) if greedy else sample(logits, temperature, top_k, top_p, noise[t])[:, 0]
+        tokens.append(token)
+        logits, state = step(token, state)
+    return torch.stack(tokens, 1), logits, state
 
 
 @torch.no_grad()
@@ -162,8 +180,8 @@ def generate(model, vocab: Vocabulary, prime: str = "", length: int = 300, tempe
     recurrent state is carried (nothing is re-read). Sampling draws from
     softmax(logits / temperature), optionally restricted to the `top_k` most likely
     characters or to the smallest set whose probability reaches `top_p` (nucleus);
-    `greedy` takes the argmax. `on_text(text)` receives each new character of sample 0 as
-    it is written (streaming output).
+    `greedy` takes the argmax. `on_text(text)` receives sample 0's text as it is written,
+    WRITE_CHUNK characters at a time (streaming output).
     """
     if length < 1 or num_samples < 1:
         raise ValueError(f"length and num_samples must be >= 1, got {length}, {num_samples}")
@@ -179,14 +197,15 @@ def generate(model, vocab: Vocabulary, prime: str = "", length: int = 300, tempe
     logits, state = model(start.expand(num_samples, -1))
     logits = logits[:, -1]
     _check_finite(logits)
-    step = model.stepper()
+    write = model.writer() or functools.partial(_write_by_steps, model.step)
     written = []
-    for _ in range(length):
-        token = logits.argmax(-1, keepdim=True) if greedy else sample(logits, temperature, top_k, top_p, generator)
-        written.append(token)
+    for done in range(0, length, WRITE_CHUNK):
+        count = min(WRITE_CHUNK, length - done)
+        noise = None if greedy else torch.empty(count, num_samples, logits.shape[-1]).exponential_(generator=generator)
+        tokens, logits, state = write(logits, state, noise, count, temperature, top_k, top_p, greedy)
+        written.append(tokens)
         if on_text is not None:
-            on_text(vocab.decode(token[0]))
-        logits, state = step(token[:, 0], state)
+            on_text(vocab.decode(tokens[0]))
     tokens = torch.cat(written, dim=1)
     return [vocab.decode(row) for row in tokens]
 
