@@ -13,14 +13,77 @@
 // per four rows): ATen's general product is about 1.5× slower on a (1, 512) × (512, 2048) product
 // on one core. Batches use ATen's products.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <optional>
+#include <thread>
 #include <tuple>
+#include <type_traits>
 #include <vector>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace {
+
+// A spinning thread's pause between two looks at what it waits for
+inline void relax() {
+#if defined(__x86_64__)
+  _mm_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+// The activations, in place, without ATen: ATen's tanh runs through MKL, whose threads (with
+// OpenMP's passive waiting, which the rnnkit command sets) cost tens of µs to wake for a vector
+// of a few thousand. tanh is taken as 2σ(2x) − 1.
+#if defined(__AVX2__) && defined(__FMA__)
+// e^x for 8 floats as Cephes' expf computes it: x = n ln 2 + r, e^r by a degree-6 polynomial,
+// 2^n from the exponent bits (within 2 ulp; x clamped to [-87.3, 88.3], the normal range)
+inline __m256 exp8(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);  // ln 2 in two parts: r exact
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i two_to_n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(two_to_n));
+}
+#endif
+
+template <typename T>
+void sigmoid_inplace(T* x, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  if constexpr (std::is_same_v<T, float>) {
+    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    for (; i + 8 <= n; i += 8) {
+      const __m256 e = exp8(_mm256_sub_ps(zero, _mm256_loadu_ps(x + i)));
+      _mm256_storeu_ps(x + i, _mm256_div_ps(one, _mm256_add_ps(one, e)));
+    }
+  }
+#endif
+  for (; i < n; ++i) x[i] = 1 / (1 + std::exp(-x[i]));
+}
+
+template <typename T>
+void tanh_inplace(T* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] *= 2;
+  sigmoid_inplace(x, n);
+  for (int64_t i = 0; i < n; ++i) x[i] = 2 * x[i] - 1;
+}
 
 // out[r] += W[r] · v for the rows r of W (rows, n), row-major
 template <typename T>
@@ -50,14 +113,105 @@ void add_matrix_vector(T* out, const T* W, const T* v, int64_t rows, int64_t n) 
   }
 }
 
-// out (batch, rows) += x (batch, n) · Wᵀ, W (rows, n): one pass over W for a single row, ATen's
-// product for a batch
+// A second thread that takes half the rows of each large product of a single sequence's steps,
+// for one call of the writing loop. At 512 LSTM units the W_hh product reads 4 MB a step, which
+// one core streams from the shared cache at ~60 GB/s: two cores halve that time. The threads wait
+// by spinning, because a product takes tens of µs and a sleeping thread takes as long to wake
+// (OpenMP's passive waiting, which the rnnkit command sets, makes torch's own threads useless at
+// this grain). Where the helper keeps falling behind (the machine's other core is busy), the caller
+// does every product alone for the rest of the call, and no helper is started for a second after.
+class Helper {
+ public:
+  Helper() : thread_([this] { serve(); }) {}
+  ~Helper() {
+    stop_.store(true, std::memory_order_release);
+    thread_.join();
+  }
+  bool active() const { return active_; }
+  static bool worth_starting() { return Clock::now() - last_lag_.load() > kPause; }
+
+  // out[r] += W[r] · v for r < rows (add_matrix_vector): the helper takes the rows from `split` on
+  template <typename T>
+  void split_rows(T* out, const T* W, const T* v, int64_t rows, int64_t n, int64_t split) {
+    job_ = {&run<T>, out + split, W + split * n, v, rows - split, n};
+    const int64_t number = posted_.load(std::memory_order_relaxed) + 1;
+    posted_.store(number, std::memory_order_release);
+    add_matrix_vector(out, W, v, split, n);
+    const auto start = Clock::now();
+    for (int64_t spins = 0; finished_.load(std::memory_order_acquire) != number; ++spins) {
+      relax();
+      if (spins % 1024 == 1023 && lagged_at_ != number && Clock::now() - start > kLagLimit) {
+        if (number - lagged_at_ < kLagsApart) {  // not a hiccup: the helper's core is shared
+          active_ = false;  // and the helper stops spinning once this product is done
+          stop_.store(true, std::memory_order_release);
+          last_lag_.store(Clock::now());
+        }
+        lagged_at_ = number;
+      }
+    }
+  }
+
+ private:
+  struct Job {
+    void (*run)(const Job&);
+    void* out;
+    const void* W;
+    const void* v;
+    int64_t rows, n;
+  };
+  template <typename T>
+  static void run(const Job& job) {
+    add_matrix_vector(static_cast<T*>(job.out), static_cast<const T*>(job.W), static_cast<const T*>(job.v), job.rows,
+                      job.n);
+  }
+  using Clock = std::chrono::steady_clock;
+  // A product the helper has not finished 500 µs after the caller finished its half is late; an
+  // idle machine has such hiccups every thousand products or so, a shared core every few.
+  static constexpr std::chrono::microseconds kLagLimit{500};
+  static constexpr int64_t kLagsApart = 100;
+  static constexpr std::chrono::seconds kPause{1};
+  static inline std::atomic<Clock::time_point> last_lag_{};
+
+  void serve() {
+    int64_t done = 0;
+    while (true) {
+      const bool stopping = stop_.load(std::memory_order_acquire);
+      // read after stop_: a product posted before the stop is seen, and done, before returning
+      const int64_t number = posted_.load(std::memory_order_acquire);
+      if (number == done) {
+        if (stopping) return;
+        relax();
+        continue;
+      }
+      job_.run(job_);
+      finished_.store(done = number, std::memory_order_release);
+    }
+  }
+
+  Job job_{};
+  std::atomic<int64_t> posted_{0}, finished_{0};
+  std::atomic<bool> stop_{false};
+  bool active_ = true;
+  int64_t lagged_at_ = -kLagsApart;  // the last late product
+  std::thread thread_;  // last: it starts once the members above exist
+};
+
+// The helper pays from this many multiply-adds a product (a 512 × 256 matrix) on.
+constexpr int64_t kHelperWork = 1 << 17;
+
+// out (batch, rows) += x (batch, n) · Wᵀ, W (rows, n): one pass over W for a single row (shared
+// with the helper, if any, where the product is large), ATen's product for a batch
 template <typename T>
-void add_product(at::Tensor& out, const at::Tensor& x, const at::Tensor& W) {
-  if (out.size(0) == 1)
-    add_matrix_vector(out.data_ptr<T>(), W.data_ptr<T>(), x.data_ptr<T>(), W.size(0), W.size(1));
-  else
+void add_product(at::Tensor& out, const at::Tensor& x, const at::Tensor& W, Helper* helper) {
+  if (out.size(0) != 1) {
     out.addmm_(x, W.t());
+    return;
+  }
+  const int64_t rows = W.size(0), n = W.size(1);
+  if (helper != nullptr && helper->active() && rows * n >= kHelperWork)
+    helper->split_rows(out.data_ptr<T>(), W.data_ptr<T>(), x.data_ptr<T>(), rows, n, rows / 8 * 4);
+  else
+    add_matrix_vector(out.data_ptr<T>(), W.data_ptr<T>(), x.data_ptr<T>(), rows, n);
 }
 
 // A language model's weights, checked once per call. Per layer l, weights[4l..4l+3] are W_ih,
@@ -121,7 +275,6 @@ struct Scratch {
 //   GRU   r, z = σ(W_ih x + b_ih + W_hh h + b_hh) on their blocks,  n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)),
 //         h' = (1 − z) ⊙ n + z ⊙ h          (gates: the input's part, hidden_gates: the hidden's)
 //   Elman h' = f(W_ih x + b_ih + W_hh h + b_hh)
-// The activations run as ATen's vectorised kernels over the whole batch.
 template <typename T>
 void cell_update(const LanguageModel& m, Scratch& s, const T* h, const T* c, T* h_new, T* c_new) {
   const int64_t H = m.hidden, G = m.gates * H, batch = m.batch;
@@ -130,10 +283,10 @@ void cell_update(const LanguageModel& m, Scratch& s, const T* h, const T* c, T* 
     const T* hidden_part = s.hidden_gates.data_ptr<T>();
     for (int64_t b = 0; b < batch; ++b)
       for (int64_t r = 0; r < 2 * H; ++r) a[b * G + r] += hidden_part[b * G + r];
-    s.gates.narrow(1, 0, 2 * H).sigmoid_();
+    for (int64_t b = 0; b < batch; ++b) sigmoid_inplace(a + b * G, 2 * H);
     for (int64_t b = 0; b < batch; ++b)
       for (int64_t j = 0; j < H; ++j) u[b * H + j] = a[b * G + 2 * H + j] + a[b * G + j] * hidden_part[b * G + 2 * H + j];
-    s.units.tanh_();
+    tanh_inplace(u, batch * H);
     for (int64_t b = 0; b < batch; ++b)
       for (int64_t j = 0; j < H; ++j) {
         const T update = a[b * G + H + j];
@@ -142,20 +295,21 @@ void cell_update(const LanguageModel& m, Scratch& s, const T* h, const T* c, T* 
     return;
   }
   if (!m.lstm) {
-    if (m.cell == "rnn_tanh") s.gates.tanh_();
-    else s.gates.relu_();
+    if (m.cell == "rnn_tanh") tanh_inplace(a, batch * H);
+    else
+      for (int64_t i = 0; i < batch * H; ++i) a[i] = std::max(a[i], T(0));
     std::copy_n(a, batch * H, h_new);
     return;
   }
   for (int64_t b = 0; b < batch; ++b)
     for (int64_t j = 0; j < H; ++j) a[b * G + 2 * H + j] *= 2;
-  s.gates.sigmoid_();
+  sigmoid_inplace(a, batch * G);
   for (int64_t b = 0; b < batch; ++b) {
     const T *i = a + b * G, *f = i + H, *g = i + 2 * H;
 #pragma omp simd
     for (int64_t j = 0; j < H; ++j) u[b * H + j] = c_new[b * H + j] = f[j] * c[b * H + j] + i[j] * (2 * g[j] - 1);
   }
-  s.units.tanh_();
+  tanh_inplace(u, batch * H);
   for (int64_t b = 0; b < batch; ++b) {
     const T* o = a + b * G + 3 * H;
 #pragma omp simd
@@ -168,7 +322,7 @@ void cell_update(const LanguageModel& m, Scratch& s, const T* h, const T* c, T* 
 // ones, the logits (batch, vocab) to `logits`.
 template <typename T>
 void model_step(const LanguageModel& m, const int64_t* ids, const at::Tensor& h_old, const at::Tensor& c_old,
-                at::Tensor& h_new, at::Tensor& c_new, at::Tensor& logits, Scratch& s) {
+                at::Tensor& h_new, at::Tensor& c_new, at::Tensor& logits, Scratch& s, Helper* helper = nullptr) {
   const int64_t G = m.gates * m.hidden, batch = m.batch;
   T* a = s.gates.data_ptr<T>();
   for (int64_t l = 0; l < m.layers; ++l) {
@@ -179,21 +333,21 @@ void model_step(const LanguageModel& m, const int64_t* ids, const at::Tensor& h_
     } else {
       for (int64_t b = 0; b < batch; ++b)
         for (int64_t r = 0; r < G; ++r) a[b * G + r] = m.gru ? b_ih[r] : b_ih[r] + b_hh[r];
-      add_product<T>(s.gates, h_new[l - 1], w_ih);
+      add_product<T>(s.gates, h_new[l - 1], w_ih, helper);
     }
     if (m.gru) {  // W_hn h + b_hn is kept apart from the input's part
       T* hidden_part = s.hidden_gates.data_ptr<T>();
       for (int64_t b = 0; b < batch; ++b) std::copy_n(b_hh, G, hidden_part + b * G);
-      add_product<T>(s.hidden_gates, h_old[l], w_hh);
+      add_product<T>(s.hidden_gates, h_old[l], w_hh, helper);
     } else {
-      add_product<T>(s.gates, h_old[l], w_hh);
+      add_product<T>(s.gates, h_old[l], w_hh, helper);
     }
     const T* c = m.lstm ? c_old[l].data_ptr<T>() : nullptr;
     cell_update<T>(m, s, h_old[l].data_ptr<T>(), c, h_new[l].data_ptr<T>(), m.lstm ? c_new[l].data_ptr<T>() : nullptr);
   }
   for (int64_t b = 0; b < batch; ++b)
     std::copy_n(m.head_bias.data_ptr<T>(), m.vocab, logits.data_ptr<T>() + b * m.vocab);
-  add_product<T>(logits, h_new[m.layers - 1], m.head_weight);
+  add_product<T>(logits, h_new[m.layers - 1], m.head_weight, helper);
 }
 
 void check_ids(const int64_t* ids, int64_t count, int64_t vocab) {
@@ -287,6 +441,11 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> language_model_write
   const at::Tensor draws = greedy ? noise : noise.to(logits.scalar_type()).contiguous();
   Scratch scratch(m, h.options());
   std::vector<int64_t> ids(m.batch), order(m.vocab);
+  // A helper thread where torch may use more than one and one sequence's products are large.
+  std::optional<Helper> helper;
+  if (m.batch == 1 && at::get_num_threads() > 1 && m.gates * m.hidden * m.hidden >= kHelperWork &&
+      Helper::worth_starting())
+    helper.emplace();
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "language_model_write", [&] {
     std::vector<scalar_t> p(m.vocab), sorted(m.vocab);
     const scalar_t* row = current.data_ptr<scalar_t>();
@@ -296,7 +455,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> language_model_write
         ids[b] = draw(row + b * m.vocab, e, m.vocab, temperature, top_k, top_p, greedy, p, sorted, order);
         tokens.data_ptr<int64_t>()[b * length + t] = ids[b];
       }
-      model_step<scalar_t>(m, ids.data(), h, c, h_next, c_next, current, scratch);
+      model_step<scalar_t>(m, ids.data(), h, c, h_next, c_next, current, scratch, helper ? &*helper : nullptr);
       std::swap(h, h_next);
       if (m.lstm) std::swap(c, c_next);
     }
