@@ -196,22 +196,21 @@ class Helper {
   std::thread thread_;  // last: it starts once the members above exist
 };
 
-// The helper pays from this many multiply-adds a product (a 512 × 256 matrix) on.
-constexpr int64_t kHelperWork = 1 << 17;
+// The helper pays from this many multiply-adds a product (a 128 × 256 matrix) on.
+constexpr int64_t kHelperWork = 1 << 15;
 
-// out (batch, rows) += x (batch, n) · Wᵀ, W (rows, n): one pass over W for a single row (shared
-// with the helper, if any, where the product is large), ATen's product for a batch
+// out (batch, rows) += x (batch, n) · Wᵀ, W (rows, n), all row-major: one pass over W for a single
+// row (shared with the helper, if any, where the product is large), ATen's product for a batch
 template <typename T>
-void add_product(at::Tensor& out, const at::Tensor& x, const at::Tensor& W, Helper* helper) {
-  if (out.size(0) != 1) {
-    out.addmm_(x, W.t());
-    return;
-  }
+void add_product(T* out, const T* x, const at::Tensor& W, int64_t batch, Helper* helper) {
   const int64_t rows = W.size(0), n = W.size(1);
-  if (helper != nullptr && helper->active() && rows * n >= kHelperWork)
-    helper->split_rows(out.data_ptr<T>(), W.data_ptr<T>(), x.data_ptr<T>(), rows, n, rows / 8 * 4);
-  else
-    add_matrix_vector(out.data_ptr<T>(), W.data_ptr<T>(), x.data_ptr<T>(), rows, n);
+  if (batch != 1) {
+    at::from_blob(out, {batch, rows}, W.options()).addmm_(at::from_blob(const_cast<T*>(x), {batch, n}, W.options()), W.t());
+  } else if (helper != nullptr && helper->active() && rows * n >= kHelperWork) {
+    helper->split_rows(out, W.data_ptr<T>(), x, rows, n, rows / 8 * 4);
+  } else {
+    add_matrix_vector(out, W.data_ptr<T>(), x, rows, n);
+  }
 }
 
 // A language model's weights, checked once per call. Per layer l, weights[4l..4l+3] are W_ih,
@@ -323,31 +322,31 @@ void cell_update(const LanguageModel& m, Scratch& s, const T* h, const T* c, T* 
 template <typename T>
 void model_step(const LanguageModel& m, const int64_t* ids, const at::Tensor& h_old, const at::Tensor& c_old,
                 at::Tensor& h_new, at::Tensor& c_new, at::Tensor& logits, Scratch& s, Helper* helper = nullptr) {
-  const int64_t G = m.gates * m.hidden, batch = m.batch;
-  T* a = s.gates.data_ptr<T>();
+  const int64_t G = m.gates * m.hidden, batch = m.batch, layer_size = batch * m.hidden;
+  T *a = s.gates.data_ptr<T>(), *hidden_part = s.hidden_gates.data_ptr<T>(), *h_out = h_new.data_ptr<T>();
+  const T* h_in = h_old.data_ptr<T>();
   for (int64_t l = 0; l < m.layers; ++l) {
-    const at::Tensor &w_ih = m.weights[4 * l], &w_hh = m.weights[4 * l + 1];
     const T *b_ih = m.weights[4 * l + 2].data_ptr<T>(), *b_hh = m.weights[4 * l + 3].data_ptr<T>();
+    const T *h = h_in + l * layer_size, *below = h_out + (l - 1) * layer_size;
     if (l == 0) {
       for (int64_t b = 0; b < batch; ++b) std::copy_n(m.input_table.data_ptr<T>() + ids[b] * G, G, a + b * G);
     } else {
       for (int64_t b = 0; b < batch; ++b)
         for (int64_t r = 0; r < G; ++r) a[b * G + r] = m.gru ? b_ih[r] : b_ih[r] + b_hh[r];
-      add_product<T>(s.gates, h_new[l - 1], w_ih, helper);
+      add_product(a, below, m.weights[4 * l], batch, helper);
     }
     if (m.gru) {  // W_hn h + b_hn is kept apart from the input's part
-      T* hidden_part = s.hidden_gates.data_ptr<T>();
       for (int64_t b = 0; b < batch; ++b) std::copy_n(b_hh, G, hidden_part + b * G);
-      add_product<T>(s.hidden_gates, h_old[l], w_hh, helper);
+      add_product(hidden_part, h, m.weights[4 * l + 1], batch, helper);
     } else {
-      add_product<T>(s.gates, h_old[l], w_hh, helper);
+      add_product(a, h, m.weights[4 * l + 1], batch, helper);
     }
-    const T* c = m.lstm ? c_old[l].data_ptr<T>() : nullptr;
-    cell_update<T>(m, s, h_old[l].data_ptr<T>(), c, h_new[l].data_ptr<T>(), m.lstm ? c_new[l].data_ptr<T>() : nullptr);
+    cell_update<T>(m, s, h, m.lstm ? c_old.data_ptr<T>() + l * layer_size : nullptr, h_out + l * layer_size,
+                   m.lstm ? c_new.data_ptr<T>() + l * layer_size : nullptr);
   }
-  for (int64_t b = 0; b < batch; ++b)
-    std::copy_n(m.head_bias.data_ptr<T>(), m.vocab, logits.data_ptr<T>() + b * m.vocab);
-  add_product<T>(logits, h_new[m.layers - 1], m.head_weight, helper);
+  T* out = logits.data_ptr<T>();
+  for (int64_t b = 0; b < batch; ++b) std::copy_n(m.head_bias.data_ptr<T>(), m.vocab, out + b * m.vocab);
+  add_product(out, h_out + (m.layers - 1) * layer_size, m.head_weight, batch, helper);
 }
 
 void check_ids(const int64_t* ids, int64_t count, int64_t vocab) {
