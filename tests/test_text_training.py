@@ -176,6 +176,21 @@ def test_generation_refuses_a_model_whose_outputs_are_not_finite():
         beam_search(model, vocab, "ab", 5)
 
 
+def test_generation_writes_the_same_text_with_or_without_the_compiled_loop(monkeypatch):
+    """The compiled writing loop and the Python one (a draw and a step call per character) draw
+    from the same noise: the same seed writes the same text, chunk after chunk."""
+    vocab = Vocabulary(list("abcdef "))
+    torch.manual_seed(0)
+    model = build_model(TextConfig(hidden_size=16, embedding_size=8), len(vocab))
+    streamed = []
+    options = {"temperature": 0.9, "top_k": 5, "seed": 4, "num_samples": 2}
+    compiled = generate(model, vocab, "ab", 300, on_text=streamed.append, **options)
+    assert [len(text) for text in streamed] == [256, 44] and "".join(streamed) == compiled[0]
+    assert len(set(compiled[0])) >= 5  # drawn, not stuck on one character
+    monkeypatch.setattr(model, "writer", lambda: None)
+    assert generate(model, vocab, "ab", 300, **options) == compiled
+
+
 def test_generation_is_reproducible_and_keeps_its_state(tmp_path, corpus):
     trainer, task, _ = train(tmp_path, corpus, max_steps=100)
     trainer.fit()
