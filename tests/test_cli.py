@@ -2,8 +2,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from rnnkit.cli import main
+from rnnkit.cli import main, set_threads
 
 
 def rnnkit(*args):
@@ -30,3 +31,12 @@ def test_nonsense_flags_exit_2_with_one_message(args, capsys):
         main(args)
     assert exit_info.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_small_model_commands_default_to_one_thread_and_threads_overrides(monkeypatch):
+    chosen = []
+    monkeypatch.setattr(torch, "set_num_threads", chosen.append)
+    set_threads(None, "classify")  # a small model: one thread
+    set_threads(None, "train")     # the text model: torch's default, left alone
+    set_threads(3, "tag")          # --threads wins
+    assert chosen == [1, 3]

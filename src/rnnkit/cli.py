@@ -49,8 +49,21 @@ def positive_float(text: str) -> float:
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def set_threads(threads: int | None) -> None:
-    """`--threads` overrides torch's CPU thread count."""
+# Commands that run on one torch thread unless --threads says otherwise. With passive waiting,
+# every parallel operation wakes a sleeping thread (about 120 µs a call here for a (32, 64) ×
+# (64, 64) product or a tanh over 2,048 values, against 9–12 µs on one thread), which only the text
+# model's large products repay (`train`: 1.25× faster at 2 threads than at 1; `generate` also gets
+# a helper thread for a single stream). The small models of these commands ran 1.3–2.7× slower at
+# 2 threads (tag 49 s against 18 s, translate 47 s against 31 s; 150 steps, 2 cores). `forecast`
+# leaves the second core to the statistical fits (see start_statistical in tasks/forecast.py).
+ONE_THREAD_COMMANDS = {"caption", "classify", "compare", "diagnose", "forecast", "tag", "translate"}
+
+
+def set_threads(threads: int | None, command: str) -> None:
+    """`--threads` overrides torch's CPU thread count; without it, ONE_THREAD_COMMANDS take one
+    and the others torch's default (one per core)."""
+    if threads is None and command in ONE_THREAD_COMMANDS:
+        threads = 1
     if threads is not None:
         import torch
         torch.set_num_threads(threads)
@@ -236,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     NAMASKAR, TEXT, TRAIN = NamaskarConfig(), TextConfig(), default_train_config()
     parser = argparse.ArgumentParser(prog="rnnkit", description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=positive_int, default=None,
-                        help="CPU threads for torch (default: torch's choice, with passive waiting)")
+                        help="CPU threads for torch (default: 1 for caption, classify, compare, diagnose, forecast, "
+                             "tag and translate, whose models are small; else one per core; waiting threads sleep)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     namaskar = commands.add_parser(
@@ -346,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    set_threads(args.threads)
+    set_threads(args.threads, args.command)
     try:
         args.handler(args)
     except (ValueError, OSError) as error:  # OSError: a disk full or read-only folder, in any verb

@@ -771,8 +771,6 @@ def run_forecast(args) -> None:
     from ..runs import finish_run, new_run_dir
 
     series = load_series(args)
-    if args.threads is None:  # the statistical fits take the other core (see start_statistical)
-        torch.set_num_threads(1)
     horizon = args.horizon or series.horizon
     config = ForecastConfig(horizon=horizon, cell=args.cell, hidden_size=args.hidden_size, num_layers=args.layers,
                             window=args.window, strategy=args.strategy, seasonal_features=args.seasonal_features,
