@@ -1,14 +1,28 @@
 // The sequential parts of ElmanSequence (with K lags) and JordanSequence (rnnkit/bptt.py),
 // compiled: the same ATen calls, step by step, as the Python loops there, without the Python
-// interpreter between them. At small sizes that overhead is most of a step's time.
+// interpreter between them (the activations are activations.h's). At small sizes that overhead
+// is most of a step's time.
 #include <ATen/ATen.h>
 #include <torch/library.h>
+#include <algorithm>
+
+#include "activations.h"
 
 namespace {
 
+// a (batch, hidden), each row contiguous (a step's block of S or hs) ← f(a)
 void activate_(at::Tensor& a, c10::string_view nonlinearity) {
-  if (nonlinearity == "tanh") a.tanh_();
-  else a.relu_();
+  TORCH_CHECK(a.dim() == 2 && a.stride(1) == 1, "activate_ needs rows laid out contiguously");
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "activate_", [&] {
+    for (int64_t b = 0; b < a.size(0); ++b) {
+      scalar_t* row = a.data_ptr<scalar_t>() + b * a.stride(0);
+      if (nonlinearity == "tanh") {
+        rnnkit::tanh_inplace(row, a.size(1));
+      } else {
+        for (int64_t j = 0; j < a.size(1); ++j) row[j] = std::max(row[j], scalar_t(0));
+      }
+    }
+  });
 }
 
 // S (T+1, B, K·H): S[0] the initial lagged state, S[t+1, :, :H] holding W_ih x_t + biases;
