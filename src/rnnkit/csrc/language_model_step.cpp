@@ -121,9 +121,10 @@ class Helper {
                       job.n);
   }
   using Clock = std::chrono::steady_clock;
-  // A product the helper has not finished 500 µs after the caller finished its half is late; an
-  // idle machine has such hiccups every thousand products or so, a shared core every few.
-  static constexpr std::chrono::microseconds kLagLimit{500};
+  // A product the helper has not finished 2 ms after the caller finished its half is late. With
+  // a busy loop on the other core the helper waited 4–8 ms for its turn, every few products; on
+  // the idle (virtual) machine waits over 0.5 ms came every few hundred products, rarely over 1 ms.
+  static constexpr std::chrono::microseconds kLagLimit{2000};
   static constexpr int64_t kLagsApart = 100;
   static constexpr std::chrono::seconds kPause{1};
   static inline std::atomic<Clock::time_point> last_lag_{};
