@@ -10,8 +10,6 @@
 #include <cmath>
 #include <vector>
 
-#include "activations.h"
-
 namespace {
 
 // mean and 1/sqrt(var + eps) of v[0..n), the biased variance as torch.native_layer_norm takes it
@@ -57,7 +55,7 @@ void forward_loop(at::Tensor& gates, at::Tensor& vs, at::Tensor& v_mean, at::Ten
   T *tanh_l0 = tanh_ls.data_ptr<T>(), *vm = v_mean.data_ptr<T>(), *vr = v_rstd.data_ptr<T>();
   T *cm = c_mean.data_ptr<T>(), *cr = c_rstd.data_ptr<T>();
   for (int64_t t = 0; t < steps; ++t) {
-    at::Tensor v_t = vs[t];
+    at::Tensor z_t = gates[t], v_t = vs[t], tanh_l_t = tanh_ls[t];
     at::mm_out(v_t, hs[t], weight_hh_t);
     for (int64_t row = t * batch; row < (t + 1) * batch; ++row) {  // gates += LN_hh(v_t)
       const T* v = v0 + row * width;
@@ -69,7 +67,7 @@ void forward_loop(at::Tensor& gates, at::Tensor& vs, at::Tensor& v_mean, at::Ten
 #pragma omp simd
       for (int64_t j = 2 * hidden; j < 3 * hidden; ++j) z[j] *= 2;  // tanh(g) = 2σ(2g) − 1, below
     }
-    rnnkit::sigmoid_inplace(z0 + t * batch * width, batch * width);  // once over the step's (B, 4H) gates
+    z_t.sigmoid_();  // ATen's vectorised kernel, once over the step's (B, 4H) gates
     for (int64_t row = t * batch; row < (t + 1) * batch; ++row) {  // c_t, and ℓ_t = LN_c(c_t) into tanh_l
       T* z = z0 + row * width;
       const T *i = z, *f = z + hidden;
@@ -87,7 +85,7 @@ void forward_loop(at::Tensor& gates, at::Tensor& vs, at::Tensor& v_mean, at::Ten
 #pragma omp simd
       for (int64_t j = 0; j < hidden; ++j) ell[j] = w_c[j] * (c[j] - mean) * rstd + b_c[j];
     }
-    rnnkit::tanh_inplace(tanh_l0 + t * batch * hidden, batch * hidden);
+    tanh_l_t.tanh_();
     for (int64_t row = t * batch; row < (t + 1) * batch; ++row) {  // h_t = o ⊙ tanh ℓ_t
       const T* o = z0 + row * width + 3 * hidden;
       const T* tanh_l = tanh_l0 + row * hidden;
