@@ -405,11 +405,13 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> language_model_write
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "language_model_write", [&] {
     std::vector<scalar_t> p(m.vocab), sorted(m.vocab);
     const scalar_t* row = current.data_ptr<scalar_t>();
+    const scalar_t* noise_rows = greedy ? nullptr : draws.data_ptr<scalar_t>();
+    int64_t* written = tokens.data_ptr<int64_t>();
     for (int64_t t = 0; t < length; ++t) {
       for (int64_t b = 0; b < m.batch; ++b) {
-        const scalar_t* e = greedy ? nullptr : draws.data_ptr<scalar_t>() + (t * m.batch + b) * m.vocab;
+        const scalar_t* e = greedy ? nullptr : noise_rows + (t * m.batch + b) * m.vocab;
         ids[b] = draw(row + b * m.vocab, e, m.vocab, temperature, top_k, top_p, greedy, p, sorted, order);
-        tokens.data_ptr<int64_t>()[b * length + t] = ids[b];
+        written[b * length + t] = ids[b];
       }
       model_step<scalar_t>(m, ids.data(), h, c, h_next, c_next, current, scratch, helper ? &*helper : nullptr);
       std::swap(h, h_next);
