@@ -436,7 +436,7 @@ def run_generation(settings: Settings, log) -> dict:
         for count in thread_counts:
             single_times[count].append(at_threads(count, lambda: timed(
                 lambda: generate(model, vocab, prime, length=settings.gen_chars, seed=0))))
-    single = statistics.median(single_times[torch.get_num_threads()])
+    single_by_threads = {count: settings.gen_chars / statistics.median(times) for count, times in single_times.items()}
     batched = timed(lambda: generate(model, vocab, prime, length=settings.gen_batched_chars, num_samples=32, seed=0))
 
     @torch.no_grad()
@@ -477,9 +477,8 @@ def run_generation(settings: Settings, log) -> dict:
     result = {
         "model": "build_model(TextConfig(), vocab_size=103): embedding 64 → LSTM 512 → linear 103",
         "threads": torch.get_num_threads(),
-        "single_chars": settings.gen_chars, "single_chars_s": settings.gen_chars / single,
-        "single_chars_s_by_threads": {count: settings.gen_chars / statistics.median(times)
-                                      for count, times in single_times.items()},
+        "single_chars": settings.gen_chars, "single_chars_s": single_by_threads[torch.get_num_threads()],
+        "single_chars_s_by_threads": single_by_threads,
         "batched_chars": settings.gen_batched_chars * 32, "batched_chars_s": settings.gen_batched_chars * 32 / batched,
         "reread_chars": settings.reread_chars, "reread_chars_s": settings.reread_chars / rereading,
         "step_us": {"compiled stepper": one_step_us(stepper),
