@@ -1,41 +1,19 @@
 // The sequential parts of ElmanSequence (with K lags) and JordanSequence (rnnkit/bptt.py),
 // compiled: the same steps as the Python loops there, on raw pointers into the (time, batch,
-// features) buffers, with BLAS's gemm for the products and activations.h's activations. At small
-// sizes the per-step cost of ATen calls (views, dispatch, TensorIterator set-up: about 2–5 µs
-// each, a dozen a step) is as large as the arithmetic.
+// features) buffers, with gemm.h's products and activations.h's activations. At small sizes the
+// per-step cost of ATen calls (views, dispatch, TensorIterator set-up: about 2–5 µs each, a dozen
+// a step) is as large as the arithmetic.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 #include <algorithm>
 #include <cstring>
 
 #include "activations.h"
-
-// BLAS's gemm, which libtorch_cpu exports (from MKL on x86); ATen's own addmm calls it too
-extern "C" {
-void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
-            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
-            const int* ldc);
-void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
-            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
-            const int* ldc);
-}
+#include "gemm.h"
 
 namespace {
 
-// Row-major C (m, n) = A (m, k) · B (k, n) + beta C, with row strides lda, ldb, ldc. BLAS is
-// column-major: it computes Cᵀ = Bᵀ Aᵀ, whose column-major layout is C's row-major one.
-template <typename T>
-void product(T* C, int64_t ldc, const T* A, int64_t lda, const T* B, int64_t ldb, int64_t m, int64_t n, int64_t k,
-             T beta) {
-  const char no = 'N';
-  const int M = n, N = m, K = k, LDA = ldb, LDB = lda, LDC = ldc;
-  const T one = 1;
-  if constexpr (std::is_same_v<T, float>) {
-    sgemm_(&no, &no, &M, &N, &K, &one, B, &LDA, A, &LDB, &beta, C, &LDC);
-  } else {
-    dgemm_(&no, &no, &M, &N, &K, &one, B, &LDA, A, &LDB, &beta, C, &LDC);
-  }
-}
+using rnnkit::product;
 
 // each of `rows` rows (row stride `stride`) ← f(its first n values)
 template <typename T>

@@ -1,6 +1,7 @@
 // The sequential part of LayerNormLSTMSequence (rnnkit/bptt.py), compiled: the loop over time
 // steps, forwards and backwards, with each step's pointwise work (layer norms, gate
 // activations, cell update) done in one pass per batch row instead of a dozen tensor calls.
+// The step's products are gemm.h's; its activations stay ATen's (see activations.h for why).
 // The equations, the buffers and their layout are those of the Python Function, which stays
 // the readable statement of the algorithm and the fallback where this file cannot be built;
 // the time-batched products before and after these loops are done there, in Python.
@@ -10,7 +11,11 @@
 #include <cmath>
 #include <vector>
 
+#include "gemm.h"
+
 namespace {
+
+using rnnkit::product;
 
 // mean and 1/sqrt(var + eps) of v[0..n), the biased variance as torch.native_layer_norm takes it
 template <typename T>
@@ -54,9 +59,10 @@ void forward_loop(at::Tensor& gates, at::Tensor& vs, at::Tensor& v_mean, at::Ten
   T *z0 = gates.data_ptr<T>(), *v0 = vs.data_ptr<T>(), *h0 = hs.data_ptr<T>(), *c0 = cs.data_ptr<T>();
   T *tanh_l0 = tanh_ls.data_ptr<T>(), *vm = v_mean.data_ptr<T>(), *vr = v_rstd.data_ptr<T>();
   T *cm = c_mean.data_ptr<T>(), *cr = c_rstd.data_ptr<T>();
+  const T* w = weight_hh_t.data_ptr<T>();
   for (int64_t t = 0; t < steps; ++t) {
-    at::Tensor z_t = gates[t], v_t = vs[t], tanh_l_t = tanh_ls[t];
-    at::mm_out(v_t, hs[t], weight_hh_t);
+    at::Tensor z_t = gates[t], tanh_l_t = tanh_ls[t];
+    product(v0 + t * batch * width, width, h0 + t * batch * hidden, hidden, w, width, batch, width, hidden, T(0));
     for (int64_t row = t * batch; row < (t + 1) * batch; ++row) {  // gates += LN_hh(v_t)
       const T* v = v0 + row * width;
       T* z = z0 + row * width;
@@ -163,8 +169,8 @@ void backward_loop(const at::Tensor& gates, const at::Tensor& vs, const at::Tens
       }
       normalise_backward(dv, v, width, vm[row], vr[row]);
     }
-    at::Tensor gh_t = Gh[t];
-    gh_t.addmm_(grad_v[t], weight_hh);
+    product(gh0 + t * batch * hidden, hidden, dv0 + t * batch * width, width, weight_hh.data_ptr<T>(), hidden, batch,
+            hidden, width, T(1));
   }
   std::copy(sum_w_hh.begin(), sum_w_hh.end(), grad_ln_hh_weight.data_ptr<T>());
   std::copy(sum_w_c.begin(), sum_w_c.end(), grad_ln_c_weight.data_ptr<T>());
