@@ -163,6 +163,37 @@ def _jordan_backward_steps(G, delta, derivative, weight_yh, weight_hy, valid) ->
             G[t].addcmul_(G[t + 1], 1 - valid[t])
 
 
+def _lstm_forward_steps(gates, hs, cs, tanh_cs, weight_hh_t, keep) -> None:
+    """LSTMSequence's forward recursion: gates[t] turns from W_ih x_t + biases into the activated
+    gates, hs[t + 1] and cs[t + 1] into h_t and c_t, tanh_cs[t] into tanh c_t (rnnkit/csrc/lstm.cpp in C++)."""
+    for t in range(gates.shape[0]):
+        i, f, g, o = _lstm_gates_(gates[t].addmm_(hs[t], weight_hh_t))
+        torch.mul(f, cs[t], out=cs[t + 1]).addcmul_(i, g)
+        torch.mul(o, torch.tanh(cs[t + 1], out=tanh_cs[t]), out=hs[t + 1])
+        if keep is not None:
+            torch.where(keep[t], cs[t + 1], cs[t], out=cs[t + 1])
+            torch.where(keep[t], hs[t + 1], hs[t], out=hs[t + 1])
+
+
+def _lstm_backward_steps(gates, cs, tanh_cs, weight_hh, keep, Gh, Gc, delta) -> None:
+    """LSTMSequence's backward recursion, steps t = T … 1: Gh[t] ends as γ_t, Gc[t] as κ_t and delta[t − 1]
+    as δ_t; Gh[0] and Gc[0] as ∂L/∂h_0 and ∂L/∂c_0 = κ_1 ⊙ f_1 (rnnkit/csrc/lstm.cpp in C++)."""
+    hidden = cs.shape[2]
+    valid = None if keep is None else keep.to(cs.dtype)
+    for t in reversed(range(gates.shape[0])):
+        f, o = gates[t, :, hidden:2 * hidden], gates[t, :, 3 * hidden:]
+        gamma, kappa, tanh_c = Gh[t + 1], Gc[t + 1], tanh_cs[t]
+        gamma_o = gamma * o if valid is None else gamma * o * valid[t]  # padded: h_t is not o ⊙ tanh c_t
+        kappa.addcmul_(gamma_o, 1 - tanh_c * tanh_c)  # κ_t
+        _lstm_gates_backward(gates[t], kappa, cs[t], gamma, tanh_c, out=delta[t])
+        torch.mul(kappa, f, out=Gc[t])
+        if valid is not None:  # a padded step keeps h and c: δ_t = 0, γ_t and κ_t pass on unchanged
+            delta[t].mul_(valid[t])
+            torch.where(keep[t], Gc[t], kappa, out=Gc[t])
+            Gh[t].addcmul_(gamma, 1 - valid[t])
+        Gh[t].addmm_(delta[t], weight_hh)
+
+
 def _layer_norm_lstm_forward_steps(gates, vs, v_mean, v_rstd, hs, cs, c_mean, c_rstd, tanh_ls, weight_hh_t,
                                    ln_hh_weight, ln_c_weight, ln_c_bias, keep, eps) -> None:
     """LayerNormLSTMSequence's forward recursion, t = 1 … T, into the buffers; what
@@ -354,14 +385,8 @@ class LSTMSequence(Function):
         hs, cs = x.new_empty(2, steps + 1, batch, hidden)
         hs[0], cs[0] = h0, c0
         tanh_cs = torch.empty_like(hs[1:])
-        weight_hh_t = weight_hh.t().contiguous()
-        for t in range(steps):
-            i, f, g, o = _lstm_gates_(gates[t].addmm_(hs[t], weight_hh_t))
-            torch.mul(f, cs[t], out=cs[t + 1]).addcmul_(i, g)
-            torch.mul(o, torch.tanh(cs[t + 1], out=tanh_cs[t]), out=hs[t + 1])
-            if keep is not None:
-                torch.where(keep[t], cs[t + 1], cs[t], out=cs[t + 1])
-                torch.where(keep[t], hs[t + 1], hs[t], out=hs[t + 1])
+        forward_steps = _compiled("lstm_forward", x) or _lstm_forward_steps
+        forward_steps(gates, hs, cs, tanh_cs, weight_hh.t().contiguous(), keep)
         ctx.save_for_backward(xs, gates, hs, cs, tanh_cs, weight_ih, weight_hh, keep)
         return _outputs(hs[1:], keep), hs[steps], cs[steps]
 
@@ -375,18 +400,8 @@ class LSTMSequence(Function):
         Gc = torch.zeros_like(Gh)  # Gc[t] ends as κ_t
         Gc[steps] = grad_c
         delta = torch.empty_like(gates)
-        for t in reversed(range(steps)):
-            f, o = gates[t, :, hidden:2 * hidden], gates[t, :, 3 * hidden:]
-            gamma, kappa, tanh_c = Gh[t + 1], Gc[t + 1], tanh_cs[t]
-            gamma_o = gamma * o if valid is None else gamma * o * valid[t]  # padded: h_t is not o ⊙ tanh c_t
-            kappa.addcmul_(gamma_o, 1 - tanh_c * tanh_c)  # κ_t
-            _lstm_gates_backward(gates[t], kappa, cs[t], gamma, tanh_c, out=delta[t])
-            torch.mul(kappa, f, out=Gc[t])
-            if valid is not None:  # a padded step keeps h and c: δ_t = 0, γ_t and κ_t pass on unchanged
-                delta[t].mul_(valid[t])
-                torch.where(keep[t], Gc[t], kappa, out=Gc[t])
-                Gh[t].addcmul_(gamma, 1 - valid[t])
-            Gh[t].addmm_(delta[t], weight_hh)
+        backward_steps = _compiled("lstm_backward", gates) or _lstm_backward_steps
+        backward_steps(gates, cs, tanh_cs, weight_hh, keep, Gh, Gc, delta)
         delta = delta.view(-1, 4 * hidden)
         grad_x = (delta @ weight_ih).view(steps, batch, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None
         grad_bias = delta.sum(0)

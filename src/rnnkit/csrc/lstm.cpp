@@ -1,0 +1,132 @@
+// The sequential part of LSTMSequence (rnnkit/bptt.py), compiled: per step, gemm.h's product
+// W_hh h_{t-1} into the gate buffer, then one pass per batch row for the activations
+// (activations.h), the cell update and, backwards, the δ recursion. The Python loop there does
+// the same in about ten tensor calls a step, whose set-up costs more than the arithmetic at
+// small sizes (B=32, H=64: the Python loop made hand BPTT half as fast as torch's fused LSTM).
+#include <ATen/ATen.h>
+#include <torch/library.h>
+#include <algorithm>
+
+#include "activations.h"
+#include "gemm.h"
+
+namespace {
+
+using rnnkit::product;
+
+template <typename T>
+void forward_loop(T* gates, T* hs, T* cs, T* tanh_cs, const T* weight_hh_t, const bool* keep, int64_t steps,
+                  int64_t batch, int64_t hidden) {
+  const int64_t width = 4 * hidden;
+  for (int64_t t = 0; t < steps; ++t) {
+    T* z_t = gates + t * batch * width;
+    product(z_t, width, hs + t * batch * hidden, hidden, weight_hh_t, width, batch, width, hidden, T(1));
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t row = t * batch + b;
+      T* z = z_t + b * width;
+      T *i = z, *f = z + hidden, *g = z + 2 * hidden, *o = z + 3 * hidden;
+      rnnkit::sigmoid_inplace(i, 2 * hidden);  // i and f
+      rnnkit::tanh_inplace(g, hidden);
+      rnnkit::sigmoid_inplace(o, hidden);
+      const T *c_prev = cs + row * hidden, *h_prev = hs + row * hidden;
+      T *c = cs + (row + batch) * hidden, *h = hs + (row + batch) * hidden, *tanh_c = tanh_cs + row * hidden;
+#pragma omp simd
+      for (int64_t j = 0; j < hidden; ++j) tanh_c[j] = c[j] = f[j] * c_prev[j] + i[j] * g[j];
+      rnnkit::tanh_inplace(tanh_c, hidden);
+      if (keep && !keep[row]) {  // padded step: the state is kept
+        std::copy_n(c_prev, hidden, c);
+        std::copy_n(h_prev, hidden, h);
+        continue;
+      }
+#pragma omp simd
+      for (int64_t j = 0; j < hidden; ++j) h[j] = o[j] * tanh_c[j];
+    }
+  }
+}
+
+template <typename T>
+void backward_loop(const T* gates, const T* cs, const T* tanh_cs, const T* weight_hh, const bool* keep, T* Gh,
+                   T* Gc, T* delta, int64_t steps, int64_t batch, int64_t hidden) {
+  const int64_t width = 4 * hidden;
+  for (int64_t t = steps - 1; t >= 0; --t) {
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t row = t * batch + b;
+      const T valid = (keep && !keep[row]) ? T(0) : T(1);
+      const T* z = gates + row * width;
+      const T *i = z, *f = z + hidden, *g = z + 2 * hidden, *o = z + 3 * hidden;
+      const T *c_prev = cs + row * hidden, *tanh_c = tanh_cs + row * hidden;
+      const T* gamma = Gh + (row + batch) * hidden;  // γ_t
+      T* kappa = Gc + (row + batch) * hidden;        // κ_{t+1} ⊙ f_{t+1}, becomes κ_t
+      T *gh_prev = Gh + row * hidden, *gc_prev = Gc + row * hidden, *d = delta + row * width;
+#pragma omp simd
+      for (int64_t j = 0; j < hidden; ++j) {
+        const T k = kappa[j] += gamma[j] * o[j] * valid * (T(1) - tanh_c[j] * tanh_c[j]);
+        d[j] = k * g[j] * i[j] * (T(1) - i[j]) * valid;
+        d[hidden + j] = k * c_prev[j] * f[j] * (T(1) - f[j]) * valid;
+        d[2 * hidden + j] = k * i[j] * (T(1) - g[j] * g[j]) * valid;
+        d[3 * hidden + j] = gamma[j] * tanh_c[j] * o[j] * (T(1) - o[j]) * valid;
+        gc_prev[j] = k * (f[j] * valid + (T(1) - valid));  // a padded step passes κ on unchanged
+        gh_prev[j] += gamma[j] * (T(1) - valid);            // and γ
+      }
+    }
+    product(Gh + t * batch * hidden, hidden, delta + t * batch * width, width, weight_hh, hidden, batch, hidden, width,
+            T(1));
+  }
+}
+
+// The buffers are written in place, so they must be contiguous as made by bptt.py.
+void check_buffers(const char* name, std::initializer_list<const at::Tensor*> buffers) {
+  const at::ScalarType dtype = (*buffers.begin())->scalar_type();
+  for (const at::Tensor* buffer : buffers)
+    TORCH_CHECK(buffer->is_contiguous() && buffer->device().is_cpu() && buffer->scalar_type() == dtype, name,
+                ": every buffer must be a contiguous CPU tensor of one floating dtype");
+}
+
+// gates (T, B, 4H) holding W_ih x_t + biases, hs and cs (T+1, B, H) holding h_0 and c_0: fills
+// in the activated gates, h_t, c_t and tanh(c_t) into tanh_cs (T, B, H), t = 1 … T.
+void lstm_forward(at::Tensor gates, at::Tensor hs, at::Tensor cs, at::Tensor tanh_cs, const at::Tensor& weight_hh_t,
+                  const c10::optional<at::Tensor>& keep) {
+  check_buffers("lstm_forward", {&gates, &hs, &cs, &tanh_cs, &weight_hh_t});
+  const at::Tensor kept = keep ? keep->to(at::kBool).contiguous() : at::Tensor();
+  const int64_t steps = gates.size(0), batch = gates.size(1), hidden = hs.size(2);
+  TORCH_CHECK(gates.size(2) == 4 * hidden && weight_hh_t.size(0) == hidden && weight_hh_t.size(1) == 4 * hidden,
+              "lstm_forward: gates (T, B, 4H) and weight_hh_t (H, 4H) for states (T+1, B, H)");
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_forward", [&] {
+    forward_loop<scalar_t>(gates.data_ptr<scalar_t>(), hs.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>(),
+                           tanh_cs.data_ptr<scalar_t>(), weight_hh_t.data_ptr<scalar_t>(),
+                           keep ? kept.data_ptr<bool>() : nullptr, steps, batch, hidden);
+  });
+}
+
+// Gh (T+1, B, H) with the gradients from outside, Gc (T+1, B, H) with ∂L/∂c_T in Gc[T]: for the
+// steps t = T … 1, ends with γ_t in Gh[t], κ_t in Gc[t] and δ_t in delta[t − 1]; Gh[0] and Gc[0]
+// end as ∂L/∂h_0 and ∂L/∂c_0 = κ_1 ⊙ f_1.
+void lstm_backward(const at::Tensor& gates, const at::Tensor& cs, const at::Tensor& tanh_cs,
+                   const at::Tensor& weight_hh, const c10::optional<at::Tensor>& keep, at::Tensor Gh, at::Tensor Gc,
+                   at::Tensor delta) {
+  check_buffers("lstm_backward", {&gates, &cs, &tanh_cs, &weight_hh, &Gh, &Gc, &delta});
+  const at::Tensor kept = keep ? keep->to(at::kBool).contiguous() : at::Tensor();
+  const int64_t steps = gates.size(0), batch = gates.size(1), hidden = cs.size(2);
+  TORCH_CHECK(weight_hh.size(0) == 4 * hidden && weight_hh.size(1) == hidden && delta.sizes() == gates.sizes(),
+              "lstm_backward: weight_hh (4H, H) and delta shaped as gates");
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_backward", [&] {
+    backward_loop<scalar_t>(gates.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>(), tanh_cs.data_ptr<scalar_t>(),
+                            weight_hh.data_ptr<scalar_t>(), keep ? kept.data_ptr<bool>() : nullptr,
+                            Gh.data_ptr<scalar_t>(), Gc.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(), steps, batch,
+                            hidden);
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(rnnkit_kernels, m) {
+  m.def("lstm_forward(Tensor(a!) gates, Tensor(b!) hs, Tensor(c!) cs, Tensor(d!) tanh_cs, Tensor weight_hh_t, "
+        "Tensor? keep) -> ()");
+  m.def("lstm_backward(Tensor gates, Tensor cs, Tensor tanh_cs, Tensor weight_hh, Tensor? keep, Tensor(a!) Gh, "
+        "Tensor(b!) Gc, Tensor(c!) delta) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(rnnkit_kernels, CPU, m) {
+  m.impl("lstm_forward", lstm_forward);
+  m.impl("lstm_backward", lstm_backward);
+}
