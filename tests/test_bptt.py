@@ -224,10 +224,10 @@ def test_the_compiled_loops_build_here():
     assert kernels.ops() is not None, "rnnkit.kernels could not build rnnkit/csrc (see the warning logged)"
 
 
-COMPILED = ["elman-tanh", "elman-relu", "jordan", "multilag-2", "multilag-3", "lstm", "layernorm-lstm"]  # rnnkit/csrc
+COMPILED = ["elman-tanh", "elman-relu", "jordan", "multilag-2", "multilag-3", "lstm", "gru", "layernorm-lstm"]  # rnnkit/csrc
 
 
-@pytest.mark.parametrize("name", ["elman-relu", "jordan", "multilag-3", "lstm", "layernorm-lstm"])
+@pytest.mark.parametrize("name", ["elman-relu", "jordan", "multilag-3", "lstm", "gru", "layernorm-lstm"])
 @pytest.mark.parametrize("valid", [None, VALID[1:, :4]], ids=["full", "padded"])
 def test_gradcheck_of_the_python_loops(python_loops, name, valid):
     assert gradcheck_function(name, valid)

@@ -267,7 +267,7 @@ def test_step_hook_refuses_the_fused_path():
 
 @pytest.mark.parametrize("steps, cell, hidden, expected", [
     (1, "lstm", 3, "loop"), (5, "gru", 3, "loop"), (6, "lstm", 3, "bptt"), (6, "lstm", 512, "bptt"),
-    (6, "elman", 3, "bptt"), (6, "gru", 3, "fused"), (6, "gru", 512, "bptt"),
+    (6, "elman", 3, "bptt"), (6, "gru", 3, "bptt"), (6, "gru", 512, "bptt"),
     (6, "jordan", 3, "bptt"), (50, "multilag", 3, "bptt"), (50, "lnlstm", 3, "bptt"), (1, "multilag", 3, "loop"),
 ])
 def test_auto_path_rule(steps, cell, hidden, expected):
@@ -281,9 +281,9 @@ def test_auto_path_rule(steps, cell, hidden, expected):
     assert layer._fastest_path(torch.randn(1, steps, 2)) == "loop"
 
 
-def test_auto_path_keeps_lstm_fused_without_the_compiled_loop(monkeypatch):
-    """The Python LSTM loop trains at half the fused kernel's speed at small sizes."""
-    layer = Recurrent("lstm", 2, 3)
-    assert layer._fastest_path(torch.randn(1, 6, 2)) == "bptt"
+@pytest.mark.parametrize("cell, hidden, expected", [
+    ("lstm", 3, "fused"), ("lstm", 512, "fused"), ("gru", 3, "fused"), ("gru", 512, "bptt"), ("elman", 3, "bptt")])
+def test_auto_path_rule_without_the_compiled_loops(monkeypatch, cell, hidden, expected):
+    """The Python LSTM loop trains at half the fused kernel's speed at small sizes, the GRU's at par."""
     monkeypatch.setattr(recurrent.kernels, "ops", lambda: None)
-    assert layer._fastest_path(torch.randn(1, 6, 2)) == "fused"
+    assert Recurrent(cell, 2, hidden)._fastest_path(torch.randn(1, 6, 2)) == expected

@@ -194,6 +194,39 @@ def _lstm_backward_steps(gates, cs, tanh_cs, weight_hh, keep, Gh, Gc, delta) -> 
         Gh[t].addmm_(delta[t], weight_hh)
 
 
+def _gru_forward_steps(from_x, from_h, rz, n, hs, weight_hh_t, bias_hh, keep) -> None:
+    """GRUSequence's forward recursion: from_h[t] = W_hh h_{t-1} + b_hh, rz[t] = [r_t, z_t], n[t] = n_t
+    and hs[t + 1] = h_t (rnnkit/csrc/gru.cpp in C++)."""
+    hidden = n.shape[2]
+    for t in range(n.shape[0]):
+        torch.addmm(bias_hh, hs[t], weight_hh_t, out=from_h[t])
+        torch.add(from_x[t, :, :2 * hidden], from_h[t, :, :2 * hidden], out=rz[t]).sigmoid_()
+        r, z = rz[t].chunk(2, dim=1)
+        torch.addcmul(from_x[t, :, 2 * hidden:], r, from_h[t, :, 2 * hidden:], out=n[t]).tanh_()
+        torch.lerp(n[t], hs[t], z, out=hs[t + 1])  # n + z ⊙ (h_{t-1} − n)
+        if keep is not None:
+            torch.where(keep[t], hs[t + 1], hs[t], out=hs[t + 1])
+
+
+def _gru_backward_steps(from_h, rz, n, hs, weight_hh, keep, G, delta, delta_x_n) -> None:
+    """GRUSequence's backward recursion, steps t = T … 1: G[t] ends as γ_t (G[0] as ∂L/∂h_0), delta[t − 1]
+    as δ_t and delta_x_n[t − 1] as γ_t ⊙ ν_t (rnnkit/csrc/gru.cpp in C++)."""
+    hidden = n.shape[2]
+    valid = None if keep is None else keep.to(n.dtype)
+    for t in reversed(range(n.shape[0])):
+        r, z = rz[t].chunk(2, dim=1)
+        slope_r, slope_z = torch.addcmul(rz[t], rz[t], rz[t], value=-1).chunk(2, dim=1)  # σ' = s(1 − s)
+        d_r, d_z, d_n = delta[t].chunk(3, dim=1)
+        gamma = G[t + 1] if valid is None else G[t + 1] * valid[t]  # padded: h_t is kept, no gates
+        gamma_nu = torch.mul(gamma, 1 - z, out=delta_x_n[t]).mul_(1 - n[t] * n[t])
+        torch.mul(gamma_nu, r, out=d_n)
+        torch.mul(gamma_nu, from_h[t, :, 2 * hidden:], out=d_r).mul_(slope_r)
+        torch.sub(hs[t], n[t], out=d_z).mul_(gamma).mul_(slope_z)
+        G[t].addcmul_(gamma, z).addmm_(delta[t], weight_hh)
+        if valid is not None:  # a padded step keeps h: its gradient passes through
+            G[t].addcmul_(G[t + 1], 1 - valid[t])
+
+
 def _layer_norm_lstm_forward_steps(gates, vs, v_mean, v_rstd, hs, cs, c_mean, c_rstd, tanh_ls, weight_hh_t,
                                    ln_hh_weight, ln_c_weight, ln_c_bias, keep, eps) -> None:
     """LayerNormLSTMSequence's forward recursion, t = 1 … T, into the buffers; what
@@ -516,15 +549,8 @@ class GRUSequence(Function):
         n = x.new_empty(steps, batch, hidden)
         hs = x.new_empty(steps + 1, batch, hidden)
         hs[0] = h0
-        weight_hh_t = weight_hh.t().contiguous()
-        for t in range(steps):
-            torch.addmm(bias_hh, hs[t], weight_hh_t, out=from_h[t])
-            torch.add(from_x[t, :, :2 * hidden], from_h[t, :, :2 * hidden], out=rz[t]).sigmoid_()
-            r, z = rz[t].chunk(2, dim=1)
-            torch.addcmul(from_x[t, :, 2 * hidden:], r, from_h[t, :, 2 * hidden:], out=n[t]).tanh_()
-            torch.lerp(n[t], hs[t], z, out=hs[t + 1])  # n + z ⊙ (h_{t-1} − n)
-            if keep is not None:
-                torch.where(keep[t], hs[t + 1], hs[t], out=hs[t + 1])
+        forward_steps = _compiled("gru_forward", x) or _gru_forward_steps
+        forward_steps(from_x, from_h, rz, n, hs, weight_hh.t().contiguous(), bias_hh, keep)
         ctx.save_for_backward(xs, from_h, rz, n, hs, weight_ih, weight_hh, keep)
         return _outputs(hs[1:], keep), hs[steps]
 
@@ -537,18 +563,8 @@ class GRUSequence(Function):
         G = _grad_buffer(grad_outputs, grad_final, valid, hidden)  # G[t] ends as γ_t
         delta = torch.empty_like(from_h)  # δ_t
         delta_x_n = torch.empty_like(n)  # γ_t ⊙ ν_t, the last block of δˣ_t
-        for t in reversed(range(steps)):
-            r, z = rz[t].chunk(2, dim=1)
-            slope_r, slope_z = torch.addcmul(rz[t], rz[t], rz[t], value=-1).chunk(2, dim=1)  # σ' = s(1 − s)
-            d_r, d_z, d_n = delta[t].chunk(3, dim=1)
-            gamma = G[t + 1] if valid is None else G[t + 1] * valid[t]  # padded: h_t is kept, no gates
-            gamma_nu = torch.mul(gamma, 1 - z, out=delta_x_n[t]).mul_(1 - n[t] * n[t])
-            torch.mul(gamma_nu, r, out=d_n)
-            torch.mul(gamma_nu, from_h[t, :, 2 * hidden:], out=d_r).mul_(slope_r)
-            torch.sub(hs[t], n[t], out=d_z).mul_(gamma).mul_(slope_z)
-            G[t].addcmul_(gamma, z).addmm_(delta[t], weight_hh)
-            if valid is not None:  # a padded step keeps h: its gradient passes through
-                G[t].addcmul_(G[t + 1], 1 - valid[t])
+        backward_steps = _compiled("gru_backward", n) or _gru_backward_steps
+        backward_steps(from_h, rz, n, hs, weight_hh, keep, G, delta, delta_x_n)
         delta_x = torch.cat([delta[..., :2 * hidden], delta_x_n], dim=2).view(-1, 3 * hidden)
         delta = delta.view(-1, 3 * hidden)
         grad_x = (delta_x @ weight_ih).view(steps, batch, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 SOURCES = [Path(__file__).with_name("csrc") / name for name in (
-    "elman_jordan.cpp", "lstm.cpp", "lnlstm.cpp", "language_model_step.cpp")]
+    "elman_jordan.cpp", "lstm.cpp", "gru.cpp", "lnlstm.cpp", "language_model_step.cpp")]
 # Vector instructions for the pointwise loops, by the capability ATen itself dispatches to on this
 # CPU; the build is named after it, so a home directory shared by different CPUs keeps one per kind.
 VECTOR_FLAGS = {

@@ -49,12 +49,14 @@ FUSED_STEPS = {
 PATHS = ("auto", "fused", "bptt", "loop")
 SHORT_SEQUENCE = 5  # up to this many steps, "auto" runs the per-step loop on CPU (see _fastest_path)
 # Training on CPU, hand BPTT beats the fused kernel for these modes from this hidden size on
-# (forward + backward, 1 thread, hand BPTT ÷ fused tokens/s: Elman 1.12–1.52 at every shape;
-# GRU 1.02–1.04 at H ≤ 256 but 1.16–1.39 at H = 512; LSTM with its compiled loop 1.34, 1.37 and
-# 1.20 at the bench's small, medium and large shapes, 1.11, 1.22 and 1.03 at 2 threads, but 0.46
-# small with the Python loop). Without gradients the fused forward is the faster one.
-HAND_BPTT_TRAINS_FASTER_ON_CPU = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 1, "gru": 512}
-NEEDS_COMPILED_LOOP = {"lstm"}  # where the compiled loops cannot be built (rnnkit.kernels), these stay fused
+# (forward + backward, hand BPTT ÷ fused tokens/s at the bench's small, medium and large shapes;
+# LSTM and GRU with their compiled loops, rnnkit/csrc: LSTM 1.34, 1.37, 1.20 at 1 thread and
+# 1.11, 1.22, 1.03 at 2; GRU 2.61, 1.16, 1.22 at 1 thread and 2.65, 1.27, 1.29 at 2; Elman
+# 1.12–1.52 at every shape). Without gradients the fused forward is the faster one.
+HAND_BPTT_TRAINS_FASTER_ON_CPU = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 1, "gru": 1}
+# The same where the compiled loops cannot be built (rnnkit.kernels): the Python loops made LSTM
+# 0.46× fused at the small shape, 0.96–1.09 otherwise, and GRU 1.02–1.04 at H ≤ 256, 1.16–1.39 at 512.
+HAND_BPTT_TRAINS_FASTER_IN_PYTHON = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 512}
 INITIAL_STATES = ("zeros", "learned")
 
 
@@ -204,16 +206,15 @@ class Recurrent(nn.Module):
         loop 0.6 ms; the loop stays ahead up to 5 steps), so short sequences (generation
         feeds one character at a time) take the loop. Longer ones take the fused kernel where
         the cell has one (cuDNN on GPU), except when training on CPU the cells and sizes in
-        HAND_BPTT_TRAINS_FASTER_ON_CPU (LSTM only with its compiled loop); the other cells take
-        hand BPTT.
+        HAND_BPTT_TRAINS_FASTER_ON_CPU (HAND_BPTT_TRAINS_FASTER_IN_PYTHON without the compiled
+        loops); the other cells take hand BPTT.
         """
         on_cpu = x.device.type == "cpu"
         if self.step_hook is not None or (x.shape[1] <= SHORT_SEQUENCE and on_cpu):
             return "loop"
         if self.fused_mode:
-            from_size = HAND_BPTT_TRAINS_FASTER_ON_CPU.get(self.fused_mode)
-            if self.fused_mode in NEEDS_COMPILED_LOOP and kernels.ops() is None:
-                from_size = None
+            faster = HAND_BPTT_TRAINS_FASTER_ON_CPU if kernels.ops() else HAND_BPTT_TRAINS_FASTER_IN_PYTHON
+            from_size = faster.get(self.fused_mode)
             if on_cpu and torch.is_grad_enabled() and from_size is not None and self.hidden_size >= from_size:
                 return "bptt"
             return "fused"
