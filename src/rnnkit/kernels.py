@@ -2,12 +2,13 @@
 
 Only the recursion along time is sequential, but it is a Python loop of small operations, and
 at small sizes the interpreter between them costs more than the arithmetic. The C++ loops run
-the same steps: for Elman (K lags) and Jordan on raw pointers, with BLAS's gemm (which
-libtorch exports) for the products (elman_jordan.cpp); for LayerNorm-LSTM, whose step is a dozen
-pointwise operations (two layer norms, the activations, the cell update), one pass per batch row
-around ATen's products and activations (lnlstm.cpp). The other loops use their own activations
-(csrc/activations.h): ATen's, through MKL and ATen's parallel loop, wake a sleeping thread per
-call at 2 threads with passive waiting.
+the same steps on raw pointers, with BLAS's gemm (which libtorch exports; csrc/gemm.h) for the
+products: Elman (K lags) and Jordan (elman_jordan.cpp), LSTM (lstm.cpp) and GRU (gru.cpp) with
+one pass per batch row for each step's pointwise work, and LayerNorm-LSTM, whose step is a dozen
+pointwise operations (two layer norms, the activations, the cell update), the same way
+(lnlstm.cpp). They use their own activations (csrc/activations.h): ATen's, through MKL and
+ATen's parallel loop, wake a sleeping thread per call at 2 threads with passive waiting. Only
+the LayerNorm-LSTM loop keeps ATen's, for the reason given in activations.h.
 The buffers and equations are those of the Functions in `rnnkit.bptt`, whose Python loops
 remain the fallback and the readable statement of each recursion. Generation writes one token
 per step; for a token-reading LSTM, GRU or Elman model, language_model_step.cpp runs the
