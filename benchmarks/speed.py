@@ -407,7 +407,7 @@ def run_shape(name: str, settings: Settings, gemm_cache: dict, log, specs=CELL_S
 
 def run_generation(settings: Settings, log) -> dict:
     from rnnkit.data.text import Vocabulary
-    from rnnkit.tasks.text import TextConfig, build_model, generate, sample
+    from rnnkit.tasks.text import TextConfig, build_model, exponential_noise, generate, sample
 
     vocab = Vocabulary([chr(32 + i) for i in range(VOCAB_SIZE)])
     torch.manual_seed(0)
@@ -445,7 +445,7 @@ def run_generation(settings: Settings, log) -> dict:
         generator = torch.Generator().manual_seed(0)
         for _ in range(settings.reread_chars):
             logits, _ = model(ids)
-            token = sample(logits[:, -1], noise=torch.empty(1, VOCAB_SIZE).exponential_(generator=generator))
+            token = sample(logits[:, -1], noise=exponential_noise(1, VOCAB_SIZE, generator=generator))
             ids = torch.cat([ids, token], dim=1)
 
     rereading = timed(reread)
@@ -486,7 +486,7 @@ def run_generation(settings: Settings, log) -> dict:
                     "forward over one step": one_step_us(lambda token, state: model(token[:, None], state))},
         "sample_us": {"exponential race (`sample`)":
                       one_draw_us(lambda logits, generator: sample(
-                          logits, noise=torch.empty_like(logits).exponential_(generator=generator))),
+                          logits, noise=exponential_noise(*logits.shape, generator=generator))),
                       "softmax + torch.multinomial":
                       one_draw_us(lambda logits, generator: torch.multinomial(torch.softmax(logits, -1), 1,
                                                                               generator=generator))},

@@ -13,7 +13,8 @@ import torch
 from rnnkit.cli import main
 from rnnkit.data.text import StreamBatches, Vocabulary
 from rnnkit.train.trainer import bf16_is_supported
-from rnnkit.tasks.text import TextConfig, TextTask, beam_search, build_model, generate, load_run, sample
+from rnnkit.tasks.text import (TextConfig, TextTask, beam_search, build_model, exponential_noise, generate, load_run,
+                                sample)
 from rnnkit.train.checkpoint import load_checkpoint
 from rnnkit.train.trainer import TrainConfig, Trainer
 
@@ -149,8 +150,8 @@ def test_sampling_draws_each_character_as_often_as_its_probability():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -30.0]]).expand(20000, -1)
     generator = torch.Generator().manual_seed(0)
 
-    def noise():
-        return torch.empty(logits.shape).exponential_(generator=generator)
+    def noise():  # generate's noise
+        return exponential_noise(*logits.shape, generator=generator)
 
     for temperature in (1.0, 0.5):
         drawn = sample(logits, temperature, noise=noise())[:, 0]

@@ -137,6 +137,12 @@ def _check_finite(logits: torch.Tensor) -> None:
         raise ValueError("the model's outputs are not finite (NaN or inf): its weights are broken")
 
 
+def exponential_noise(*shape: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Exp(1) draws as −log U, U ~ Uniform[0, 1): the same law as torch's `exponential_`, which
+    takes 4× as long (582 against 138 µs for 256 × 103 draws, 1 thread; 2.3 µs a character)."""
+    return torch.rand(*shape, generator=generator).log_().neg_()
+
+
 def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
            noise: torch.Tensor | None = None) -> torch.Tensor:
     """(batch, V) logits → (batch, 1) ids drawn from softmax(logits / temperature), optionally
@@ -154,7 +160,7 @@ def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = N
         ordered, order = probs.sort(dim=-1, descending=True)
         before = ordered.cumsum(-1) - ordered  # mass of the strictly more likely ones
         probs = probs.scatter(-1, order, ordered.masked_fill(before >= top_p, 0.0))
-    noise = torch.empty_like(probs).exponential_() if noise is None else noise
+    noise = exponential_noise(*probs.shape) if noise is None else noise
     return probs.div_(noise).argmax(-1, keepdim=True)
 
 
@@ -201,7 +207,7 @@ def generate(model, vocab: Vocabulary, prime: str = "", length: int = 300, tempe
     written = []
     for done in range(0, length, WRITE_CHUNK):
         count = min(WRITE_CHUNK, length - done)
-        noise = None if greedy else torch.empty(count, num_samples, logits.shape[-1]).exponential_(generator=generator)
+        noise = None if greedy else exponential_noise(count, num_samples, logits.shape[-1], generator=generator)
         tokens, logits, state = write(logits, state, noise, count, temperature, top_k, top_p, greedy)
         written.append(tokens)
         if on_text is not None:
