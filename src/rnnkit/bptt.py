@@ -100,17 +100,24 @@ def _lstm_gates_(z: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return z.chunk(4, dim=1)
 
 
-def _lstm_gates_backward(gates, kappa, c_prev, gamma, squashed, out) -> None:
-    """δ = ∂L/∂(gate pre-activations) into `out` (B, 4H), from the activated gates, κ = ∂L/∂c_t,
-    c_{t-1}, and γ = ∂L/∂h_t for h_t = o ⊙ squashed:
-        δ = [κ ⊙ g ⊙ i(1 − i),  κ ⊙ c_{t-1} ⊙ f(1 − f),  κ ⊙ i ⊙ (1 − g²),  γ ⊙ squashed ⊙ o(1 − o)]"""
-    i, _, g, _ = gates.chunk(4, dim=1)
-    d_i, d_f, d_g, d_o = out.chunk(4, dim=1)
+def _lstm_step_backward(t, gates, kappa, cs, gamma, squashed, delta, Gh, Gc, keep, valid) -> None:
+    """Step t of an LSTM's backward recursion once κ = ∂L/∂c_t is complete, from the activated
+    gates[t], c_{t-1} = cs[t] and γ = ∂L/∂h_t for h_t = o ⊙ squashed: δ_t = ∂L/∂(gate
+    pre-activations) into delta[t],
+        δ = [κ ⊙ g ⊙ i(1 − i),  κ ⊙ c_{t-1} ⊙ f(1 − f),  κ ⊙ i ⊙ (1 − g²),  γ ⊙ squashed ⊙ o(1 − o)],
+    κ ⊙ f into Gc[t]; a padded step (valid[t] = 0) has δ_t = 0 and passes κ and γ on unchanged."""
+    i, f, g, _ = gates[t].chunk(4, dim=1)
+    d_i, d_f, d_g, d_o = delta[t].chunk(4, dim=1)
     torch.mul(kappa, g, out=d_i)
-    torch.mul(kappa, c_prev, out=d_f)
+    torch.mul(kappa, cs[t], out=d_f)
     torch.mul(gamma, squashed, out=d_o)
-    out.mul_(torch.addcmul(gates, gates, gates, value=-1))  # σ' = s(1 − s); g's block is redone:
+    delta[t].mul_(torch.addcmul(gates[t], gates[t], gates[t], value=-1))  # σ' = s(1 − s); g's block is redone:
     torch.mul(kappa, i, out=d_g).mul_(1 - g * g)
+    torch.mul(kappa, f, out=Gc[t])
+    if valid is not None:
+        delta[t].mul_(valid[t])
+        torch.where(keep[t], Gc[t], kappa, out=Gc[t])
+        Gh[t].addcmul_(gamma, 1 - valid[t])
 
 
 def _compiled(name: str, like: torch.Tensor):
@@ -181,16 +188,11 @@ def _lstm_backward_steps(gates, cs, tanh_cs, weight_hh, keep, Gh, Gc, delta) -> 
     hidden = cs.shape[2]
     valid = None if keep is None else keep.to(cs.dtype)
     for t in reversed(range(gates.shape[0])):
-        f, o = gates[t, :, hidden:2 * hidden], gates[t, :, 3 * hidden:]
+        o = gates[t, :, 3 * hidden:]
         gamma, kappa, tanh_c = Gh[t + 1], Gc[t + 1], tanh_cs[t]
         gamma_o = gamma * o if valid is None else gamma * o * valid[t]  # padded: h_t is not o ⊙ tanh c_t
         kappa.addcmul_(gamma_o, 1 - tanh_c * tanh_c)  # κ_t
-        _lstm_gates_backward(gates[t], kappa, cs[t], gamma, tanh_c, out=delta[t])
-        torch.mul(kappa, f, out=Gc[t])
-        if valid is not None:  # a padded step keeps h and c: δ_t = 0, γ_t and κ_t pass on unchanged
-            delta[t].mul_(valid[t])
-            torch.where(keep[t], Gc[t], kappa, out=Gc[t])
-            Gh[t].addcmul_(gamma, 1 - valid[t])
+        _lstm_step_backward(t, gates, kappa, cs, gamma, tanh_c, delta, Gh, Gc, keep, valid)
         Gh[t].addmm_(delta[t], weight_hh)
 
 
@@ -259,18 +261,13 @@ def _layer_norm_lstm_backward_steps(gates, vs, v_mean, v_rstd, cs, c_mean, c_rst
     valid = None if keep is None else keep.to(cs.dtype)
     c_normalised = cs[1:]  # c_t as normalised: a padded step's c_t is overwritten after, but its ∂L/∂ℓ_t is 0
     for t in reversed(range(gates.shape[0])):
-        f, o = gates[t, :, hidden:2 * hidden], gates[t, :, 3 * hidden:]
+        o = gates[t, :, 3 * hidden:]
         gamma, kappa, tanh_l = Gh[t + 1], Gc[t + 1], tanh_ls[t]
         gamma_o = gamma * o if valid is None else gamma * o * valid[t]  # padded: h_t is not o ⊙ tanh ℓ_t
         torch.mul(gamma_o, 1 - tanh_l * tanh_l, out=grad_l[t])
         kappa += layer_norm_backward(grad_l[t], c_normalised[t], [hidden], c_mean[t], c_rstd[t], ln_c_weight,
                                      None, input_only)[0]  # κ_t
-        _lstm_gates_backward(gates[t], kappa, cs[t], gamma, tanh_l, out=delta[t])
-        torch.mul(kappa, f, out=Gc[t])
-        if valid is not None:  # a padded step keeps h and c: δ_t = 0, γ_t and κ_t pass on unchanged
-            delta[t].mul_(valid[t])
-            torch.where(keep[t], Gc[t], kappa, out=Gc[t])
-            Gh[t].addcmul_(gamma, 1 - valid[t])
+        _lstm_step_backward(t, gates, kappa, cs, gamma, tanh_l, delta, Gh, Gc, keep, valid)
         grad_v[t] = layer_norm_backward(delta[t], vs[t], gates_size, v_mean[t], v_rstd[t], ln_hh_weight, None,
                                         input_only)[0]
         Gh[t].addmm_(grad_v[t], weight_hh)

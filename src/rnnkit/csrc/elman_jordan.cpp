@@ -9,10 +9,12 @@
 #include <cstring>
 
 #include "activations.h"
+#include "bptt.h"
 #include "gemm.h"
 
 namespace {
 
+using rnnkit::check_buffers;
 using rnnkit::product;
 
 // each of `rows` rows (row stride `stride`) ← f(its first n values)
@@ -45,16 +47,12 @@ void pass_gradient(T* now, const T* later, const T* valid, int64_t batch, int64_
   }
 }
 
-void check_contiguous(std::initializer_list<const at::Tensor*> tensors) {
-  for (const at::Tensor* tensor : tensors) TORCH_CHECK(tensor->is_contiguous(), "the compiled loops need contiguous buffers");
-}
-
 // S (T+1, B, K·H): S[0] the initial lagged state, S[t+1, :, :H] holding W_ih x_t + biases;
 // fills in s_t = [f(a_t) | s_{t-1} minus its last block] for t = 1 … T.
 void elman_forward(at::Tensor S, const at::Tensor& weight_hh_t, const c10::optional<at::Tensor>& keep,
                    c10::string_view nonlinearity) {
   const at::Tensor keep_steps = keep ? keep->contiguous() : at::Tensor();
-  check_contiguous({&S, &weight_hh_t});
+  check_buffers("elman_forward", {&S, &weight_hh_t});
   const int64_t steps = S.size(0) - 1, batch = S.size(1), width = S.size(2), hidden = weight_hh_t.size(1);
   AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "elman_forward", [&] {
     const scalar_t* weight = weight_hh_t.data_ptr<scalar_t>();
@@ -76,7 +74,7 @@ void elman_forward(at::Tensor S, const at::Tensor& weight_hh_t, const c10::optio
 void elman_backward(at::Tensor G, at::Tensor delta, const at::Tensor& weight_hh,
                     const c10::optional<at::Tensor>& valid) {
   const at::Tensor valid_steps = valid ? valid->contiguous() : at::Tensor();
-  check_contiguous({&G, &delta, &weight_hh});
+  check_buffers("elman_backward", {&G, &delta, &weight_hh});
   const int64_t steps = delta.size(0), batch = delta.size(1), hidden = delta.size(2), width = G.size(2);
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "elman_backward", [&] {
     const scalar_t* weight = weight_hh.data_ptr<scalar_t>();
@@ -103,7 +101,7 @@ void jordan_forward(at::Tensor hs, at::Tensor ys, const at::Tensor& weight_yh_t,
                     const at::Tensor& bias_hy, const c10::optional<at::Tensor>& keep,
                     c10::string_view nonlinearity) {
   const at::Tensor keep_steps = keep ? keep->contiguous() : at::Tensor();
-  check_contiguous({&hs, &ys, &weight_yh_t, &weight_hy_t, &bias_hy});
+  check_buffers("jordan_forward", {&hs, &ys, &weight_yh_t, &weight_hy_t, &bias_hy});
   const int64_t steps = hs.size(0), batch = hs.size(1), hidden = hs.size(2), outputs = ys.size(2);
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "jordan_forward", [&] {
     const scalar_t *weight_yh = weight_yh_t.data_ptr<scalar_t>(), *weight_hy = weight_hy_t.data_ptr<scalar_t>();
@@ -126,7 +124,7 @@ void jordan_forward(at::Tensor hs, at::Tensor ys, const at::Tensor& weight_yh_t,
 void jordan_backward(at::Tensor G, at::Tensor delta, const at::Tensor& derivative, const at::Tensor& weight_yh,
                      const at::Tensor& weight_hy, const c10::optional<at::Tensor>& valid) {
   const at::Tensor valid_steps = valid ? valid->contiguous() : at::Tensor();
-  check_contiguous({&G, &delta, &derivative, &weight_yh, &weight_hy});
+  check_buffers("jordan_backward", {&G, &delta, &derivative, &weight_yh, &weight_hy});
   const int64_t steps = delta.size(0), batch = delta.size(1), hidden = delta.size(2), outputs = G.size(2);
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "jordan_backward", [&] {
     const scalar_t *W_yh = weight_yh.data_ptr<scalar_t>(), *W_hy = weight_hy.data_ptr<scalar_t>();

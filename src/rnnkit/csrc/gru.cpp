@@ -6,10 +6,12 @@
 #include <algorithm>
 
 #include "activations.h"
+#include "bptt.h"
 #include "gemm.h"
 
 namespace {
 
+using rnnkit::check_buffers;
 using rnnkit::product;
 
 template <typename T>
@@ -74,14 +76,6 @@ void backward_loop(const T* from_h, const T* rz, const T* n, const T* hs, const 
       for (int64_t j = 0; j < hidden; ++j) G[row * hidden + j] += G[(row + batch) * hidden + j];
     }
   }
-}
-
-// The buffers are written in place, so they must be contiguous as made by bptt.py.
-void check_buffers(const char* name, std::initializer_list<const at::Tensor*> buffers) {
-  const at::ScalarType dtype = (*buffers.begin())->scalar_type();
-  for (const at::Tensor* buffer : buffers)
-    TORCH_CHECK(buffer->is_contiguous() && buffer->device().is_cpu() && buffer->scalar_type() == dtype, name,
-                ": every buffer must be a contiguous CPU tensor of one floating dtype");
 }
 
 // from_x (T, B, 3H) = W_ih x_t + b_ih, hs (T+1, B, H) holding h_0: fills in from_h (T, B, 3H) =

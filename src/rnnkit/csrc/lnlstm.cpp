@@ -11,10 +11,12 @@
 #include <cmath>
 #include <vector>
 
+#include "bptt.h"
 #include "gemm.h"
 
 namespace {
 
+using rnnkit::check_buffers;
 using rnnkit::product;
 
 // mean and 1/sqrt(var + eps) of v[0..n), the biased variance as torch.native_layer_norm takes it
@@ -130,7 +132,7 @@ void backward_loop(const at::Tensor& gates, const at::Tensor& vs, const at::Tens
     for (int64_t row = t * batch; row < (t + 1) * batch; ++row) {
       const T valid = (kept && !kept[row]) ? T(0) : T(1);
       const T* z = z0 + row * width;
-      const T *i = z, *f = z + hidden, *g = z + 2 * hidden, *o = z + 3 * hidden;
+      const T* o = z + 3 * hidden;
       const T* c_prev = c0 + row * hidden;
       const T* c = c0 + (row + batch) * hidden;  // c_t as it was normalised (padded: ∂L/∂ℓ_t = 0 anyway)
       const T* tanh_l = tanh_l0 + row * hidden;
@@ -153,15 +155,8 @@ void backward_loop(const at::Tensor& gates, const at::Tensor& vs, const at::Tens
       }
       normalise_backward(dv, c, hidden, cm[row], cr[row]);
 #pragma omp simd
-      for (int64_t j = 0; j < hidden; ++j) {
-        const T k = kappa[j] += dv[j];
-        d[j] = k * g[j] * i[j] * (T(1) - i[j]) * valid;
-        d[hidden + j] = k * c_prev[j] * f[j] * (T(1) - f[j]) * valid;
-        d[2 * hidden + j] = k * i[j] * (T(1) - g[j] * g[j]) * valid;
-        d[3 * hidden + j] = gamma[j] * tanh_l[j] * o[j] * (T(1) - o[j]) * valid;
-        gc_prev[j] = k * (f[j] * valid + (T(1) - valid));  // a padded step passes κ on unchanged
-        gh_prev[j] += gamma[j] * (T(1) - valid);            // and γ
-      }
+      for (int64_t j = 0; j < hidden; ++j) kappa[j] += dv[j];
+      rnnkit::lstm_row_backward(z, kappa, c_prev, gamma, tanh_l, valid, hidden, d, gc_prev, gh_prev);
       const T* v = v0 + row * width;
       for (int64_t j = 0; j < width; ++j) {
         sum_w_hh[j] += d[j] * (v[j] - vm[row]) * vr[row];
@@ -177,15 +172,7 @@ void backward_loop(const at::Tensor& gates, const at::Tensor& vs, const at::Tens
   std::copy(sum_b_c.begin(), sum_b_c.end(), grad_ln_c_bias.data_ptr<T>());
 }
 
-// The buffers are written in place, so they must be contiguous as made by bptt.py; the read-only
-// inputs are made contiguous here (no copy when they already are).
-void check_buffers(const char* name, std::initializer_list<const at::Tensor*> buffers) {
-  const at::ScalarType dtype = (*buffers.begin())->scalar_type();
-  for (const at::Tensor* buffer : buffers)
-    TORCH_CHECK(buffer->is_contiguous() && buffer->device().is_cpu() && buffer->scalar_type() == dtype, name,
-                ": every buffer must be a contiguous CPU tensor of one floating dtype");
-}
-
+// The read-only inputs are made contiguous here (no copy when they already are).
 // The loops read the layer-norm parameters by raw pointer: their lengths must be right.
 void check_lengths(int64_t hidden, const at::Tensor& ln_hh, std::initializer_list<const at::Tensor*> ln_c) {
   TORCH_CHECK(ln_hh.numel() == 4 * hidden, "LayerNorm-LSTM: ln_hh_weight must have 4·hidden entries");

@@ -8,10 +8,12 @@
 #include <algorithm>
 
 #include "activations.h"
+#include "bptt.h"
 #include "gemm.h"
 
 namespace {
 
+using rnnkit::check_buffers;
 using rnnkit::product;
 
 template <typename T>
@@ -52,34 +54,17 @@ void backward_loop(const T* gates, const T* cs, const T* tanh_cs, const T* weigh
     for (int64_t b = 0; b < batch; ++b) {
       const int64_t row = t * batch + b;
       const T valid = (keep && !keep[row]) ? T(0) : T(1);
-      const T* z = gates + row * width;
-      const T *i = z, *f = z + hidden, *g = z + 2 * hidden, *o = z + 3 * hidden;
-      const T *c_prev = cs + row * hidden, *tanh_c = tanh_cs + row * hidden;
+      const T *z = gates + row * width, *o = z + 3 * hidden, *tanh_c = tanh_cs + row * hidden;
       const T* gamma = Gh + (row + batch) * hidden;  // γ_t
       T* kappa = Gc + (row + batch) * hidden;        // κ_{t+1} ⊙ f_{t+1}, becomes κ_t
-      T *gh_prev = Gh + row * hidden, *gc_prev = Gc + row * hidden, *d = delta + row * width;
 #pragma omp simd
-      for (int64_t j = 0; j < hidden; ++j) {
-        const T k = kappa[j] += gamma[j] * o[j] * valid * (T(1) - tanh_c[j] * tanh_c[j]);
-        d[j] = k * g[j] * i[j] * (T(1) - i[j]) * valid;
-        d[hidden + j] = k * c_prev[j] * f[j] * (T(1) - f[j]) * valid;
-        d[2 * hidden + j] = k * i[j] * (T(1) - g[j] * g[j]) * valid;
-        d[3 * hidden + j] = gamma[j] * tanh_c[j] * o[j] * (T(1) - o[j]) * valid;
-        gc_prev[j] = k * (f[j] * valid + (T(1) - valid));  // a padded step passes κ on unchanged
-        gh_prev[j] += gamma[j] * (T(1) - valid);            // and γ
-      }
+      for (int64_t j = 0; j < hidden; ++j) kappa[j] += gamma[j] * o[j] * valid * (T(1) - tanh_c[j] * tanh_c[j]);
+      rnnkit::lstm_row_backward(z, kappa, cs + row * hidden, gamma, tanh_c, valid, hidden, delta + row * width,
+                                Gc + row * hidden, Gh + row * hidden);
     }
     product(Gh + t * batch * hidden, hidden, delta + t * batch * width, width, weight_hh, hidden, batch, hidden, width,
             T(1));
   }
-}
-
-// The buffers are written in place, so they must be contiguous as made by bptt.py.
-void check_buffers(const char* name, std::initializer_list<const at::Tensor*> buffers) {
-  const at::ScalarType dtype = (*buffers.begin())->scalar_type();
-  for (const at::Tensor* buffer : buffers)
-    TORCH_CHECK(buffer->is_contiguous() && buffer->device().is_cpu() && buffer->scalar_type() == dtype, name,
-                ": every buffer must be a contiguous CPU tensor of one floating dtype");
 }
 
 // gates (T, B, 4H) holding W_ih x_t + biases, hs and cs (T+1, B, H) holding h_0 and c_0: fills
