@@ -54,6 +54,7 @@ void elman_forward(at::Tensor S, const at::Tensor& weight_hh_t, const c10::optio
   const at::Tensor keep_steps = keep ? keep->contiguous() : at::Tensor();
   check_buffers("elman_forward", {&S, &weight_hh_t});
   const int64_t steps = S.size(0) - 1, batch = S.size(1), width = S.size(2), hidden = weight_hh_t.size(1);
+  const rnnkit::StepProducts step_products(batch * width * hidden);
   AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "elman_forward", [&] {
     const scalar_t* weight = weight_hh_t.data_ptr<scalar_t>();
     for (int64_t t = 0; t < steps; ++t) {
@@ -76,6 +77,7 @@ void elman_backward(at::Tensor G, at::Tensor delta, const at::Tensor& weight_hh,
   const at::Tensor valid_steps = valid ? valid->contiguous() : at::Tensor();
   check_buffers("elman_backward", {&G, &delta, &weight_hh});
   const int64_t steps = delta.size(0), batch = delta.size(1), hidden = delta.size(2), width = G.size(2);
+  const rnnkit::StepProducts step_products(batch * hidden * width);
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "elman_backward", [&] {
     const scalar_t* weight = weight_hh.data_ptr<scalar_t>();
     for (int64_t t = steps - 1; t >= 0; --t) {
@@ -103,6 +105,7 @@ void jordan_forward(at::Tensor hs, at::Tensor ys, const at::Tensor& weight_yh_t,
   const at::Tensor keep_steps = keep ? keep->contiguous() : at::Tensor();
   check_buffers("jordan_forward", {&hs, &ys, &weight_yh_t, &weight_hy_t, &bias_hy});
   const int64_t steps = hs.size(0), batch = hs.size(1), hidden = hs.size(2), outputs = ys.size(2);
+  const rnnkit::StepProducts step_products(batch * hidden * outputs);
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "jordan_forward", [&] {
     const scalar_t *weight_yh = weight_yh_t.data_ptr<scalar_t>(), *weight_hy = weight_hy_t.data_ptr<scalar_t>();
     const scalar_t* bias = bias_hy.data_ptr<scalar_t>();
@@ -126,6 +129,7 @@ void jordan_backward(at::Tensor G, at::Tensor delta, const at::Tensor& derivativ
   const at::Tensor valid_steps = valid ? valid->contiguous() : at::Tensor();
   check_buffers("jordan_backward", {&G, &delta, &derivative, &weight_yh, &weight_hy});
   const int64_t steps = delta.size(0), batch = delta.size(1), hidden = delta.size(2), outputs = G.size(2);
+  const rnnkit::StepProducts step_products(batch * hidden * outputs);
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "jordan_backward", [&] {
     const scalar_t *W_yh = weight_yh.data_ptr<scalar_t>(), *W_hy = weight_hy.data_ptr<scalar_t>();
     for (int64_t t = steps - 1; t >= 0; --t) {

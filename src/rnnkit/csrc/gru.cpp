@@ -88,6 +88,7 @@ void gru_forward(const at::Tensor& from_x, at::Tensor from_h, at::Tensor rz, at:
   TORCH_CHECK(from_x.size(2) == 3 * hidden && from_h.sizes() == from_x.sizes() && weight_hh_t.size(0) == hidden &&
                   weight_hh_t.size(1) == 3 * hidden && bias_hh.numel() == 3 * hidden,
               "gru_forward: from_x, from_h (T, B, 3H), weight_hh_t (H, 3H), bias_hh (3H) for states (T+1, B, H)");
+  const rnnkit::StepProducts step_products(batch * 3 * hidden * hidden);
   AT_DISPATCH_FLOATING_TYPES(from_x.scalar_type(), "gru_forward", [&] {
     forward_loop<scalar_t>(from_x.data_ptr<scalar_t>(), from_h.data_ptr<scalar_t>(), rz.data_ptr<scalar_t>(),
                            n.data_ptr<scalar_t>(), hs.data_ptr<scalar_t>(), weight_hh_t.data_ptr<scalar_t>(),
@@ -105,6 +106,7 @@ void gru_backward(const at::Tensor& from_h, const at::Tensor& rz, const at::Tens
   const int64_t steps = n.size(0), batch = n.size(1), hidden = n.size(2);
   TORCH_CHECK(weight_hh.size(0) == 3 * hidden && weight_hh.size(1) == hidden && delta.sizes() == from_h.sizes(),
               "gru_backward: weight_hh (3H, H) and delta shaped as from_h");
+  const rnnkit::StepProducts step_products(batch * 3 * hidden * hidden);
   AT_DISPATCH_FLOATING_TYPES(n.scalar_type(), "gru_backward", [&] {
     backward_loop<scalar_t>(from_h.data_ptr<scalar_t>(), rz.data_ptr<scalar_t>(), n.data_ptr<scalar_t>(),
                             hs.data_ptr<scalar_t>(), weight_hh.data_ptr<scalar_t>(),

@@ -187,6 +187,7 @@ void lnlstm_forward(at::Tensor gates, at::Tensor vs, at::Tensor v_mean, at::Tens
   check_buffers("lnlstm_forward", {&gates, &vs, &v_mean, &v_rstd, &hs, &cs, &c_mean, &c_rstd, &tanh_ls});
   check_lengths(hs.size(2), ln_hh_weight, {&ln_c_weight, &ln_c_bias});
   const c10::optional<at::Tensor> kept = keep ? c10::optional<at::Tensor>(keep->to(at::kBool).contiguous()) : keep;
+  const rnnkit::StepProducts step_products(gates.size(1) * 4 * hs.size(2) * hs.size(2));
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lnlstm_forward", [&] {
     forward_loop<scalar_t>(gates, vs, v_mean, v_rstd, hs, cs, c_mean, c_rstd, tanh_ls, weight_hh_t.contiguous(),
                            ln_hh_weight.contiguous(), ln_c_weight.contiguous(), ln_c_bias.contiguous(), kept, eps);
@@ -205,6 +206,7 @@ void lnlstm_backward(const at::Tensor& gates, const at::Tensor& vs, const at::Te
                                     &grad_ln_c_bias});
   check_lengths(cs.size(2), ln_hh_weight, {&ln_c_weight});
   const c10::optional<at::Tensor> kept = keep ? c10::optional<at::Tensor>(keep->to(at::kBool).contiguous()) : keep;
+  const rnnkit::StepProducts step_products(gates.size(1) * 4 * cs.size(2) * cs.size(2));
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lnlstm_backward", [&] {
     backward_loop<scalar_t>(gates, vs, v_mean, v_rstd, cs, c_mean, c_rstd, tanh_ls, weight_hh.contiguous(),
                             ln_hh_weight.contiguous(), ln_c_weight.contiguous(), kept, Gh, Gc, delta, grad_v, grad_l,
