@@ -54,7 +54,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # (64, 64) product or a tanh over 2,048 values, against 9–12 µs on one thread), which only the text
 # model's large products repay (`train`: 1.25× faster at 2 threads than at 1; `generate` also gets
 # a helper thread for a single stream). The small models of these commands ran 1.3–2.7× slower at
-# 2 threads (tag 49 s against 18 s, translate 47 s against 31 s; 150 steps, 2 cores). `forecast`
+# 2 threads (tag 49 s against 18 s, translate 47 s against 31 s; 150 steps, 2 cores) until the
+# compiled loops kept their per-step products on one thread (csrc/gemm.h); since, 2 threads are at
+# par (tag 17.9 against 18.2 s, classify 13.2 against 13.1, caption 15.0 against 14.2, translate
+# 23–30 against 27–31), so one thread still serves and leaves the other core free. `forecast`
 # leaves the second core to the statistical fits (see start_statistical in tasks/forecast.py).
 ONE_THREAD_COMMANDS = {"caption", "classify", "compare", "diagnose", "forecast", "tag", "translate"}
 
