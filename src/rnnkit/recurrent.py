@@ -213,10 +213,11 @@ class Recurrent(nn.Module):
         if self.step_hook is not None or (x.shape[1] <= SHORT_SEQUENCE and on_cpu):
             return "loop"
         if self.fused_mode:
-            faster = HAND_BPTT_TRAINS_FASTER_ON_CPU if kernels.ops() else HAND_BPTT_TRAINS_FASTER_IN_PYTHON
-            from_size = faster.get(self.fused_mode)
-            if on_cpu and torch.is_grad_enabled() and from_size is not None and self.hidden_size >= from_size:
-                return "bptt"
+            if on_cpu and torch.is_grad_enabled():
+                faster = HAND_BPTT_TRAINS_FASTER_ON_CPU if kernels.ops() else HAND_BPTT_TRAINS_FASTER_IN_PYTHON
+                from_size = faster.get(self.fused_mode)
+                if from_size is not None and self.hidden_size >= from_size:
+                    return "bptt"
             return "fused"
         return "bptt"
 

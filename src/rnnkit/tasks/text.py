@@ -168,7 +168,7 @@ def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = N
         ordered, order = probs.sort(dim=-1, descending=True)
         before = ordered.cumsum(-1) - ordered  # mass of the strictly more likely ones
         probs = probs.scatter(-1, order, ordered.masked_fill(before >= top_p, 0.0))
-    noise = exponential_noise(*probs.shape) if noise is None else noise
+    noise = exponential_noise(*probs.shape).to(probs) if noise is None else noise
     return probs.div_(noise).argmax(-1, keepdim=True)
 
 
