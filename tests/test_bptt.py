@@ -248,3 +248,22 @@ def test_compiled_loops_match_the_python_ones(monkeypatch, name, dtype, toleranc
     python = results_and_gradients(lambda *a: run_sequence(*a, valid=valid), cell, x, state)
     for a, b in zip(compiled, python):
         torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("name", COMPILED)
+def test_compiled_loops_take_weights_stored_transposed(name):
+    """A parameter may be a non-contiguous view (here each matrix stored transposed): the compiled
+    loops read weights by raw pointer, so they must make them contiguous, not misread them."""
+    torch.manual_seed(3)
+    cell = CELLS[name]()
+    x = torch.randn(3, 5, 3, requires_grad=True)
+    state = tuple(torch.randn(3, size, requires_grad=True) for size in cell.state_sizes)
+    expected = results_and_gradients(lambda *a: run_sequence(*a, valid=HOLES), cell, x, state)
+    with torch.no_grad():
+        for parameter in cell.parameters():
+            if parameter.dim() == 2:
+                parameter.data = parameter.data.t().contiguous().t()
+    assert any(not parameter.is_contiguous() for parameter in cell.parameters())
+    transposed = results_and_gradients(lambda *a: run_sequence(*a, valid=HOLES), cell, x, state)
+    for a, b in zip(expected, transposed):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

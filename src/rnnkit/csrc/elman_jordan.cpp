@@ -72,8 +72,9 @@ void elman_forward(at::Tensor S, const at::Tensor& weight_hh_t, const c10::optio
 
 // G (T+1, B, K·H) with the gradients from outside; delta (T, B, H) holding f'(a_t) (0 on padded
 // steps); valid (T, B, 1) floats or None. Ends with δ_t in delta and ∂L/∂s_t in G[t].
-void elman_backward(at::Tensor G, at::Tensor delta, const at::Tensor& weight_hh,
+void elman_backward(at::Tensor G, at::Tensor delta, const at::Tensor& weight_hh_given,
                     const c10::optional<at::Tensor>& valid) {
+  const at::Tensor weight_hh = weight_hh_given.contiguous();  // a parameter: no copy unless it is a view
   const at::Tensor valid_steps = valid ? valid->contiguous() : at::Tensor();
   check_buffers("elman_backward", {&G, &delta, &weight_hh});
   const int64_t steps = delta.size(0), batch = delta.size(1), hidden = delta.size(2), width = G.size(2);
@@ -100,8 +101,9 @@ void elman_backward(at::Tensor G, at::Tensor delta, const at::Tensor& weight_hh,
 
 // hs (T, B, H) holding W_ih x_t + b_ih, ys (T+1, B, O) with y_0: fills in h_t and y_t.
 void jordan_forward(at::Tensor hs, at::Tensor ys, const at::Tensor& weight_yh_t, const at::Tensor& weight_hy_t,
-                    const at::Tensor& bias_hy, const c10::optional<at::Tensor>& keep,
+                    const at::Tensor& bias_hy_given, const c10::optional<at::Tensor>& keep,
                     c10::string_view nonlinearity) {
+  const at::Tensor bias_hy = bias_hy_given.contiguous();  // a parameter: no copy unless it is a view
   const at::Tensor keep_steps = keep ? keep->contiguous() : at::Tensor();
   check_buffers("jordan_forward", {&hs, &ys, &weight_yh_t, &weight_hy_t, &bias_hy});
   const int64_t steps = hs.size(0), batch = hs.size(1), hidden = hs.size(2), outputs = ys.size(2);
@@ -124,8 +126,11 @@ void jordan_forward(at::Tensor hs, at::Tensor ys, const at::Tensor& weight_yh_t,
 
 // G (T+1, B, O) with the gradients from outside, derivative (T, B, H) = f'(a_t) (0 on padded
 // steps), valid (T, B, 1) floats or None: fills delta (T, B, H) with δ_t and G[t] with γ_t.
-void jordan_backward(at::Tensor G, at::Tensor delta, const at::Tensor& derivative, const at::Tensor& weight_yh,
-                     const at::Tensor& weight_hy, const c10::optional<at::Tensor>& valid) {
+void jordan_backward(at::Tensor G, at::Tensor delta, const at::Tensor& derivative,
+                     const at::Tensor& weight_yh_given, const at::Tensor& weight_hy_given,
+                     const c10::optional<at::Tensor>& valid) {
+  // parameters: no copy unless they are views
+  const at::Tensor weight_yh = weight_yh_given.contiguous(), weight_hy = weight_hy_given.contiguous();
   const at::Tensor valid_steps = valid ? valid->contiguous() : at::Tensor();
   check_buffers("jordan_backward", {&G, &delta, &derivative, &weight_yh, &weight_hy});
   const int64_t steps = delta.size(0), batch = delta.size(1), hidden = delta.size(2), outputs = G.size(2);

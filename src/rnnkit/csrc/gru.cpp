@@ -81,7 +81,8 @@ void backward_loop(const T* from_h, const T* rz, const T* n, const T* hs, const 
 // from_x (T, B, 3H) = W_ih x_t + b_ih, hs (T+1, B, H) holding h_0: fills in from_h (T, B, 3H) =
 // W_hh h_{t-1} + b_hh, rz (T, B, 2H) = [r_t, z_t], n (T, B, H) = n_t and h_t, t = 1 … T.
 void gru_forward(const at::Tensor& from_x, at::Tensor from_h, at::Tensor rz, at::Tensor n, at::Tensor hs,
-                 const at::Tensor& weight_hh_t, const at::Tensor& bias_hh, const c10::optional<at::Tensor>& keep) {
+                 const at::Tensor& weight_hh_t, const at::Tensor& bias_hh_given, const c10::optional<at::Tensor>& keep) {
+  const at::Tensor bias_hh = bias_hh_given.contiguous();  // a parameter: no copy unless it is a view
   check_buffers("gru_forward", {&from_x, &from_h, &rz, &n, &hs, &weight_hh_t, &bias_hh});
   const at::Tensor kept = keep ? keep->to(at::kBool).contiguous() : at::Tensor();
   const int64_t steps = from_x.size(0), batch = from_x.size(1), hidden = hs.size(2);
@@ -99,8 +100,9 @@ void gru_forward(const at::Tensor& from_x, at::Tensor from_h, at::Tensor rz, at:
 // G (T+1, B, H) with the gradients from outside: ends with γ_t in G[t] (∂L/∂h_0 in G[0]), δ_t in
 // delta[t − 1] (T, B, 3H) and the last block of δˣ_t, γ_t ⊙ ν_t, in delta_x_n[t − 1] (T, B, H).
 void gru_backward(const at::Tensor& from_h, const at::Tensor& rz, const at::Tensor& n, const at::Tensor& hs,
-                  const at::Tensor& weight_hh, const c10::optional<at::Tensor>& keep, at::Tensor G, at::Tensor delta,
-                  at::Tensor delta_x_n) {
+                  const at::Tensor& weight_hh_given, const c10::optional<at::Tensor>& keep, at::Tensor G,
+                  at::Tensor delta, at::Tensor delta_x_n) {
+  const at::Tensor weight_hh = weight_hh_given.contiguous();  // a parameter: no copy unless it is a view
   check_buffers("gru_backward", {&from_h, &rz, &n, &hs, &weight_hh, &G, &delta, &delta_x_n});
   const at::Tensor kept = keep ? keep->to(at::kBool).contiguous() : at::Tensor();
   const int64_t steps = n.size(0), batch = n.size(1), hidden = n.size(2);

@@ -88,8 +88,9 @@ void lstm_forward(at::Tensor gates, at::Tensor hs, at::Tensor cs, at::Tensor tan
 // steps t = T … 1, ends with γ_t in Gh[t], κ_t in Gc[t] and δ_t in delta[t − 1]; Gh[0] and Gc[0]
 // end as ∂L/∂h_0 and ∂L/∂c_0 = κ_1 ⊙ f_1.
 void lstm_backward(const at::Tensor& gates, const at::Tensor& cs, const at::Tensor& tanh_cs,
-                   const at::Tensor& weight_hh, const c10::optional<at::Tensor>& keep, at::Tensor Gh, at::Tensor Gc,
-                   at::Tensor delta) {
+                   const at::Tensor& weight_hh_given, const c10::optional<at::Tensor>& keep, at::Tensor Gh,
+                   at::Tensor Gc, at::Tensor delta) {
+  const at::Tensor weight_hh = weight_hh_given.contiguous();  // a parameter: no copy unless it is a view
   check_buffers("lstm_backward", {&gates, &cs, &tanh_cs, &weight_hh, &Gh, &Gc, &delta});
   const at::Tensor kept = keep ? keep->to(at::kBool).contiguous() : at::Tensor();
   const int64_t steps = gates.size(0), batch = gates.size(1), hidden = cs.size(2);
