@@ -83,10 +83,13 @@ def _grad_buffer(grad_outputs, grad_final, valid, width: int) -> torch.Tensor:
     whose outputs are constant zeros), plus the final state's at t+1 = T. G[0] (the initial
     state) starts at zero. The backward loop adds the recurrent part in place."""
     batch, steps, features = grad_outputs.shape
-    G = grad_outputs.new_zeros(steps + 1, batch, width)
-    G[1:, :, :features] = grad_outputs.transpose(0, 1)
-    if valid is not None:
-        G[1:, :, :features] *= valid
+    G = grad_outputs.new_empty(steps + 1, batch, width)
+    G[0] = 0
+    G[1:, :, features:] = 0
+    if valid is None:
+        G[1:, :, :features] = grad_outputs.transpose(0, 1)
+    else:
+        torch.mul(grad_outputs.transpose(0, 1), valid, out=G[1:, :, :features])
     G[steps] += grad_final
     return G
 
@@ -138,12 +141,15 @@ def _elman_forward_steps(S, weight_hh_t, keep, nonlinearity) -> None:
             torch.where(keep[t], S[t + 1], S[t], out=S[t + 1])
 
 
-def _elman_backward_steps(G, delta, weight_hh, valid) -> None:
-    """ElmanSequence's backward recursion: delta[t] turns from f'(a_t) into δ_t and G[t] into
-    ∂L/∂s_t, t = T … 1 (rnnkit/csrc/elman_jordan.cpp in C++)."""
+def _elman_backward_steps(G, delta, S, weight_hh, valid, nonlinearity) -> None:
+    """ElmanSequence's backward recursion, t = T … 1: delta[t] = δ_t, f'(a_t) read off h_t in S[t + 1]
+    (0 on a padded step, which has no a_t), and G[t] ends as ∂L/∂s_t (rnnkit/csrc/elman_jordan.cpp in C++)."""
     hidden = delta.shape[2]
     for t in reversed(range(delta.shape[0])):
-        G[t].addmm_(delta[t].mul_(G[t + 1, :, :hidden]), weight_hh)
+        torch.mul(G[t + 1, :, :hidden], DERIVATIVE[nonlinearity](S[t + 1, :, :hidden]), out=delta[t])
+        if valid is not None:
+            delta[t].mul_(valid[t])
+        G[t].addmm_(delta[t], weight_hh)
         if G.shape[2] > hidden:
             G[t, :, :-hidden] += G[t + 1, :, hidden:] if valid is None else G[t + 1, :, hidden:] * valid[t]
         if valid is not None:  # a padded step keeps the state: its gradient passes through
@@ -160,11 +166,13 @@ def _jordan_forward_steps(hs, ys, weight_yh_t, weight_hy_t, bias_hy, keep, nonli
             torch.where(keep[t], ys[t + 1], ys[t], out=ys[t + 1])
 
 
-def _jordan_backward_steps(G, delta, derivative, weight_yh, weight_hy, valid) -> None:
-    """JordanSequence's backward recursion: delta[t] = δ_t and G[t] ends as γ_t, t = T … 1
-    (rnnkit/csrc/elman_jordan.cpp in C++)."""
+def _jordan_backward_steps(G, delta, hs, weight_yh, weight_hy, valid, nonlinearity) -> None:
+    """JordanSequence's backward recursion, t = T … 1: delta[t] = δ_t, f'(a_t) read off h_t = hs[t]
+    (0 on a padded step), and G[t] ends as γ_t (rnnkit/csrc/elman_jordan.cpp in C++)."""
     for t in reversed(range(delta.shape[0])):
-        torch.mm(G[t + 1], weight_hy, out=delta[t]).mul_(derivative[t])
+        torch.mm(G[t + 1], weight_hy, out=delta[t]).mul_(DERIVATIVE[nonlinearity](hs[t]))
+        if valid is not None:
+            delta[t].mul_(valid[t])
         G[t].addmm_(delta[t], weight_yh)
         if valid is not None:  # a padded step keeps y: its gradient passes through
             G[t].addcmul_(G[t + 1], 1 - valid[t])
@@ -321,11 +329,9 @@ class ElmanSequence(Function):
         steps, batch = S.shape[0] - 1, S.shape[1]
         valid = None if keep is None else keep.to(S.dtype)
         G = _grad_buffer(grad_outputs, grad_final, valid, width)  # G[t] ends as ∂L/∂s_t
-        delta = DERIVATIVE[ctx.nonlinearity](S[1:, :, :hidden])  # f'(a_t), then δ_t in place
-        if valid is not None:
-            delta *= valid  # a padded step has no a_t: δ_t = 0
+        delta = S.new_empty(steps, batch, hidden)  # δ_t, written by the recursion
         backward_steps = _compiled("elman_backward", S) or _elman_backward_steps
-        backward_steps(G, delta, weight_hh, valid)
+        backward_steps(G, delta, S, weight_hh, valid, ctx.nonlinearity)
         delta = delta.view(-1, hidden)
         grad_x = (delta @ weight_ih).view(steps, batch, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None
         grad_bias = delta.sum(0)
@@ -374,12 +380,9 @@ class JordanSequence(Function):
         steps, batch, hidden = hs.shape
         valid = None if keep is None else keep.to(hs.dtype)
         G = _grad_buffer(grad_outputs, grad_final, valid, ys.shape[-1])  # G[t] ends as γ_t
-        derivative = DERIVATIVE[ctx.nonlinearity](hs)
-        if valid is not None:
-            derivative *= valid
         delta = torch.empty_like(hs)
         backward_steps = _compiled("jordan_backward", hs) or _jordan_backward_steps
-        backward_steps(G, delta, derivative, weight_yh, weight_hy, valid)
+        backward_steps(G, delta, hs, weight_yh, weight_hy, valid, ctx.nonlinearity)
         gamma = G[1:] if valid is None else G[1:] * valid  # a padded step does not use W_hy
         gamma, delta = gamma.reshape(steps * batch, -1), delta.view(-1, hidden)
         grad_x = (delta @ weight_ih).view(steps, batch, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None

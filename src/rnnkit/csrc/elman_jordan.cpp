@@ -47,6 +47,18 @@ void pass_gradient(T* now, const T* later, const T* valid, int64_t batch, int64_
   }
 }
 
+// δ = ∂L/∂h ⊙ f'(a) ⊙ valid over n values, f' read off h = f(a): 1 − h² (tanh) or [h > 0] (relu)
+template <typename T>
+void times_slope(T* delta, const T* grad_h, const T* h, T valid, int64_t n, bool tanh) {
+  if (tanh) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) delta[j] = grad_h[j] * (1 - h[j] * h[j]) * valid;
+  } else {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) delta[j] = grad_h[j] * (h[j] > 0 ? valid : T(0));
+  }
+}
+
 // S (T+1, B, K·H): S[0] the initial lagged state, S[t+1, :, :H] holding W_ih x_t + biases;
 // fills in s_t = [f(a_t) | s_{t-1} minus its last block] for t = 1 … T.
 void elman_forward(at::Tensor S, const at::Tensor& weight_hh_t, const c10::optional<at::Tensor>& keep,
@@ -70,24 +82,27 @@ void elman_forward(at::Tensor S, const at::Tensor& weight_hh_t, const c10::optio
   });
 }
 
-// G (T+1, B, K·H) with the gradients from outside; delta (T, B, H) holding f'(a_t) (0 on padded
-// steps); valid (T, B, 1) floats or None. Ends with δ_t in delta and ∂L/∂s_t in G[t].
-void elman_backward(at::Tensor G, at::Tensor delta, const at::Tensor& weight_hh_given,
-                    const c10::optional<at::Tensor>& valid) {
+// G (T+1, B, K·H) with the gradients from outside; S (T+1, B, K·H) the forward's states; valid
+// (T, B, 1) floats or None. Fills delta (T, B, H) with δ_t = (first block of ∂L/∂s_t) ⊙ f'(a_t),
+// f' read off h_t (0 on padded steps), and ends with ∂L/∂s_t in G[t].
+void elman_backward(at::Tensor G, at::Tensor delta, const at::Tensor& S, const at::Tensor& weight_hh_given,
+                    const c10::optional<at::Tensor>& valid, c10::string_view nonlinearity) {
   const at::Tensor weight_hh = weight_hh_given.contiguous();  // a parameter: no copy unless it is a view
   const at::Tensor valid_steps = valid ? valid->contiguous() : at::Tensor();
-  check_buffers("elman_backward", {&G, &delta, &weight_hh});
+  check_buffers("elman_backward", {&G, &delta, &S, &weight_hh});
   const int64_t steps = delta.size(0), batch = delta.size(1), hidden = delta.size(2), width = G.size(2);
+  const bool tanh = nonlinearity == "tanh";
   const rnnkit::StepProducts step_products(batch * hidden * width);
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "elman_backward", [&] {
     const scalar_t* weight = weight_hh.data_ptr<scalar_t>();
     for (int64_t t = steps - 1; t >= 0; --t) {
       const scalar_t* later = G.data_ptr<scalar_t>() + (t + 1) * batch * width;
+      const scalar_t* h = S.data_ptr<scalar_t>() + (t + 1) * batch * width;
       scalar_t* now = G.data_ptr<scalar_t>() + t * batch * width;
       scalar_t* delta_t = delta.data_ptr<scalar_t>() + t * batch * hidden;
       const scalar_t* valid_t = valid ? valid_steps.data_ptr<scalar_t>() + t * batch : nullptr;
       for (int64_t b = 0; b < batch; ++b) {
-        for (int64_t j = 0; j < hidden; ++j) delta_t[b * hidden + j] *= later[b * width + j];
+        times_slope(delta_t + b * hidden, later + b * width, h + b * width, valid_t ? valid_t[b] : 1, hidden, tanh);
       }
       product(now, width, delta_t, hidden, weight, width, batch, width, hidden, scalar_t(1));
       for (int64_t b = 0; b < batch && width > hidden; ++b) {  // the older lags' gradients move one block back
@@ -124,16 +139,17 @@ void jordan_forward(at::Tensor hs, at::Tensor ys, const at::Tensor& weight_yh_t,
   });
 }
 
-// G (T+1, B, O) with the gradients from outside, derivative (T, B, H) = f'(a_t) (0 on padded
-// steps), valid (T, B, 1) floats or None: fills delta (T, B, H) with δ_t and G[t] with γ_t.
-void jordan_backward(at::Tensor G, at::Tensor delta, const at::Tensor& derivative,
-                     const at::Tensor& weight_yh_given, const at::Tensor& weight_hy_given,
-                     const c10::optional<at::Tensor>& valid) {
+// G (T+1, B, O) with the gradients from outside, hs (T, B, H) the forward's h_t, valid (T, B, 1)
+// floats or None: fills delta (T, B, H) with δ_t (0 on padded steps) and G[t] with γ_t.
+void jordan_backward(at::Tensor G, at::Tensor delta, const at::Tensor& hs, const at::Tensor& weight_yh_given,
+                     const at::Tensor& weight_hy_given, const c10::optional<at::Tensor>& valid,
+                     c10::string_view nonlinearity) {
   // parameters: no copy unless they are views
   const at::Tensor weight_yh = weight_yh_given.contiguous(), weight_hy = weight_hy_given.contiguous();
   const at::Tensor valid_steps = valid ? valid->contiguous() : at::Tensor();
-  check_buffers("jordan_backward", {&G, &delta, &derivative, &weight_yh, &weight_hy});
+  check_buffers("jordan_backward", {&G, &delta, &hs, &weight_yh, &weight_hy});
   const int64_t steps = delta.size(0), batch = delta.size(1), hidden = delta.size(2), outputs = G.size(2);
+  const bool tanh = nonlinearity == "tanh";
   const rnnkit::StepProducts step_products(batch * hidden * outputs);
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "jordan_backward", [&] {
     const scalar_t *W_yh = weight_yh.data_ptr<scalar_t>(), *W_hy = weight_hy.data_ptr<scalar_t>();
@@ -141,11 +157,14 @@ void jordan_backward(at::Tensor G, at::Tensor delta, const at::Tensor& derivativ
       const scalar_t* later = G.data_ptr<scalar_t>() + (t + 1) * batch * outputs;
       scalar_t* now = G.data_ptr<scalar_t>() + t * batch * outputs;
       scalar_t* delta_t = delta.data_ptr<scalar_t>() + t * batch * hidden;
-      const scalar_t* derivative_t = derivative.data_ptr<scalar_t>() + t * batch * hidden;
-      product(delta_t, hidden, later, outputs, W_hy, hidden, batch, hidden, outputs, scalar_t(0));
-      for (int64_t i = 0; i < batch * hidden; ++i) delta_t[i] *= derivative_t[i];
+      const scalar_t* h = hs.data_ptr<scalar_t>() + t * batch * hidden;
+      const scalar_t* valid_t = valid ? valid_steps.data_ptr<scalar_t>() + t * batch : nullptr;
+      product(delta_t, hidden, later, outputs, W_hy, hidden, batch, hidden, outputs, scalar_t(0));  // ∂L/∂h_t
+      for (int64_t b = 0; b < batch; ++b) {
+        times_slope(delta_t + b * hidden, delta_t + b * hidden, h + b * hidden, valid_t ? valid_t[b] : 1, hidden, tanh);
+      }
       product(now, outputs, delta_t, hidden, W_yh, outputs, batch, outputs, hidden, scalar_t(1));
-      if (valid) pass_gradient(now, later, valid_steps.data_ptr<scalar_t>() + t * batch, batch, outputs);
+      if (valid_t) pass_gradient(now, later, valid_t, batch, outputs);
     }
   });
 }
@@ -154,11 +173,11 @@ void jordan_backward(at::Tensor G, at::Tensor delta, const at::Tensor& derivativ
 
 TORCH_LIBRARY_FRAGMENT(rnnkit_kernels, m) {
   m.def("elman_forward(Tensor(a!) S, Tensor weight_hh_t, Tensor? keep, str nonlinearity) -> ()");
-  m.def("elman_backward(Tensor(a!) G, Tensor(b!) delta, Tensor weight_hh, Tensor? valid) -> ()");
+  m.def("elman_backward(Tensor(a!) G, Tensor(b!) delta, Tensor S, Tensor weight_hh, Tensor? valid, str nonlinearity) -> ()");
   m.def("jordan_forward(Tensor(a!) hs, Tensor(b!) ys, Tensor weight_yh_t, Tensor weight_hy_t, Tensor bias_hy, "
         "Tensor? keep, str nonlinearity) -> ()");
-  m.def("jordan_backward(Tensor(a!) G, Tensor(b!) delta, Tensor derivative, Tensor weight_yh, Tensor weight_hy, "
-        "Tensor? valid) -> ()");
+  m.def("jordan_backward(Tensor(a!) G, Tensor(b!) delta, Tensor hs, Tensor weight_yh, Tensor weight_hy, "
+        "Tensor? valid, str nonlinearity) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(rnnkit_kernels, CPU, m) {
