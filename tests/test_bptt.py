@@ -192,6 +192,24 @@ def test_backward_runs_once_per_sequence():
     assert calls == [1] and all(t.grad is not None for t in inputs)
 
 
+def test_reused_backward_buffers_never_reach_the_gradients():
+    """LayerNorm-LSTM's backward keeps its (T, B, 4H) temporaries for the next call of that shape
+    (bptt._scratch): gradients it returned stay as they were after another layer's backward, and
+    a retained graph backpropagates a second time to the same gradients."""
+    torch.manual_seed(5)
+    function, inputs, options = function_inputs("layernorm-lstm", steps=6)
+    outputs = function.apply(*inputs, None, *options)
+    first = torch.autograd.grad(outputs[0].sum(), inputs, retain_graph=True)
+    kept = [gradient.clone() for gradient in first]
+    _, other_inputs, _ = function_inputs("layernorm-lstm", steps=6)
+    other = function.apply(*other_inputs, None, *options)
+    torch.autograd.grad(other[0].square().sum(), other_inputs)
+    for gradient, copy in zip(first, kept):
+        torch.testing.assert_close(gradient, copy, rtol=0, atol=0)
+    for gradient, copy in zip(torch.autograd.grad(outputs[0].sum(), inputs), kept):
+        torch.testing.assert_close(gradient, copy, rtol=0, atol=0)
+
+
 def test_unknown_cell_is_refused():
     with pytest.raises(TypeError, match="no hand-derived BPTT"):
         run_sequence(torch.nn.Linear(3, 4), torch.randn(1, 2, 3), (torch.zeros(1, 4),))
