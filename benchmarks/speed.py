@@ -29,14 +29,17 @@ peak is its own), with the same thread count (`--threads`, default 1). Run:
        forward  F = 2·B·T·G·H·(I + H_rec)  [+ 2·B·T·H·O for Jordan's output projection]
        useful   = 3·F                        (backward = two products per forward product)
    with G gates (1 Elman/Jordan/multi-lag, 3 GRU, 4 LSTM/LayerNorm-LSTM), H_rec the width of the
-   recurrent input (H; K·H for K-lag; O = output size for Jordan). The GEMM rate is torch.mm
-   fp32 measured in this process on exactly the products of that step: for every forward
-   product (M, K) × (K, N) done c times — the input projection (B·T, I) × (I, G·H) once, the
-   recurrent product (B, H_rec) × (H_rec, G·H) T times, Jordan's (B, H) × (H, O) T times — its
-   backward products dA = (M, N) × (N, K) c times and dW = (N, c·M) × (c·M, K) once (the weight
-   gradient summed over all steps in one product). The rate is the FLOP-weighted harmonic
-   combination  rate = Σ f_i / Σ (f_i / rate_i)  (the rate at which that mix of products would
-   run back to back), and efficiency = useful FLOPs / median step time / rate.
+   recurrent input (H; K·H for K-lag; O = output size for Jordan). The reference is fp32 torch.mm
+   on exactly the products of that step, run back to back on preallocated matrices: for every
+   forward product (M, K) × (K, N) done c times — the input projection (B·T, I) × (I, G·H) once,
+   the recurrent product (B, H_rec) × (H_rec, G·H) T times, Jordan's (B, H) × (H, O) T times —
+   its backward products dA = (M, N) × (N, K) c times and dW = (N, c·M) × (c·M, K) once (the
+   weight gradient summed over all steps in one product). Those products, 3·F FLOPs, are one
+   more contender of each round ("gemm/<cell>"), so they are timed amid the steps they are
+   compared with: this machine's speed drifts by up to 1.5× within an hour, and a rate measured
+   apart from the steps moved the efficiencies by as much. Efficiency = the median over rounds
+   of (the products' time ÷ the contender's step time) in that round; the GEMM rate shown is
+   3·F ÷ the products' median time.
 
 3. Generation with the default text model `build_model(TextConfig(), vocab_size=103)` (untrained
    weights; speed does not depend on them), a 100-character prime: `rnnkit.tasks.text.generate`
@@ -97,7 +100,6 @@ class Settings:
     rounds: dict           # shape -> interleaved rounds
     inner: dict            # shape -> steps per timed measurement
     warmup: int
-    gemm_seconds: float    # minimum time per GEMM rate measurement
     gen_chars: int         # carried state, single stream
     gen_batched_chars: int  # carried state, per stream, 32 streams
     reread_chars: int      # re-reading the prefix
@@ -106,10 +108,10 @@ class Settings:
 
 
 FULL = Settings(rounds={"small": 15, "medium": 15, "large": 9}, inner={"small": 5, "medium": 1, "large": 1},
-                warmup=1, gemm_seconds=0.1, gen_chars=20_000, gen_batched_chars=500, reread_chars=100, text_rounds=9,
+                warmup=1, gen_chars=20_000, gen_batched_chars=500, reread_chars=100, text_rounds=9,
                 memory_lengths=(10_000, 100_000, 1_000_000))
 QUICK = Settings(rounds={"small": 5, "medium": 4}, inner={"small": 3, "medium": 1},
-                 warmup=1, gemm_seconds=0.03, gen_chars=500, gen_batched_chars=200, reread_chars=50, text_rounds=3,
+                 warmup=1, gen_chars=500, gen_batched_chars=200, reread_chars=50, text_rounds=3,
                  memory_lengths=(10_000, 100_000))
 
 
@@ -213,6 +215,8 @@ def build_step(key: str, batch: int, hidden: int, steps: int, seed: int = 0):
     x = torch.randn(batch, steps, hidden)
     weight = torch.randn(batch, steps, hidden)
     group, kind = key.split("/", 1)
+    if group == "gemm":
+        return _products_step(step_products(SPEC_BY_LABEL[kind], batch, hidden, steps))
     if group == "torch":
         modules = {"nn.RNN(tanh)": lambda: nn.RNN(hidden, hidden, nonlinearity="tanh", batch_first=True),
                    "nn.RNN(relu)": lambda: nn.RNN(hidden, hidden, nonlinearity="relu", batch_first=True),
@@ -235,6 +239,27 @@ def build_step(key: str, batch: int, hidden: int, steps: int, seed: int = 0):
 SPEC_BY_LABEL = {spec.label: spec for spec in CELL_SPECS}
 
 
+def _products_step(products: list[tuple[int, int, int, int]]):
+    """A function doing the products (rows, inner, cols, count) back to back with torch.mm on
+    preallocated fp32 matrices: the GEMM work of one training step, and nothing else."""
+    operands = [(torch.randn(rows, inner), torch.randn(inner, cols), torch.empty(rows, cols), count)
+                for rows, inner, cols, count in products]
+
+    def step():
+        for a, b, out, count in operands:
+            for _ in range(count):
+                torch.mm(a, b, out=out)
+    return step
+
+
+def gemm_key(key: str) -> str:
+    """The "gemm/<cell>" contender timing the products of contender `key`'s step (cells with the
+    same products share one: nn.RNN and both Elman cells, nn.LSTM and the LSTMs)."""
+    spec = contender_spec(key)
+    twin = next(s for s in CELL_SPECS if (s.gates, s.lags, s.jordan) == (spec.gates, spec.lags, spec.jordan))
+    return f"gemm/{twin.label}"
+
+
 def contender_keys(specs=CELL_SPECS) -> list[str]:
     """Every contender of a shape, each once (torch modules are shared between cells)."""
     keys = []
@@ -252,7 +277,7 @@ def contender_keys(specs=CELL_SPECS) -> list[str]:
 
 def contender_spec(key: str) -> CellSpec:
     group, kind = key.split("/", 1)
-    return TORCH_SPECS[kind] if group == "torch" else SPEC_BY_LABEL[group]
+    return TORCH_SPECS[kind] if group == "torch" else SPEC_BY_LABEL[kind if group == "gemm" else group]
 
 
 def time_contenders(keys: list[str], batch: int, hidden: int, steps: int, rounds: int, warmup: int = 1,
@@ -279,47 +304,19 @@ def time_contenders(keys: list[str], batch: int, hidden: int, steps: int, rounds
 
 
 # -----------------------------------------------------------------------------
-# GEMM rate
+# summary
 
 
-def gemm_rate(rows: int, inner: int, cols: int, min_seconds: float, cache: dict) -> float:
-    """FLOP/s of torch.mm fp32 on (rows, inner) × (inner, cols): the median of 3 timings, each
-    repeating the product for at least `min_seconds`."""
-    shape = (rows, inner, cols)
-    if shape not in cache:
-        a, b = torch.randn(rows, inner), torch.randn(inner, cols)
-        out = torch.empty(rows, cols)
-        torch.mm(a, b, out=out)
-        start = time.perf_counter()
-        torch.mm(a, b, out=out)
-        once = max(time.perf_counter() - start, 1e-7)
-        reps = max(1, int(min_seconds / once))
-        rates = []
-        for _ in range(3):
-            start = time.perf_counter()
-            for _ in range(reps):
-                torch.mm(a, b, out=out)
-            rates.append(2 * rows * inner * cols * reps / (time.perf_counter() - start))
-        cache[shape] = statistics.median(rates)
-    return cache[shape]
+def efficiency(times: dict[str, list[float]], key: str) -> float | None:
+    """The median over rounds of the step's products' time ÷ contender `key`'s step time (times
+    in round order); None without its "gemm/<cell>" timings."""
+    products = times.get(gemm_key(key))
+    if products is None:
+        return None
+    return statistics.median(gemm / step for gemm, step in zip(products, times[key]))
 
 
-def step_gemm_rate(spec: CellSpec, batch: int, hidden: int, steps: int, min_seconds: float, cache: dict) -> float:
-    """Σ f_i / Σ (f_i / rate_i) over the step's products (see the module docstring)."""
-    total = seconds = 0.0
-    for rows, inner, cols, count in step_products(spec, batch, hidden, steps):
-        flops = 2 * rows * inner * cols * count
-        total += flops
-        seconds += flops / gemm_rate(rows, inner, cols, min_seconds, cache)
-    return total / seconds
-
-
-# -----------------------------------------------------------------------------
-# one shape
-
-
-def summarize(times: dict[str, list[float]], batch: int, hidden: int, steps: int, rates: dict[str, float],
-              specs=CELL_SPECS) -> list[dict]:
+def summarize(times: dict[str, list[float]], batch: int, hidden: int, steps: int, specs=CELL_SPECS) -> list[dict]:
     """Rows (one per cell and contender): tokens/s = B·T / median step seconds, ratios to the
     same run's torch module / rnnkit loop / nn.*Cell loop, GEMM efficiency."""
     tokens = batch * steps
@@ -331,7 +328,6 @@ def summarize(times: dict[str, list[float]], batch: int, hidden: int, steps: int
         for key, kind in entries:
             if key not in speed:
                 continue
-            rate = rates.get(key)
             flops = useful_flops(contender_spec(key), batch, hidden, steps)
             rows.append({
                 "cell": spec.label, "kind": kind, "contender": _contender_name(spec, kind),
@@ -342,7 +338,7 @@ def summarize(times: dict[str, list[float]], batch: int, hidden: int, steps: int
                 "x_cell_loop": _ratio(speed[key], speed.get(f"{spec.label}/cell-loop")),
                 "x_lstm": _ratio(speed[key], speed.get("torch/nn.LSTM")),
                 "gflops": flops / statistics.median(times[key]) / 1e9,
-                "efficiency": None if rate is None else flops / statistics.median(times[key]) / rate,
+                "efficiency": efficiency(times, key),
             })
     return rows
 
@@ -383,20 +379,19 @@ def _contender_name(spec: CellSpec, kind: str) -> str:
     return f"rnnkit {kind}"
 
 
-def run_shape(name: str, settings: Settings, gemm_cache: dict, log, specs=CELL_SPECS) -> dict:
+def run_shape(name: str, settings: Settings, log, specs=CELL_SPECS) -> dict:
     batch, hidden, steps = SHAPES[name]
     keys = contender_keys(specs)
+    keys += sorted({gemm_key(key) for key in keys})  # the steps' products, timed in the same rounds
     log(f"[{name}] B={batch} H={hidden} T={steps}: {len(keys)} contenders, "
         f"{settings.rounds[name]} rounds × {settings.inner[name]} step(s)")
     start = time.perf_counter()
-    rates = {key: step_gemm_rate(contender_spec(key), batch, hidden, steps, settings.gemm_seconds, gemm_cache)
-             for key in keys}
-    log(f"  GEMM rates measured in {time.perf_counter() - start:.1f} s")
     times = time_contenders(keys, batch, hidden, steps, settings.rounds[name], settings.warmup,
                             settings.inner[name], progress=log)
-    rows = summarize(times, batch, hidden, steps, rates, specs)
+    rows = summarize(times, batch, hidden, steps, specs)
     rows += auto_rows(rows, batch, hidden, steps, specs)
-    cell_rates = {spec.label: rates[f"{spec.label}/{'fused' if spec.fused else 'auto'}"] for spec in specs}
+    cell_rates = {spec.label: useful_flops(spec, batch, hidden, steps)
+                  / statistics.median(times[gemm_key(f"{spec.label}/auto")]) for spec in specs}
     return {"shape": name, "batch": batch, "hidden": hidden, "steps": steps, "rows": rows,
             "gemm_rates": cell_rates, "seconds": time.perf_counter() - start}
 
@@ -692,7 +687,7 @@ def shape_table(shape: dict) -> str:
                      f"{_fmt(r['x_torch'])} | "
                      f"{_fmt(r['x_loop'])} | {_fmt(r['x_cell_loop'])} | {r['gflops']:.1f} | "
                      f"{_fmt(None if r['efficiency'] is None else 100 * r['efficiency'], 0, '%')} |")
-    lines += ["", "GEMM rate (fp32 torch.mm on the step's products, GFLOP/s): " +
+    lines += ["", "GEMM rate (fp32 torch.mm on the step's products, timed in the same rounds, GFLOP/s): " +
               ", ".join(f"{cell} {rate / 1e9:.1f}" for cell, rate in shape["gemm_rates"].items())]
     return "\n".join(lines)
 
@@ -796,8 +791,8 @@ def report(command: str, quick: bool, threads: int, shapes: dict, generation: di
              f"- machine: {machine()}; torch {torch.__version__}; **threads: {threads}**",
              f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; total time {seconds:.0f} s",
              "- method: one process, interleaved rounds (order shuffled each round), medians; a step = forward + loss + "
-             "backward + SGD step; efficiency = useful FLOPs (3 × forward GEMM FLOPs) / time ÷ the measured "
-             "torch.mm rate on the same products (see benchmarks/speed.py)", "",
+             "backward + SGD step; efficiency = the time of the step's products alone (torch.mm, 3 × the forward "
+             "GEMM FLOPs, timed in the same rounds) ÷ the step's time, median over rounds (see benchmarks/speed.py)", "",
              "### Targets", ""]
     for title, met, text in targets(shapes, generation, memory):
         status = "not measured" if met is None else ("met" if met else "NOT MET")
@@ -859,8 +854,7 @@ def main(argv: list[str] | None = None, prog: str = "python benchmarks/speed.py"
 
     log(f"rnnkit speed benchmark: threads={torch.get_num_threads()} torch {torch.__version__} "
         f"{'quick' if args.quick else 'full'}")
-    gemm_cache: dict = {}
-    shapes = {name: run_shape(name, settings, gemm_cache, log) for name in settings.rounds}
+    shapes = {name: run_shape(name, settings, log) for name in settings.rounds}
     generation = run_generation(settings, log)
     text = run_text_training(settings, log)
     memory = run_memory(settings, args.threads, log)

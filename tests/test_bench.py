@@ -25,10 +25,11 @@ def test_tiny_measurement_gives_positive_speeds_and_documented_ratios(speed):
     assert {"lstm/fused", "lstm/bptt", "lstm/loop", "lstm/cell-loop", "torch/nn.LSTM",
             "jordan/auto", "jordan/loop", "torch/nn.RNN(tanh)"} == set(keys)
     batch, hidden, steps = 2, 4, 3
-    times = speed.time_contenders(keys, batch, hidden, steps, rounds=2, warmup=1)
-    assert all(len(values) == 2 and min(values) > 0 for values in times.values())
-    rates = {key: 1e9 for key in keys}
-    rows = speed.summarize(times, batch, hidden, steps, rates, specs)
+    keys += sorted({speed.gemm_key(key) for key in keys})
+    assert keys[-2:] == ["gemm/jordan", "gemm/lstm"]  # nn.LSTM's products are the LSTM's
+    times = speed.time_contenders(keys, batch, hidden, steps, rounds=3, warmup=1)
+    assert all(len(values) == 3 and min(values) > 0 for values in times.values())
+    rows = speed.summarize(times, batch, hidden, steps, specs)
     rows += speed.auto_rows(rows, batch, hidden, steps, specs)
     speed_of = {key: batch * steps / statistics.median(values) for key, values in times.items()}
     lstm = {r["kind"]: r for r in rows if r["cell"] == "lstm"}
@@ -41,7 +42,10 @@ def test_tiny_measurement_gives_positive_speeds_and_documented_ratios(speed):
     assert lstm["torch"]["x_torch"] == pytest.approx(1.0)
     flops = 3 * 2 * batch * steps * 4 * hidden * (hidden + hidden)  # 3 · 2·B·T·G·H·(I + H)
     assert speed.useful_flops(specs[0], batch, hidden, steps) == flops
-    assert lstm["fused"]["efficiency"] == pytest.approx(flops / statistics.median(times["lstm/fused"]) / 1e9)
+    per_round = [gemm / step for gemm, step in zip(times["gemm/lstm"], times["lstm/fused"])]
+    assert lstm["fused"]["efficiency"] == pytest.approx(statistics.median(per_round))
+    assert lstm["torch"]["efficiency"] == pytest.approx(statistics.median(
+        gemm / step for gemm, step in zip(times["gemm/lstm"], times["torch/nn.LSTM"])))
     jordan = {r["kind"]: r for r in rows if r["cell"] == "jordan"}
     assert jordan["auto"]["x_cell_loop"] is None  # no nn.*Cell for Jordan
     assert jordan["auto"]["x_lstm"] == pytest.approx(speed_of["jordan/auto"] / speed_of["torch/nn.LSTM"])
@@ -49,14 +53,21 @@ def test_tiny_measurement_gives_positive_speeds_and_documented_ratios(speed):
     assert speed.useful_flops(specs[1], batch, hidden, steps) == 3 * 2 * batch * steps * hidden * (3 * hidden)
 
 
-def test_gemm_rate_is_the_flop_weighted_harmonic_combination(speed):
-    spec = speed.SPEC_BY_LABEL["elman-tanh"]
+def test_the_gemm_contender_does_exactly_the_products_of_a_step(speed, monkeypatch):
+    """gemm/<cell> runs every product of the cell's training step, each as often as the step does;
+    together they are the useful FLOPs that the efficiency counts."""
+    spec = speed.SPEC_BY_LABEL["jordan"]
     products = speed.step_products(spec, 2, 4, 3)
-    cache = {(rows, inner, cols): float(i + 1) for i, (rows, inner, cols, _) in enumerate(products)}
-    flops = [2 * r * k * n * c for r, k, n, c in products]
-    expected = sum(flops) / sum(f / cache[(r, k, n)] for f, (r, k, n, _) in zip(flops, products))
-    assert speed.step_gemm_rate(spec, 2, 4, 3, 0.0, cache) == pytest.approx(expected)
-    assert sum(flops) == speed.useful_flops(spec, 2, 4, 3)
+    assert sum(2 * r * k * n * c for r, k, n, c in products) == speed.useful_flops(spec, 2, 4, 3)
+    done = []
+    real_mm = speed.torch.mm
+
+    def counted_mm(a, b, out):
+        done.append((*a.shape, b.shape[1]))
+        return real_mm(a, b, out=out)
+    monkeypatch.setattr(speed.torch, "mm", counted_mm)
+    speed.build_step("gemm/jordan", 2, 4, 3)()
+    assert sorted(done) == sorted(product[:3] for product in products for _ in range(product[3]))
 
 
 def test_results_writer_replaces_only_its_section(speed, tmp_path):
