@@ -9,7 +9,8 @@ peak is its own), with the same thread count (`--threads`, default 1). Run:
 1. Training throughput. Shapes small (B=32, H=64, T=50), medium (B=64, H=256, T=100), large
    (B=32, H=512, T=200); one layer, unidirectional, batch_first, input size = hidden size.
    One measured step = forward over x (B, T, H) from a zero state, loss = mean(outputs ⊙ R)
-   for a fixed random R, backward, `torch.optim.SGD(lr=1e-3).step()`, zero_grad. Contenders
+   for a fixed random R, backward to the parameters and to x (as for any layer but a model's
+   first), `torch.optim.SGD(lr=1e-3).step()`, zero_grad. Contenders
    per cell: rnnkit `Recurrent(path="auto")` for the custom cells; for Elman, LSTM and GRU both
    path="fused" and path="bptt", and the "auto" row repeats the one of them that "auto" picks
    when training at that shape; the torch module (nn.RNN tanh/relu for Elman, nn.RNN tanh for
@@ -183,7 +184,9 @@ def useful_flops(spec: CellSpec, batch: int, hidden: int, steps: int) -> int:
 
 
 def _training_step(forward, parameters, x: torch.Tensor, weight: torch.Tensor):
-    """forward(x) -> outputs; returns a function doing one full training step."""
+    """forward(x) -> outputs; returns a function doing one full training step. x requires grad,
+    as the input of any layer but a model's first does: the backward forms ∂L/∂x, the product
+    that the useful FLOPs (3 × forward) count."""
     optimizer = torch.optim.SGD(parameters, lr=1e-3)
 
     def step():
@@ -191,6 +194,7 @@ def _training_step(forward, parameters, x: torch.Tensor, weight: torch.Tensor):
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        x.grad = None
     return step
 
 
@@ -212,7 +216,7 @@ def build_step(key: str, batch: int, hidden: int, steps: int, seed: int = 0):
     from rnnkit.recurrent import Recurrent
 
     torch.manual_seed(seed)
-    x = torch.randn(batch, steps, hidden)
+    x = torch.randn(batch, steps, hidden, requires_grad=True)
     weight = torch.randn(batch, steps, hidden)
     group, kind = key.split("/", 1)
     if group == "gemm":
@@ -791,7 +795,7 @@ def report(command: str, quick: bool, threads: int, shapes: dict, generation: di
              f"- machine: {machine()}; torch {torch.__version__}; **threads: {threads}**",
              f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; total time {seconds:.0f} s",
              "- method: one process, interleaved rounds (order shuffled each round), medians; a step = forward + loss + "
-             "backward + SGD step; efficiency = the time of the step's products alone (torch.mm, 3 × the forward "
+             "backward (to the parameters and the input) + SGD step; efficiency = the time of the step's products alone (torch.mm, 3 × the forward "
              "GEMM FLOPs, timed in the same rounds) ÷ the step's time, median over rounds (see benchmarks/speed.py)", "",
              "### Targets", ""]
     for title, met, text in targets(shapes, generation, memory):
