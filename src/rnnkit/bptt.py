@@ -531,10 +531,10 @@ class LayerNormLSTMSequence(Function):
                        keep, Gh, Gc, delta, grad_v, grad_l, grad_ln_hh_weight, grad_ln_c_weight, grad_ln_c_bias)
         delta, grad_v = delta.view(-1, 4 * hidden), grad_v.view(-1, 4 * hidden)
         grad_weight_hh = grad_v.t() @ hs[:-1].view(-1, hidden)
-        # ∂L/∂u_t into ∂L/∂v_t's buffer, read by now; LN_ih's bias gradient Σ_t δ_t is every bias's
-        grad_u, grad_ln_ih_weight, grad_bias = grad_v, *hs.new_empty(2, 4 * hidden)
-        layer_norm_backward.out(delta, us, gates_size, u_mean.view(-1, 1), u_rstd.view(-1, 1), ln_ih_weight,
-                                ln_ih_bias, [True, True, True], out0=grad_u, out1=grad_ln_ih_weight, out2=grad_bias)
+        # LN_ih's bias gradient Σ_t δ_t is every bias's (ATen's out= variant would compute into new
+        # tensors and copy: the scratch buffers would save nothing)
+        grad_u, grad_ln_ih_weight, grad_bias = layer_norm_backward(
+            delta, us, gates_size, u_mean.view(-1, 1), u_rstd.view(-1, 1), ln_ih_weight, ln_ih_bias, [True] * 3)
         grad_x = (grad_u @ weight_ih).view(steps, batch, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None
         return (grad_x, Gh[0], Gc[0], grad_u.t() @ xs, grad_weight_hh, grad_bias,
                 grad_ln_ih_weight, grad_bias, grad_ln_hh_weight, grad_bias, grad_ln_c_weight, grad_ln_c_bias,
