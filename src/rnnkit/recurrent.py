@@ -49,10 +49,10 @@ FUSED_STEPS = {
 PATHS = ("auto", "fused", "bptt", "loop")
 SHORT_SEQUENCE = 5  # up to this many steps, "auto" runs the per-step loop on CPU (see _fastest_path)
 # Training on CPU, hand BPTT beats the fused kernel for these modes from this hidden size on
-# (forward + backward, hand BPTT ÷ fused tokens/s at the bench's small, medium and large shapes;
-# LSTM and GRU with their compiled loops, rnnkit/csrc: LSTM 1.34, 1.37, 1.20 at 1 thread and
-# 1.11, 1.22, 1.03 at 2; GRU 2.61, 1.16, 1.22 at 1 thread and 2.65, 1.27, 1.29 at 2; Elman
-# 1.12–1.52 at every shape). Without gradients the fused forward is the faster one.
+# (a training step with ∂L/∂x, hand BPTT ÷ fused tokens/s at the bench's small, medium and large
+# shapes, two full runs of `rnnkit bench`, 1 thread, with the compiled loops of rnnkit/csrc:
+# LSTM 1.12–1.19, 1.03–1.06, 0.98–1.00 (at par); GRU 2.59–2.99, 1.09–1.20, 1.12–1.15; Elman
+# 1.06–2.21 at every shape). Without gradients the fused forward is the faster one.
 HAND_BPTT_TRAINS_FASTER_ON_CPU = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 1, "gru": 1}
 # The same where the compiled loops cannot be built (rnnkit.kernels): the Python loops made LSTM
 # 0.46× fused at the small shape, 0.96–1.09 otherwise, and GRU 1.02–1.04 at H ≤ 256, 1.16–1.39 at 512.
