@@ -103,8 +103,9 @@ def _scratch(name: str, like: torch.Tensor) -> torch.Tensor:
     """An uninitialised tensor shaped like `like` for a backward's temporary `name`, kept per thread
     for the next call of that shape. On the CPU a buffer over glibc's 32 MB mmap limit comes fresh
     from the kernel on every allocation, a page fault for each 4 KB, 3 µs each on the bench's VM:
-    kept, the LayerNorm-LSTM's two (T, B, 4H) temporaries cut a training step's faults from 61.9k
-    to 43.4k at the large bench shape. CUDA's caching allocator already reuses memory."""
+    kept, the LayerNorm-LSTM's two (T, B, 4H) temporaries (the second one reused for LN_ih's
+    gradient) cut a training step's faults from 61.9k to 18.1k at the large bench shape. CUDA's
+    caching allocator already reuses memory."""
     if like.device.type != "cpu":
         return torch.empty_like(like)
     buffers = _SCRATCH.__dict__.setdefault("buffers", {})
@@ -255,6 +256,16 @@ def _gru_backward_steps(from_h, rz, n, hs, weight_hh, keep, G, delta, delta_x_n)
         G[t].addcmul_(gamma, z).addmm_(delta[t], weight_hh)
         if valid is not None:  # a padded step keeps h: its gradient passes through
             G[t].addcmul_(G[t + 1], 1 - valid[t])
+
+
+def _layer_norm_backward_rows(delta, us, mean, rstd, weight, grad_u, grad_weight, grad_bias) -> None:
+    """The backward of LN(u) = w ⊙ û + b over each row of us (N, F), from δ = ∂L/∂LN(u): ∂L/∂u
+    into grad_u, Σ_rows δ ⊙ û into grad_weight, Σ_rows δ into grad_bias (rnnkit/csrc/lnlstm.cpp in C++)."""
+    width = us.shape[-1]
+    grad_u.copy_(torch.ops.aten.native_layer_norm_backward(
+        delta, us, [width], mean.view(-1, 1), rstd.view(-1, 1), weight, None, [True, False, False])[0])
+    torch.sum(delta * (us - mean.view(-1, 1)) * rstd.view(-1, 1), 0, out=grad_weight)
+    torch.sum(delta, 0, out=grad_bias)
 
 
 def _layer_norm_lstm_forward_steps(gates, vs, v_mean, v_rstd, hs, cs, c_mean, c_rstd, tanh_ls, weight_hh_t,
@@ -508,17 +519,15 @@ class LayerNormLSTMSequence(Function):
                       ln_hh_weight, ln_c_weight, ln_c_bias, keep, eps)
         ctx.eps = eps
         ctx.save_for_backward(xs, us, u_mean, u_rstd, gates, vs, v_mean, v_rstd, hs, cs, c_mean, c_rstd, tanh_ls,
-                              weight_ih, weight_hh, ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_c_weight, keep)
+                              weight_ih, weight_hh, ln_ih_weight, ln_hh_weight, ln_c_weight, keep)
         return _outputs(hs[1:], keep), hs[steps], cs[steps]
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_outputs, grad_h, grad_c):
         (xs, us, u_mean, u_rstd, gates, vs, v_mean, v_rstd, hs, cs, c_mean, c_rstd, tanh_ls,
-         weight_ih, weight_hh, ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_c_weight, keep) = ctx.saved_tensors
-        layer_norm_backward = torch.ops.aten.native_layer_norm_backward
+         weight_ih, weight_hh, ln_ih_weight, ln_hh_weight, ln_c_weight, keep) = ctx.saved_tensors
         steps, batch, hidden = tanh_ls.shape
-        gates_size = [4 * hidden]
         valid = None if keep is None else keep.to(hs.dtype)
         Gh = _grad_buffer(grad_outputs, grad_h, valid, hidden)  # Gh[t] ends as γ_t
         Gc = torch.zeros_like(Gh)  # Gc[t] ends as κ_t
@@ -531,10 +540,10 @@ class LayerNormLSTMSequence(Function):
                        keep, Gh, Gc, delta, grad_v, grad_l, grad_ln_hh_weight, grad_ln_c_weight, grad_ln_c_bias)
         delta, grad_v = delta.view(-1, 4 * hidden), grad_v.view(-1, 4 * hidden)
         grad_weight_hh = grad_v.t() @ hs[:-1].view(-1, hidden)
-        # LN_ih's bias gradient Σ_t δ_t is every bias's (ATen's out= variant would compute into new
-        # tensors and copy: the scratch buffers would save nothing)
-        grad_u, grad_ln_ih_weight, grad_bias = layer_norm_backward(
-            delta, us, gates_size, u_mean.view(-1, 1), u_rstd.view(-1, 1), ln_ih_weight, ln_ih_bias, [True] * 3)
+        # ∂L/∂u into ∂L/∂v's buffer, read by now; LN_ih's bias gradient Σ_t δ_t is every bias's
+        grad_u, grad_ln_ih_weight, grad_bias = grad_v, *hs.new_empty(2, 4 * hidden)
+        input_norm_backward = _compiled("lnlstm_input_norm_backward", hs) or _layer_norm_backward_rows
+        input_norm_backward(delta, us, u_mean, u_rstd, ln_ih_weight, grad_u, grad_ln_ih_weight, grad_bias)
         grad_x = (grad_u @ weight_ih).view(steps, batch, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None
         return (grad_x, Gh[0], Gc[0], grad_u.t() @ xs, grad_weight_hh, grad_bias,
                 grad_ln_ih_weight, grad_bias, grad_ln_hh_weight, grad_bias, grad_ln_c_weight, grad_ln_c_bias,

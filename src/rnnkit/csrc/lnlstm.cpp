@@ -214,6 +214,61 @@ void lnlstm_backward(const at::Tensor& gates, const at::Tensor& vs, const at::Te
   });
 }
 
+// The layer norm of the inputs' projections, LN_ih(u) = w ⊙ û + b over each row of us (N, F), is
+// outside the recursion: its backward runs once over all T·B rows. From δ = ∂L/∂LN_ih(u) it writes
+// ∂L/∂u into grad_u, and Σ_rows δ ⊙ û and Σ_rows δ into grad_weight and grad_bias (the sums in T
+// over blocks of rows, then in double). ATen's native_layer_norm_backward does the same into new
+// tensors (its out= variant computes into new ones and copies): a 52 MB buffer fresh from the
+// kernel every step at the bench's large shape.
+template <typename T>
+void input_norm_backward_rows(const T* delta, const T* us, const T* mean, const T* rstd, const T* weight,
+                              int64_t rows, int64_t width, T* grad_u, T* grad_weight, T* grad_bias) {
+  constexpr int64_t kBlock = 256;
+  std::vector<double> sum_weight(width, 0.0), sum_bias(width, 0.0);
+  std::vector<T> block_weight(width), block_bias(width);
+  for (int64_t first = 0; first < rows; first += kBlock) {
+    std::fill(block_weight.begin(), block_weight.end(), T(0));
+    std::fill(block_bias.begin(), block_bias.end(), T(0));
+    T *row_weight = block_weight.data(), *row_bias = block_bias.data();
+    for (int64_t row = first; row < std::min(first + kBlock, rows); ++row) {
+      const T *d = delta + row * width, *u = us + row * width;
+      const T m = mean[row], r = rstd[row];
+      T* g = grad_u + row * width;
+#pragma omp simd
+      for (int64_t j = 0; j < width; ++j) {
+        row_weight[j] += d[j] * (u[j] - m) * r;
+        row_bias[j] += d[j];
+        g[j] = weight[j] * d[j];
+      }
+      normalise_backward(g, u, width, m, r);
+    }
+    for (int64_t j = 0; j < width; ++j) {
+      sum_weight[j] += block_weight[j];
+      sum_bias[j] += block_bias[j];
+    }
+  }
+  std::copy(sum_weight.begin(), sum_weight.end(), grad_weight);
+  std::copy(sum_bias.begin(), sum_bias.end(), grad_bias);
+}
+
+void lnlstm_input_norm_backward(const at::Tensor& delta, const at::Tensor& us, const at::Tensor& mean,
+                                const at::Tensor& rstd, const at::Tensor& weight_given, at::Tensor grad_u,
+                                at::Tensor grad_weight, at::Tensor grad_bias) {
+  const at::Tensor weight = weight_given.contiguous();  // a parameter: no copy unless it is a view
+  check_buffers("lnlstm_input_norm_backward", {&delta, &us, &mean, &rstd, &weight, &grad_u, &grad_weight, &grad_bias});
+  const int64_t width = us.size(-1), rows = us.numel() / width;
+  TORCH_CHECK(delta.numel() == us.numel() && grad_u.numel() == us.numel() && mean.numel() == rows &&
+                  rstd.numel() == rows && weight.numel() == width && grad_weight.numel() == width &&
+                  grad_bias.numel() == width,
+              "lnlstm_input_norm_backward: mismatched sizes");
+  AT_DISPATCH_FLOATING_TYPES(us.scalar_type(), "lnlstm_input_norm_backward", [&] {
+    input_norm_backward_rows<scalar_t>(delta.data_ptr<scalar_t>(), us.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(),
+                                       rstd.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), rows, width,
+                                       grad_u.data_ptr<scalar_t>(), grad_weight.data_ptr<scalar_t>(),
+                                       grad_bias.data_ptr<scalar_t>());
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(rnnkit_kernels, m) {
@@ -224,9 +279,12 @@ TORCH_LIBRARY_FRAGMENT(rnnkit_kernels, m) {
         "Tensor c_rstd, Tensor tanh_ls, Tensor weight_hh, Tensor ln_hh_weight, Tensor ln_c_weight, Tensor? keep, "
         "Tensor(a!) Gh, Tensor(b!) Gc, Tensor(c!) delta, Tensor(d!) grad_v, Tensor(e!) grad_l, "
         "Tensor(f!) grad_ln_hh_weight, Tensor(g!) grad_ln_c_weight, Tensor(h!) grad_ln_c_bias) -> ()");
+  m.def("lnlstm_input_norm_backward(Tensor delta, Tensor us, Tensor mean, Tensor rstd, Tensor weight, "
+        "Tensor(a!) grad_u, Tensor(b!) grad_weight, Tensor(c!) grad_bias) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(rnnkit_kernels, CPU, m) {
   m.impl("lnlstm_forward", lnlstm_forward);
   m.impl("lnlstm_backward", lnlstm_backward);
+  m.impl("lnlstm_input_norm_backward", lnlstm_input_norm_backward);
 }
