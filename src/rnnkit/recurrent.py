@@ -48,15 +48,17 @@ FUSED_STEPS = {
 }
 PATHS = ("auto", "fused", "bptt", "loop")
 SHORT_SEQUENCE = 5  # up to this many steps, "auto" runs the per-step loop on CPU (see _fastest_path)
-# Training on CPU, hand BPTT beats the fused kernel for these modes from this hidden size on
-# (a training step with ∂L/∂x, hand BPTT ÷ fused tokens/s at the bench's small, medium and large
-# shapes, two full runs of `rnnkit bench`, 1 thread, with the compiled loops of rnnkit/csrc:
-# LSTM 1.12–1.19, 1.03–1.06, 0.98–1.00 (at par); GRU 2.59–2.99, 1.09–1.20, 1.12–1.15; Elman
-# 1.06–2.21 at every shape). Without gradients the fused forward is the faster one.
-HAND_BPTT_TRAINS_FASTER_ON_CPU = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 1, "gru": 1}
+ALL_SIZES = range(1, 2 ** 31)
+# Training on CPU, hand BPTT beats the fused kernel for these modes at these hidden sizes (a
+# training step with ∂L/∂x, hand BPTT ÷ fused tokens/s at the bench's small, medium and large
+# shapes, H = 64, 256, 512, three full runs of `rnnkit bench`, 1 thread, with the compiled loops
+# of rnnkit/csrc: LSTM 1.12–1.19, 1.03–1.08, 0.94–1.00; GRU 2.02–2.99, 1.09–1.20, 1.12–1.29;
+# Elman 1.06–2.21 at every shape). Without gradients the fused forward is the faster one.
+HAND_BPTT_TRAINS_FASTER_ON_CPU = {"rnn_tanh": ALL_SIZES, "rnn_relu": ALL_SIZES, "lstm": range(1, 512),
+                                  "gru": ALL_SIZES}
 # The same where the compiled loops cannot be built (rnnkit.kernels): the Python loops made LSTM
 # 0.46× fused at the small shape, 0.96–1.09 otherwise, and GRU 1.02–1.04 at H ≤ 256, 1.16–1.39 at 512.
-HAND_BPTT_TRAINS_FASTER_IN_PYTHON = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 512}
+HAND_BPTT_TRAINS_FASTER_IN_PYTHON = {"rnn_tanh": ALL_SIZES, "rnn_relu": ALL_SIZES, "gru": range(512, 2 ** 31)}
 INITIAL_STATES = ("zeros", "learned")
 
 
@@ -215,8 +217,7 @@ class Recurrent(nn.Module):
         if self.fused_mode:
             if on_cpu and torch.is_grad_enabled():
                 faster = HAND_BPTT_TRAINS_FASTER_ON_CPU if kernels.ops() else HAND_BPTT_TRAINS_FASTER_IN_PYTHON
-                from_size = faster.get(self.fused_mode)
-                if from_size is not None and self.hidden_size >= from_size:
+                if self.hidden_size in faster.get(self.fused_mode, ()):
                     return "bptt"
             return "fused"
         return "bptt"
