@@ -4,7 +4,8 @@
 // The step's products are gemm.h's; its activations stay ATen's (see activations.h for why).
 // The equations, the buffers and their layout are those of the Python Function, which stays
 // the readable statement of the algorithm and the fallback where this file cannot be built;
-// the time-batched products before and after these loops are done there, in Python.
+// the time-batched products before and after these loops are done there, in Python. The
+// backward of LN_ih, which is outside the recursion, is here too (lnlstm_input_norm_backward).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 #include <algorithm>
@@ -172,8 +173,8 @@ void backward_loop(const at::Tensor& gates, const at::Tensor& vs, const at::Tens
   std::copy(sum_b_c.begin(), sum_b_c.end(), grad_ln_c_bias.data_ptr<T>());
 }
 
-// The read-only inputs are made contiguous here (no copy when they already are).
-// The loops read the layer-norm parameters by raw pointer: their lengths must be right.
+// The loops read the layer-norm parameters by raw pointer: their lengths must be right. (The
+// functions below make the read-only inputs contiguous: no copy when they already are.)
 void check_lengths(int64_t hidden, const at::Tensor& ln_hh, std::initializer_list<const at::Tensor*> ln_c) {
   TORCH_CHECK(ln_hh.numel() == 4 * hidden, "LayerNorm-LSTM: ln_hh_weight must have 4·hidden entries");
   for (const at::Tensor* parameter : ln_c)
