@@ -42,6 +42,7 @@ number of tokens: the same gradient direction as the summed loss, with a scale t
 change with the batch or chunk size.
 """
 
+import atexit
 import csv
 import math
 import os
@@ -539,3 +540,6 @@ def setup_distributed() -> None:
     """Join the process group when started by torchrun (WORLD_SIZE > 1): gloo on CPU, NCCL on GPU."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # Left to interpreter shutdown, gloo's worker threads can outlive the objects they hold and the
+        # process dies with "terminate called without an active exception" (SIGABRT) after a finished run.
+        atexit.register(dist.destroy_process_group)
