@@ -145,6 +145,51 @@ def test_compiled_writer_with_a_helper_thread_writes_what_one_thread_writes():
     assert all(torch.equal(a, b) for a, b in zip(state_1, state_2))
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "elman"])
+@pytest.mark.parametrize("hidden", [8, 12])  # F16C's eight rows at a time; the element-wise loop
+@pytest.mark.parametrize("batch", [1, 3])
+def test_compiled_writer_with_half_weights_is_the_float32_writer_of_the_rounded_model(cell, hidden, batch):
+    """half_weights: the loop reads float16 copies of the weight matrices, so it computes what the
+    float32 loop computes once the matrices are rounded to float16 (up to the order of the sums)."""
+    torch.manual_seed(4)
+    model = SequenceModel(5, 9, hidden, cell=cell, vocab_size=9, num_layers=2).eval()
+    noise = torch.empty(40, batch, 9).exponential_(generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits, state = model(torch.randint(0, 9, (batch, 3)))
+        logits = logits[:, -1] * 3
+        tokens, last_logits, last_state = model.writer(half_weights=True)(logits, state, noise, 40)
+        full_tokens, full_logits, _ = model.writer()(logits, state, noise, 40)
+        for name, parameter in model.named_parameters():
+            # layer 0's input table (from the embedding and layer 0's W_ih) stays float32
+            if "weight" in name and name not in ("input.embedding.weight", "recurrent.cells.0.weight_ih"):
+                parameter.copy_(parameter.half().float())
+        expected = model.writer()(logits, state, noise, 40)
+    assert torch.equal(tokens, expected[0])
+    torch.testing.assert_close(last_logits, expected[1], rtol=1e-5, atol=1e-6)
+    for a, b in zip(*((last_state, expected[2]) if cell == "lstm" else ((last_state,), (expected[2],)))):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(last_logits, full_logits)  # the copies really are float16
+
+
+def test_compiled_writer_with_half_weights_and_a_helper_thread_writes_what_one_thread_writes():
+    torch.manual_seed(3)
+    model = SequenceModel(16, 40, 192, cell="lstm", vocab_size=40, num_layers=2).eval()
+    noise = torch.empty(300, 1, 40).exponential_(generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    written = []
+    with torch.no_grad():
+        logits, state = model(torch.randint(0, 40, (1, 5)))
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            try:
+                written.append(model.writer(half_weights=True)(logits[:, -1], state, noise, 300))
+            finally:
+                torch.set_num_threads(threads)
+    (tokens_1, logits_1, state_1), (tokens_2, logits_2, state_2) = written
+    assert torch.equal(tokens_1, tokens_2) and torch.equal(logits_1, logits_2)
+    assert all(torch.equal(a, b) for a, b in zip(state_1, state_2))
+
+
 def test_compiled_writer_draws_each_token_as_often_as_its_probability():
     """A head that ignores the state gives the same logits every step: 20,000 draws then show
     the loop's frequencies against softmax, with temperature, top_k and top_p."""

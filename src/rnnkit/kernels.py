@@ -34,8 +34,8 @@ SOURCES = [Path(__file__).with_name("csrc") / name for name in (
 # Vector instructions for the pointwise loops, by the capability ATen itself dispatches to on this
 # CPU; the build is named after it, so a home directory shared by different CPUs keeps one per kind.
 VECTOR_FLAGS = {
-    "AVX2": ["-mavx2", "-mfma"],
-    "AVX512": ["-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"],
+    "AVX2": ["-mavx2", "-mfma", "-mf16c"],
+    "AVX512": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"],
 }
 log = logging.getLogger(__name__)
 
