@@ -192,16 +192,17 @@ def test_backward_runs_once_per_sequence():
     assert calls == [1] and all(t.grad is not None for t in inputs)
 
 
-def test_reused_backward_buffers_never_reach_the_gradients():
-    """LayerNorm-LSTM's backward keeps its (T, B, 4H) temporaries for the next call of that shape
-    (bptt._scratch): gradients it returned stay as they were after another layer's backward, and
-    a retained graph backpropagates a second time to the same gradients."""
+@pytest.mark.parametrize("name", ["layernorm-lstm", "gru"])
+def test_reused_backward_buffers_never_reach_the_gradients(name):
+    """The LayerNorm-LSTM's and the GRU's backward keep their (T, B, gates·H) temporaries for the
+    next call of that shape (bptt._scratch): gradients they returned stay as they were after another
+    layer's backward, and a retained graph backpropagates a second time to the same gradients."""
     torch.manual_seed(5)
-    function, inputs, options = function_inputs("layernorm-lstm", steps=6)
+    function, inputs, options = function_inputs(name, steps=6)
     outputs = function.apply(*inputs, None, *options)
     first = torch.autograd.grad(outputs[0].sum(), inputs, retain_graph=True)
     kept = [gradient.clone() for gradient in first]
-    _, other_inputs, _ = function_inputs("layernorm-lstm", steps=6)
+    _, other_inputs, _ = function_inputs(name, steps=6)
     other = function.apply(*other_inputs, None, *options)
     torch.autograd.grad(other[0].square().sum(), other_inputs)
     for gradient, copy in zip(first, kept):

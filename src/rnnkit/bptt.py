@@ -592,15 +592,16 @@ class GRUSequence(Function):
         steps, batch, hidden = n.shape
         valid = None if keep is None else keep.to(hs.dtype)
         G = _grad_buffer(grad_outputs, grad_final, valid, hidden)  # G[t] ends as γ_t
-        delta = torch.empty_like(from_h)  # δ_t
-        delta_x_n = torch.empty_like(n)  # γ_t ⊙ ν_t, the last block of δˣ_t
+        delta = _scratch("gru delta", from_h)  # δ_t
+        delta_x_n = _scratch("gru delta_x_n", n)  # γ_t ⊙ ν_t, the last block of δˣ_t
         backward_steps = _compiled("gru_backward", n) or _gru_backward_steps
         backward_steps(from_h, rz, n, hs, weight_hh, keep, G, delta, delta_x_n)
-        delta_x = torch.cat([delta[..., :2 * hidden], delta_x_n], dim=2).view(-1, 3 * hidden)
         delta = delta.view(-1, 3 * hidden)
+        grad_weight_hh, grad_bias_hh = delta.t() @ hs[:-1].view(-1, hidden), delta.sum(0)
+        delta_x = delta  # δ becomes δˣ: only their last blocks differ
+        delta_x[:, 2 * hidden:] = delta_x_n.view(-1, hidden)
         grad_x = (delta_x @ weight_ih).view(steps, batch, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None
-        return (grad_x, G[0], delta_x.t() @ xs, delta.t() @ hs[:-1].view(-1, hidden),
-                delta_x.sum(0), delta.sum(0), None)
+        return grad_x, G[0], delta_x.t() @ xs, grad_weight_hh, delta_x.sum(0), grad_bias_hh, None
 
 
 def _run_elman(cell, x, state, valid):
