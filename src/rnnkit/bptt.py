@@ -574,8 +574,10 @@ class GRUSequence(Function):
         hidden = h0.shape[-1]
         keep = _step_mask(valid)
         xs = _time_major(x)
-        from_x = _project(xs, weight_ih, bias_ih).view(steps, batch, 3 * hidden)
-        from_h = torch.empty_like(from_x)  # m_t = W_hh h_{t-1} + b_hh
+        from_h = x.new_empty(steps, batch, 3 * hidden)  # m_t = W_hh h_{t-1} + b_hh
+        # W_ih x_t + b_ih, read by the forward recursion alone: kept for the next call, as backward's temporaries
+        from_x = _project(xs, weight_ih, bias_ih, out=_scratch("gru from_x", from_h).view(-1, 3 * hidden))
+        from_x = from_x.view(steps, batch, 3 * hidden)
         rz = x.new_empty(steps, batch, 2 * hidden)
         n = x.new_empty(steps, batch, hidden)
         hs = x.new_empty(steps + 1, batch, hidden)
