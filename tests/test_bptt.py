@@ -192,11 +192,11 @@ def test_backward_runs_once_per_sequence():
     assert calls == [1] and all(t.grad is not None for t in inputs)
 
 
-@pytest.mark.parametrize("name", ["layernorm-lstm", "gru"])
+@pytest.mark.parametrize("name", ["elman-tanh", "multilag-2", "jordan", "gru", "layernorm-lstm"])
 def test_reused_backward_buffers_never_reach_the_gradients(name):
-    """The LayerNorm-LSTM's and the GRU's backward keep their (T, B, gates·H) temporaries for the
-    next call of that shape (bptt._scratch): gradients they returned stay as they were after another
-    layer's backward, and a retained graph backpropagates a second time to the same gradients."""
+    """These cells' backward keep their (T, B, gates·H) temporaries for the next call of that shape
+    (bptt._scratch): gradients they returned stay as they were after another layer's backward, and
+    a retained graph backpropagates a second time to the same gradients."""
     torch.manual_seed(5)
     function, inputs, options = function_inputs(name, steps=6)
     outputs = function.apply(*inputs, None, *options)
