@@ -233,10 +233,11 @@ class SequenceModel(nn.Module):
         vocab) Exp(1) draws; None when greedy), and steps on each, in one call. Per character it
         saves the sampling's and the step's calls from Python, as much time as the step's products.
 
-        half_weights: the loop reads float16 copies of the weight matrices (arithmetic and state
-        stay float32). A single sequence's step reads every weight once, so it is bound by the bytes
-        read: half of them make it 1.45-1.6× faster at 512 LSTM units (benchmarks/RESULTS.md).
-        Rounding the matrices to float16 moved a trained model's bits per character by 3e-6.
+        half_weights: the loop reads float16 copies of the weight matrices of a float32 model
+        (arithmetic and state stay float32; other dtypes keep their weights). A single sequence's
+        step reads every weight once, so it is bound by the bytes read: half of them make the loop
+        1.35-1.45× faster at 512 LSTM units (benchmarks/RESULTS.md). Rounding the matrices to
+        float16 moved a trained model's bits per character by 3e-6.
         """
         compiled = self._compiled_generation(half_weights and self.head.weight.dtype == torch.float32)
         if compiled is None:
