@@ -263,10 +263,11 @@ def _layer_norm_backward_rows(delta, us, mean, rstd, weight, grad_u, grad_weight
     """The backward of LN(u) = w ⊙ û + b over each row of us (N, F), from δ = ∂L/∂LN(u): ∂L/∂u
     into grad_u, Σ_rows δ ⊙ û into grad_weight, Σ_rows δ into grad_bias (rnnkit/csrc/lnlstm.cpp in C++)."""
     width = us.shape[-1]
-    grad_u.copy_(torch.ops.aten.native_layer_norm_backward(
-        delta, us, [width], mean.view(-1, 1), rstd.view(-1, 1), weight, None, [True, False, False])[0])
-    torch.sum(delta * (us - mean.view(-1, 1)) * rstd.view(-1, 1), 0, out=grad_weight)
-    torch.sum(delta, 0, out=grad_bias)
+    grad_input, grad_gain, _ = torch.ops.aten.native_layer_norm_backward(
+        delta, us, [width], mean.view(-1, 1), rstd.view(-1, 1), weight, None, [True, True, False])
+    grad_u.copy_(grad_input)
+    grad_weight.copy_(grad_gain)
+    torch.sum(delta, 0, out=grad_bias)  # ATen's needs the bias itself for this one
 
 
 def _layer_norm_lstm_forward_steps(gates, vs, v_mean, v_rstd, hs, cs, c_mean, c_rstd, tanh_ls, weight_hh_t,

@@ -185,7 +185,8 @@ class SequenceModel(nn.Module):
         model, looked up once: (ops, cell kind, layer 0's input table, the layers' weights, the
         head's weight), or None where they do not apply. They apply to a token-reading,
         unidirectional LSTM, GRU or Elman model on the CPU, run without gradients (they have no
-        backward). half_weights: the weight matrices in float16 (a float32 model only)."""
+        backward). half_weights: the weight matrices in float16 (a float32 model's; other dtypes
+        keep their own)."""
         recurrent = self.recurrent
         compiled = kernels.ops()
         if (compiled is None or self.input.embedding is None or self.head.weight.device.type != "cpu"
@@ -198,7 +199,8 @@ class SequenceModel(nn.Module):
         # (its n gate needs W_hn h + b_hn apart): a step then never multiplies by W_ih there.
         bias = first.bias_ih if kind == "gru" else first.bias_ih + first.bias_hh
         input_table = torch.addmm(bias, self.input.embedding.weight, first.weight_ih.t())
-        matrix_type = torch.float16 if half_weights else self.head.weight.dtype
+        dtype = self.head.weight.dtype
+        matrix_type = torch.float16 if half_weights and dtype == torch.float32 else dtype
         weights = [w.contiguous() for cell in recurrent.cells
                    for w in (cell.weight_ih.to(matrix_type), cell.weight_hh.to(matrix_type), cell.bias_ih, cell.bias_hh)]
         return compiled, kind, input_table, weights, self.head.weight.to(matrix_type)
@@ -239,7 +241,7 @@ class SequenceModel(nn.Module):
         1.35-1.45× faster at 512 LSTM units (benchmarks/RESULTS.md). Rounding the matrices to
         float16 moved a trained model's bits per character by 3e-6.
         """
-        compiled = self._compiled_generation(half_weights and self.head.weight.dtype == torch.float32)
+        compiled = self._compiled_generation(half_weights)
         if compiled is None:
             return None
         ops, kind, input_table, weights, head_weight = compiled

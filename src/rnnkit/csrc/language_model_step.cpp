@@ -259,20 +259,19 @@ LanguageModel check_model(const at::Tensor& input_table, at::TensorList weights,
   TORCH_CHECK(static_cast<int64_t>(weights.size()) == 4 * m.layers, "4 weights per layer");
   TORCH_CHECK(head_weight.dim() == 2 && head_weight.size(1) == m.hidden && head_bias.numel() == head_weight.size(0),
               "the head must be (vocab, hidden) with one bias per row");
-  for (int64_t l = 0; l < m.layers; ++l) {  // the products below read exactly these shapes
-    TORCH_CHECK((l == 0 || weights[4 * l].sizes() == at::IntArrayRef({rows, m.hidden})) &&
-                    weights[4 * l + 1].sizes() == at::IntArrayRef({rows, m.hidden}) &&
-                    weights[4 * l + 2].numel() == rows && weights[4 * l + 3].numel() == rows,
-                "layer ", l, "'s weights do not match the state's hidden size ", m.hidden);
-  }
   const auto state_type = h.scalar_type();
   const auto matrix_type_ok = [&](const at::Tensor& w) {
     return w.scalar_type() == state_type || (w.scalar_type() == at::kHalf && state_type == at::kFloat);
   };
-  for (int64_t l = 0; l < m.layers; ++l)
+  for (int64_t l = 0; l < m.layers; ++l) {  // the products below read exactly these shapes and types
+    TORCH_CHECK((l == 0 || weights[4 * l].sizes() == at::IntArrayRef({rows, m.hidden})) &&
+                    weights[4 * l + 1].sizes() == at::IntArrayRef({rows, m.hidden}) &&
+                    weights[4 * l + 2].numel() == rows && weights[4 * l + 3].numel() == rows,
+                "layer ", l, "'s weights do not match the state's hidden size ", m.hidden);
     TORCH_CHECK((l == 0 || matrix_type_ok(weights[4 * l])) && matrix_type_ok(weights[4 * l + 1]) &&
                     weights[4 * l + 2].scalar_type() == state_type && weights[4 * l + 3].scalar_type() == state_type,
                 "the weight matrices must have the state's dtype (or float16 for a float32 state), the biases the state's");
+  }
   TORCH_CHECK(matrix_type_ok(head_weight) && head_bias.scalar_type() == state_type && input_table.scalar_type() == state_type,
               "the head's weight must have the state's dtype (or float16 for a float32 state); its bias and the input "
               "table the state's");
