@@ -2,8 +2,9 @@
 // tanh runs through MKL and its sigmoid through ATen's parallel loop: with OpenMP's passive
 // waiting, which the rnnkit command sets, both wake a sleeping thread per call at 2 threads
 // (about 120 µs for a tanh over 2,048 values, against 12 µs on one thread). The LayerNorm-LSTM
-// loop keeps ATen's: its layer norms amplified these last-bit differences to 1.1e-5 after 24
-// steps, beyond the 1e-5 that its ONNX export is held to (tests/test_export.py).
+// loop computes ATen's results instead (lnlstm.cpp): its layer norms amplified these last-bit
+// differences to 1.1e-5 after 24 steps, beyond the 1e-5 that its ONNX export is held to
+// (tests/test_export.py).
 #pragma once
 #include <cmath>
 #include <cstdint>

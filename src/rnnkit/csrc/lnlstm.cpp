@@ -1,7 +1,7 @@
 // The sequential part of LayerNormLSTMSequence (rnnkit/bptt.py), compiled: the loop over time
 // steps, forwards and backwards, with each step's pointwise work (layer norms, gate
 // activations, cell update) done in one pass per batch row instead of a dozen tensor calls.
-// The step's products are gemm.h's; its activations compute what ATen's do, bit for bit (below).
+// The step's products are gemm.h's; its float activations are ATen's, bit for bit (below).
 // The equations, the buffers and their layout are those of the Python Function, which stays
 // the readable statement of the algorithm and the fallback where this file cannot be built;
 // the time-batched products before and after these loops are done there, in Python. The
@@ -21,9 +21,9 @@
 
 // What ATen's float sigmoid and tanh run on an AVX2 CPU, both exported by libtorch_cpu: SLEEF's
 // e^x, and MKL's vector tanh in its high-accuracy mode. Called on raw pointers they give ATen's
-// results bit for bit (the LayerNorm-LSTM's layer norms amplify any last-bit difference: 1.1e-5
-// after 24 steps with activations.h's, beyond the 1e-5 its ONNX export is held to), without a
-// tensor view and a dispatch per step (at B=32, H=64, about 5% of a training step).
+// float results bit for bit (activations.h says why this loop needs them), without a tensor view
+// and a dispatch per step (at B=32, H=64, about 5% of a training step). Doubles, which only the
+// gradient checks use, and CPUs without AVX2 take the scalar formulas.
 extern "C" {
 #if defined(__AVX2__) && defined(__FMA__)
 __m256 Sleef_expf8_u10(__m256 x);
