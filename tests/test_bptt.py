@@ -269,6 +269,35 @@ def test_compiled_loops_match_the_python_ones(monkeypatch, name, dtype, toleranc
         torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance)
 
 
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() != "AVX2", reason="the claim is about ATen's AVX2 kernels")
+def test_layernorm_lstm_loop_activations_are_atens_bit_for_bit():
+    """The LayerNorm-LSTM loop calls the routines ATen's sigmoid and tanh run (its layer norms
+    amplify last-bit differences past the ONNX export's 1e-5). One step from h_0 = 0: LN_hh adds
+    exactly 0, so the i, f, o blocks of the gates it returns are σ of the pre-activations given;
+    with LN_c's gain 1 and bias 0, ℓ = (c − mean) · rstd, and tanh_ls must be tanh ℓ. 3 × 4·13 =
+    156 gates: nine 16-wide blocks and a scalar tail of 12, as ATen splits them. An 8-wide loop
+    rounds the tail's first 8 differently about one value in six: 50 draws see it."""
+    assert kernels.ops() is not None
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.float32)  # the float64 fixture restores float64 after the test
+    batch, hidden = 3, 13
+    i_f, o = slice(0, 2 * hidden), slice(3 * hidden, 4 * hidden)
+    for _ in range(50):
+        pre = 3 * torch.randn(1, batch, 4 * hidden)
+        gates, vs = pre.clone(), torch.empty(1, batch, 4 * hidden)
+        v_mean, v_rstd, c_mean, c_rstd = torch.empty(4, 1, batch, 1)
+        hs, cs = torch.zeros(2, batch, hidden), torch.randn(2, batch, hidden)
+        tanh_ls = torch.empty(1, batch, hidden)
+        torch.ops.rnnkit_kernels.lnlstm_forward(gates, vs, v_mean, v_rstd, hs, cs, c_mean, c_rstd, tanh_ls,
+                                                torch.randn(hidden, 4 * hidden), torch.randn(4 * hidden),
+                                                torch.ones(hidden), torch.zeros(hidden), None, 1e-5)
+        assert torch.equal(vs, torch.zeros_like(vs))
+        sigmoid = torch.sigmoid(pre)  # over the whole contiguous step, as the loop calls it
+        assert torch.equal(gates[..., i_f], sigmoid[..., i_f])
+        assert torch.equal(gates[..., o], sigmoid[..., o])
+        assert torch.equal(tanh_ls, torch.tanh((cs[1:] - c_mean) * c_rstd))
+
+
 @pytest.mark.parametrize("name", COMPILED)
 def test_compiled_loops_take_weights_stored_transposed(name):
     """A parameter may be a non-contiguous view (here each matrix stored transposed): the compiled
