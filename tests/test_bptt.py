@@ -22,15 +22,15 @@ def perturbed_layer_norm_lstm(input_size: int, hidden_size: int) -> LayerNormLST
 
 
 CELLS = {
-    "elman-tanh": lambda: ElmanCell(3, 4),
-    "elman-relu": lambda: ElmanCell(3, 4, nonlinearity="relu"),
-    "jordan": lambda: JordanCell(3, 4, output_size=2),
-    "multilag-1": lambda: MultiLagCell(3, 4, lags=1),
-    "multilag-2": lambda: MultiLagCell(3, 4, lags=2),
-    "multilag-3": lambda: MultiLagCell(3, 4, lags=3, nonlinearity="relu"),
-    "lstm": lambda: LSTMCell(3, 4),
-    "gru": lambda: GRUCell(3, 4),
-    "layernorm-lstm": lambda: perturbed_layer_norm_lstm(3, 4),
+    "elman-tanh": lambda hidden=4: ElmanCell(3, hidden),
+    "elman-relu": lambda hidden=4: ElmanCell(3, hidden, nonlinearity="relu"),
+    "jordan": lambda hidden=4: JordanCell(3, hidden, output_size=2),
+    "multilag-1": lambda hidden=4: MultiLagCell(3, hidden, lags=1),
+    "multilag-2": lambda hidden=4: MultiLagCell(3, hidden, lags=2),
+    "multilag-3": lambda hidden=4: MultiLagCell(3, hidden, lags=3, nonlinearity="relu"),
+    "lstm": lambda hidden=4: LSTMCell(3, hidden),
+    "gru": lambda hidden=4: GRUCell(3, hidden),
+    "layernorm-lstm": lambda hidden=4: perturbed_layer_norm_lstm(3, hidden),
 }
 VALID = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)  # left-aligned
 HOLES = torch.tensor([[0, 1, 1, 0, 1], [1, 0, 0, 1, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)  # any mask works too
@@ -255,11 +255,13 @@ def test_gradcheck_of_the_python_loops(python_loops, name, valid):
 @pytest.mark.parametrize("name", COMPILED)
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5)], ids=["f64", "f32"])
 @pytest.mark.parametrize("valid", [None, HOLES], ids=["full", "holes"])
-def test_compiled_loops_match_the_python_ones(monkeypatch, name, dtype, tolerance, valid):
-    """Within float rounding: the LayerNorm-LSTM loop sums in another order than ATen's kernels."""
+@pytest.mark.parametrize("hidden", [4, 13])
+def test_compiled_loops_match_the_python_ones(monkeypatch, name, dtype, tolerance, valid, hidden):
+    """Within float rounding: the LayerNorm-LSTM loop sums in another order than ATen's kernels.
+    hidden 13: the float loops' 8-wide vector code and a scalar tail in every row."""
     assert kernels.ops() is not None
     torch.manual_seed(3)
-    cell = CELLS[name]().to(dtype)
+    cell = CELLS[name](hidden).to(dtype)
     x = torch.randn(3, 5, 3, dtype=dtype, requires_grad=True)
     state = tuple(torch.randn(3, size, dtype=dtype, requires_grad=True) for size in cell.state_sizes)
     compiled = results_and_gradients(lambda *a: run_sequence(*a, valid=valid), cell, x, state)

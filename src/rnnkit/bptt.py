@@ -99,20 +99,22 @@ def _grad_buffer(grad_outputs, grad_final, valid, width: int) -> torch.Tensor:
 _SCRATCH = threading.local()
 
 
-def _scratch(name: str, like: torch.Tensor) -> torch.Tensor:
-    """An uninitialised tensor shaped like `like` for a temporary `name` (one that no output or
-    saved tensor holds), kept per thread for the next call of that shape. On the CPU a buffer over
+def _scratch(name: str, like: torch.Tensor, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+    """An uninitialised tensor shaped like `like` (or `shape`, in its dtype and on its device) for a
+    temporary `name` (one that no output or saved tensor holds), kept per thread for the next call
+    of that shape. On the CPU a buffer over
     glibc's 32 MB mmap limit comes fresh from the kernel on every allocation, and smaller ones often
     do once the heap has been trimmed: a page fault for each 4 KB, 3 µs each on the bench's VM.
     Kept, the LayerNorm-LSTM's two (T, B, 4H) temporaries cut a training step's faults from 61.9k
     to 18.1k at the large bench shape, the GRU's three from 26.7k to 6.4k. CUDA's caching
     allocator already reuses memory."""
+    shape = like.shape if shape is None else torch.Size(shape)
     if like.device.type != "cpu":
-        return torch.empty_like(like)
+        return like.new_empty(shape)
     buffers = _SCRATCH.__dict__.setdefault("buffers", {})
     buffer = buffers.get(name)
-    if buffer is None or buffer.shape != like.shape or buffer.dtype != like.dtype:
-        buffer = buffers[name] = torch.empty_like(like, memory_format=torch.contiguous_format)
+    if buffer is None or buffer.shape != shape or buffer.dtype != like.dtype:
+        buffer = buffers[name] = like.new_empty(shape)
     return buffer
 
 
@@ -226,21 +228,23 @@ def _lstm_backward_steps(gates, cs, tanh_cs, weight_hh, keep, Gh, Gc, delta) -> 
         Gh[t].addmm_(delta[t], weight_hh)
 
 
-def _gru_forward_steps(from_x, from_h, rz, n, hs, weight_hh_t, bias_hh, keep) -> None:
-    """GRUSequence's forward recursion: from_h[t] = W_hh h_{t-1} + b_hh, rz[t] = [r_t, z_t], n[t] = n_t
-    and hs[t + 1] = h_t (rnnkit/csrc/gru.cpp in C++)."""
+def _gru_forward_steps(from_x, m_n, rz, n, hs, weight_hh_t, bias_hh, keep) -> None:
+    """GRUSequence's forward recursion: m_n[t] = the last block of W_hh h_{t-1} + b_hh, rz[t] = [r_t, z_t],
+    n[t] = n_t and hs[t + 1] = h_t (rnnkit/csrc/gru.cpp in C++)."""
     hidden = n.shape[2]
+    from_h = hs.new_empty(hs.shape[1], 3 * hidden)  # W_hh h_{t-1} + b_hh, one step at a time
     for t in range(n.shape[0]):
-        torch.addmm(bias_hh, hs[t], weight_hh_t, out=from_h[t])
-        torch.add(from_x[t, :, :2 * hidden], from_h[t, :, :2 * hidden], out=rz[t]).sigmoid_()
+        torch.addmm(bias_hh, hs[t], weight_hh_t, out=from_h)
+        torch.add(from_x[t, :, :2 * hidden], from_h[:, :2 * hidden], out=rz[t]).sigmoid_()
         r, z = rz[t].chunk(2, dim=1)
-        torch.addcmul(from_x[t, :, 2 * hidden:], r, from_h[t, :, 2 * hidden:], out=n[t]).tanh_()
+        m_n[t] = from_h[:, 2 * hidden:]
+        torch.addcmul(from_x[t, :, 2 * hidden:], r, m_n[t], out=n[t]).tanh_()
         torch.lerp(n[t], hs[t], z, out=hs[t + 1])  # n + z ⊙ (h_{t-1} − n)
         if keep is not None:
             torch.where(keep[t], hs[t + 1], hs[t], out=hs[t + 1])
 
 
-def _gru_backward_steps(from_h, rz, n, hs, weight_hh, keep, G, delta, delta_x_n) -> None:
+def _gru_backward_steps(m_n, rz, n, hs, weight_hh, keep, G, delta, delta_x_n) -> None:
     """GRUSequence's backward recursion, steps t = T … 1: G[t] ends as γ_t (G[0] as ∂L/∂h_0), delta[t − 1]
     as δ_t and delta_x_n[t − 1] as γ_t ⊙ ν_t (rnnkit/csrc/gru.cpp in C++)."""
     hidden = n.shape[2]
@@ -252,7 +256,7 @@ def _gru_backward_steps(from_h, rz, n, hs, weight_hh, keep, G, delta, delta_x_n)
         gamma = G[t + 1] if valid is None else G[t + 1] * valid[t]  # padded: h_t is kept, no gates
         gamma_nu = torch.mul(gamma, 1 - z, out=delta_x_n[t]).mul_(1 - n[t] * n[t])
         torch.mul(gamma_nu, r, out=d_n)
-        torch.mul(gamma_nu, from_h[t, :, 2 * hidden:], out=d_r).mul_(slope_r)
+        torch.mul(gamma_nu, m_n[t], out=d_r).mul_(slope_r)
         torch.sub(hs[t], n[t], out=d_z).mul_(gamma).mul_(slope_z)
         G[t].addcmul_(gamma, z).addmm_(delta[t], weight_hh)
         if valid is not None:  # a padded step keeps h: its gradient passes through
@@ -576,30 +580,30 @@ class GRUSequence(Function):
         hidden = h0.shape[-1]
         keep = _step_mask(valid)
         xs = _time_major(x)
-        from_h = x.new_empty(steps, batch, 3 * hidden)  # m_t = W_hh h_{t-1} + b_hh
         # W_ih x_t + b_ih, read by the forward recursion alone: kept for the next call, as backward's temporaries
-        from_x = _project(xs, weight_ih, bias_ih, out=_scratch("gru from_x", from_h).view(-1, 3 * hidden))
+        from_x = _project(xs, weight_ih, bias_ih, out=_scratch("gru from_x", xs, (steps * batch, 3 * hidden)))
         from_x = from_x.view(steps, batch, 3 * hidden)
+        m_n = x.new_empty(steps, batch, hidden)  # the last block of W_hh h_{t-1} + b_hh
         rz = x.new_empty(steps, batch, 2 * hidden)
         n = x.new_empty(steps, batch, hidden)
         hs = x.new_empty(steps + 1, batch, hidden)
         hs[0] = h0
         forward_steps = _compiled("gru_forward", x) or _gru_forward_steps
-        forward_steps(from_x, from_h, rz, n, hs, weight_hh.t().contiguous(), bias_hh, keep)
-        ctx.save_for_backward(xs, from_h, rz, n, hs, weight_ih, weight_hh, keep)
+        forward_steps(from_x, m_n, rz, n, hs, weight_hh.t().contiguous(), bias_hh, keep)
+        ctx.save_for_backward(xs, m_n, rz, n, hs, weight_ih, weight_hh, keep)
         return _outputs(hs[1:], keep), hs[steps]
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_outputs, grad_final):
-        xs, from_h, rz, n, hs, weight_ih, weight_hh, keep = ctx.saved_tensors
+        xs, m_n, rz, n, hs, weight_ih, weight_hh, keep = ctx.saved_tensors
         steps, batch, hidden = n.shape
         valid = None if keep is None else keep.to(hs.dtype)
         G = _grad_buffer(grad_outputs, grad_final, valid, hidden)  # G[t] ends as γ_t
-        delta = _scratch("gru delta", from_h)  # δ_t
+        delta = _scratch("gru delta", n, (steps, batch, 3 * hidden))  # δ_t
         delta_x_n = _scratch("gru delta_x_n", n)  # γ_t ⊙ ν_t, the last block of δˣ_t
         backward_steps = _compiled("gru_backward", n) or _gru_backward_steps
-        backward_steps(from_h, rz, n, hs, weight_hh, keep, G, delta, delta_x_n)
+        backward_steps(m_n, rz, n, hs, weight_hh, keep, G, delta, delta_x_n)
         delta = delta.view(-1, 3 * hidden)
         grad_weight_hh, grad_bias_hh = delta.t() @ hs[:-1].view(-1, hidden), delta.sum(0)
         delta_x = delta  # δ becomes δˣ: only their last blocks differ

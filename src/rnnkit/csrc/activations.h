@@ -35,6 +35,12 @@ inline __m256 exp8(__m256 x) {
   const __m256i two_to_n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_mul_ps(p, _mm256_castsi256_ps(two_to_n));
 }
+
+// σ(x) = 1 / (1 + e^−x) for 8 floats
+inline __m256 sigmoid8(__m256 x) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  return _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+}
 #endif
 
 // x ← σ(x) = 1 / (1 + e^−x)
@@ -43,11 +49,7 @@ void sigmoid_inplace(T* x, int64_t n) {
   int64_t i = 0;
 #if defined(__AVX2__) && defined(__FMA__)
   if constexpr (std::is_same_v<T, float>) {
-    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
-    for (; i + 8 <= n; i += 8) {
-      const __m256 e = exp8(_mm256_sub_ps(zero, _mm256_loadu_ps(x + i)));
-      _mm256_storeu_ps(x + i, _mm256_div_ps(one, _mm256_add_ps(one, e)));
-    }
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, sigmoid8(_mm256_loadu_ps(x + i)));
   }
 #endif
   for (; i < n; ++i) x[i] = 1 / (1 + std::exp(-x[i]));
