@@ -102,9 +102,9 @@ _SCRATCH = threading.local()
 def _scratch(name: str, like: torch.Tensor, shape: tuple[int, ...] | None = None) -> torch.Tensor:
     """An uninitialised tensor shaped like `like` (or `shape`, in its dtype and on its device) for a
     temporary `name` (one that no output or saved tensor holds), kept per thread for the next call
-    of that shape. On the CPU a buffer over
-    glibc's 32 MB mmap limit comes fresh from the kernel on every allocation, and smaller ones often
-    do once the heap has been trimmed: a page fault for each 4 KB, 3 µs each on the bench's VM.
+    of that shape. On the CPU a buffer over glibc's 32 MB mmap limit comes fresh from the kernel on
+    every allocation, and smaller ones often do once the heap has been trimmed: a page fault for
+    each 4 KB, 3 µs each on the bench's VM.
     Kept, the LayerNorm-LSTM's two (T, B, 4H) temporaries cut a training step's faults from 61.9k
     to 18.1k at the large bench shape, the GRU's three from 26.7k to 6.4k. CUDA's caching
     allocator already reuses memory."""
@@ -512,8 +512,10 @@ class LayerNormLSTMSequence(Function):
         keep = _step_mask(valid)
         xs = _time_major(x)
         us = xs @ weight_ih.t()
-        u_normed, u_mean, u_rstd = torch.native_layer_norm(us, (4 * hidden,), ln_ih_weight, None, eps)
-        gates = u_normed.add_(bias + ln_ih_bias + ln_hh_bias).view(steps, batch, 4 * hidden)
+        # LN_ih(u_t) and every bias in one pass: the sum of the three biases as LN_ih's bias
+        u_normed, u_mean, u_rstd = torch.native_layer_norm(us, (4 * hidden,), ln_ih_weight,
+                                                           bias + ln_ih_bias + ln_hh_bias, eps)
+        gates = u_normed.view(steps, batch, 4 * hidden)
         vs = torch.empty_like(gates)
         v_mean, v_rstd = x.new_empty(2, steps, batch, 1)
         hs, cs = x.new_empty(2, steps + 1, batch, hidden)

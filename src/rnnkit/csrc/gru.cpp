@@ -62,7 +62,8 @@ void forward_loop(const T* from_x, T* m, T* m_n, T* rz, T* n, T* hs, const T* we
     product(m, width, hs + t * batch * hidden, hidden, weight_hh_t, width, batch, width, hidden, T(1));
     for (int64_t b = 0; b < batch; ++b) {
       const int64_t row = t * batch + b;
-      T *r = rz + row * 2 * hidden, *h_prev = hs + row * hidden, *h = h_prev + batch * hidden;
+      const T* h_prev = hs + row * hidden;
+      T *r = rz + row * 2 * hidden, *h = hs + (row + batch) * hidden;
       row_forward(from_x + row * width, m + b * width, h_prev, r, r + hidden, m_n + row * hidden, n + row * hidden, h,
                   hidden);
       if (keep && !keep[row]) std::copy_n(h_prev, hidden, h);  // padded step: the state is kept
