@@ -43,7 +43,13 @@ inline __m256 sigmoid8(__m256 x) {
 }
 #endif
 
-// x ← σ(x) = 1 / (1 + e^−x)
+// σ(x) = 1 / (1 + e^−x), one value: the scalar form of sigmoid8, for tails and doubles
+template <typename T>
+inline T sigmoid(T x) {
+  return T(1) / (T(1) + std::exp(-x));
+}
+
+// x ← σ(x)
 template <typename T>
 void sigmoid_inplace(T* x, int64_t n) {
   int64_t i = 0;
@@ -52,7 +58,7 @@ void sigmoid_inplace(T* x, int64_t n) {
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, sigmoid8(_mm256_loadu_ps(x + i)));
   }
 #endif
-  for (; i < n; ++i) x[i] = 1 / (1 + std::exp(-x[i]));
+  for (; i < n; ++i) x[i] = sigmoid(x[i]);
 }
 
 #if defined(__AVX2__) && defined(__FMA__)

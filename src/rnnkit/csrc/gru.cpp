@@ -44,8 +44,8 @@ void row_forward(const T* x, const T* m, const T* h_prev, T* r, T* z, T* m_n, T*
   }
 #endif
   for (; j < hidden; ++j) {
-    r[j] = T(1) / (T(1) + std::exp(-(x[j] + m[j])));
-    z[j] = T(1) / (T(1) + std::exp(-(x[hidden + j] + m[hidden + j])));
+    r[j] = rnnkit::sigmoid(x[j] + m[j]);
+    z[j] = rnnkit::sigmoid(x[hidden + j] + m[hidden + j]);
     m_n[j] = m[2 * hidden + j];
     n[j] = std::tanh(x[2 * hidden + j] + r[j] * m_n[j]);
     const T difference = h_prev[j] - n[j];
