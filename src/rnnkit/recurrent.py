@@ -249,7 +249,9 @@ class Recurrent(nn.Module):
                 outputs, state = run_direction(layer, direction, self.cells[index], layer_input, state, valid)
                 direction_outputs.append(outputs)
                 finals.append(state)
-            layer_input = torch.cat(direction_outputs, dim=-1)
+            # One direction's outputs go on as they are: torch.cat would copy them whole (hand BPTT's
+            # are a time-major buffer seen batch first, as nn.RNN/GRU/LSTM's are on the CPU).
+            layer_input = direction_outputs[0] if self.num_directions == 1 else torch.cat(direction_outputs, dim=-1)
             if layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, self.training)
         return layer_input, tuple(torch.stack(parts) for parts in zip(*finals))
