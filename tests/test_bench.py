@@ -90,3 +90,18 @@ def test_bench_command_rejects_bad_threads(capsys):
         main(["bench", "--threads", "0"])
     assert exit_info.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_ceilings_script_measures_each_ceiling_from_the_same_rounds(monkeypatch):
+    """benchmarks/ceilings.py (the open targets' ceilings, cited in RESULTS.md) at a tiny shape."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    spec = importlib.util.spec_from_file_location("ceilings_under_test", SCRIPT.parent / "ceilings.py")
+    ceilings = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ceilings)
+    monkeypatch.setitem(ceilings.speed.SHAPES, "tiny", (2, 4, 6))
+    result = ceilings.measure("tiny", rounds=3)
+    ratios = {key: value for key, value in result.items() if key.startswith(("ceiling", "rnnkit", "efficiency"))}
+    assert len(ratios) == 9 and all(value > 0 for value in ratios.values())
+    # the layer norms' time is added to the LSTM's round by round, so that bound sits below the LSTM alone
+    assert result["efficiency lstm + layer norms"] < result["efficiency lstm"]
+    assert "| tiny | " in ceilings.table([result])
