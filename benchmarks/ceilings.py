@@ -16,8 +16,6 @@ medians reported, ratios taken per round:
 """
 
 import argparse
-import random
-import time
 
 import numpy as np
 import torch
@@ -62,19 +60,6 @@ def median(per_round: np.ndarray) -> float:
     return float(np.median(per_round))
 
 
-def time_rounds(steps: dict, rounds: int, seed: int = 0) -> dict[str, np.ndarray]:
-    order = random.Random(seed)
-    for step in steps.values():
-        step()
-    times = {key: [] for key in steps}
-    for _ in range(rounds):
-        for key in order.sample(list(steps), len(steps)):
-            start = time.perf_counter()
-            steps[key]()
-            times[key].append(time.perf_counter() - start)
-    return {key: np.array(values) for key, values in times.items()}
-
-
 def measure(shape: str, rounds: int) -> dict[str, float]:
     batch, hidden, steps = speed.SHAPES[shape]
     keys = ["gemm/elman-tanh", "torch/nn.RNN(tanh)", "torch/nn.RNN(relu)", "elman-tanh/auto", "elman-relu/auto",
@@ -82,7 +67,7 @@ def measure(shape: str, rounds: int) -> dict[str, float]:
     contenders = {key: speed.build_step(key, batch, hidden, steps) for key in keys}
     contenders["floor"] = _floor_step(batch, hidden, steps)
     contenders["layer norms"] = _layer_norms_step(batch, hidden, steps)
-    t = time_rounds(contenders, rounds)
+    t = {key: np.array(values) for key, values in speed.time_steps(contenders, rounds).items()}
     result = {"shape": shape, "rounds": rounds, "layer norms ms": float(np.median(t["layer norms"]) * 1e3)}
     for nonlinearity in ("tanh", "relu"):
         torch_rnn = t[f"torch/nn.RNN({nonlinearity})"]

@@ -286,11 +286,17 @@ def contender_spec(key: str) -> CellSpec:
 
 def time_contenders(keys: list[str], batch: int, hidden: int, steps: int, rounds: int, warmup: int = 1,
                     inner: int = 1, progress=None) -> dict[str, list[float]]:
-    """Seconds per training step of each contender: `warmup` untimed steps each, then `rounds`
-    interleaved rounds; each round times every contender once (`inner` steps, averaged), in a
-    seeded random order drawn anew each round."""
+    """Seconds per training step of each contender (`time_steps` on their `build_step`s)."""
     step_fns = {key: build_step(key, batch, hidden, steps) for key in keys}
-    for key, step in step_fns.items():
+    return time_steps(step_fns, rounds, warmup, inner, progress)
+
+
+def time_steps(step_fns: dict, rounds: int, warmup: int = 1, inner: int = 1, progress=None) -> dict[str, list[float]]:
+    """Seconds per call of each step function: `warmup` untimed calls each, then `rounds`
+    interleaved rounds; each round times every function once (`inner` calls, averaged), in a
+    seeded random order drawn anew each round."""
+    keys = list(step_fns)
+    for step in step_fns.values():
         for _ in range(warmup):
             step()
     times = {key: [] for key in keys}
