@@ -22,8 +22,9 @@ In the equations, e_t is the gradient reaching a step's state from outside the r
 its output's gradient, plus the final state's at t = T. The backward is not itself
 differentiable (no double backward).
 
-Layout: time-major inside, (T, B, ·), so each step is a contiguous block of rows. State
+Layout: time-major inside, (T, B, ·), so each step is a contiguous block of rows; state
 buffers hold the initial state at index 0 and the state after step t at index t + 1. The
+Elman Function is the exception: batch-major, see its docstring. The
 recurrent weights are transposed once per call into row-major copies: the per-step
 products run faster on those than on transposed views.
 
@@ -153,31 +154,42 @@ def _compiled(name: str, like: torch.Tensor):
     return None if compiled is None else getattr(compiled, name)
 
 
-def _elman_forward_steps(S, weight_hh_t, keep, nonlinearity) -> None:
-    """ElmanSequence's forward recursion: S[t + 1] = [f(a_t) | S[t] minus its last block], with
-    S[t + 1, :, :H] holding the input part of a_t beforehand (rnnkit/csrc/elman_jordan.cpp in C++)."""
+def _elman_forward_steps(S, s0, weight_hh_t, valid, nonlinearity) -> None:
+    """ElmanSequence's forward recursion, batch-major: S[:, t] = s_t = [f(a_t) | s_{t-1} minus its last
+    block], with S[:, t, :H] holding the input part of a_t beforehand (rnnkit/csrc/elman_jordan.cpp in C++)."""
     hidden = weight_hh_t.shape[1]
-    for t in range(S.shape[0] - 1):
-        ACTIVATE_[nonlinearity](S[t + 1, :, :hidden].addmm_(S[t], weight_hh_t))
+    before = s0
+    for t in range(S.shape[1]):
+        after = S[:, t]
+        ACTIVATE_[nonlinearity](after[:, :hidden].addmm_(before, weight_hh_t))
         if S.shape[2] > hidden:  # K > 1: the older lags move one block on
-            S[t + 1, :, hidden:] = S[t, :, :-hidden]
-        if keep is not None:
-            torch.where(keep[t], S[t + 1], S[t], out=S[t + 1])
+            after[:, hidden:] = before[:, :-hidden]
+        if valid is not None:  # a padded step keeps the whole lagged state
+            torch.where(valid[:, t, None], after, before, out=after)
+        before = after
 
 
-def _elman_backward_steps(G, delta, S, weight_hh, valid, nonlinearity) -> None:
-    """ElmanSequence's backward recursion, t = T … 1: delta[t] = δ_t, f'(a_t) read off h_t in S[t + 1]
-    (0 on a padded step, which has no a_t), and G[t] ends as ∂L/∂s_t (rnnkit/csrc/elman_jordan.cpp in C++)."""
+def _elman_backward_steps(grad_outputs, carry, delta, S, weight_hh, valid, nonlinearity) -> None:
+    """ElmanSequence's backward recursion, t = T … 1, batch-major: carry holds the part of ∂L/∂s_t that
+    comes from later steps (at first the final state's gradient) and ends as ∂L/∂s_0; delta[:, t] = δ_t,
+    f'(a_t) read off h_t in S[:, t] (0 on a padded step, which has no a_t) (rnnkit/csrc/elman_jordan.cpp
+    in C++)."""
     hidden = delta.shape[2]
-    for t in reversed(range(delta.shape[0])):
-        torch.mul(G[t + 1, :, :hidden], DERIVATIVE[nonlinearity](S[t + 1, :, :hidden]), out=delta[t])
-        if valid is not None:
-            delta[t].mul_(valid[t])
-        G[t].addmm_(delta[t], weight_hh)
-        if G.shape[2] > hidden:
-            G[t, :, :-hidden] += G[t + 1, :, hidden:] if valid is None else G[t + 1, :, hidden:] * valid[t]
-        if valid is not None:  # a padded step keeps the state: its gradient passes through
-            G[t].addcmul_(G[t + 1], 1 - valid[t])
+    later = carry.clone()
+    for t in reversed(range(S.shape[1])):
+        kept = None if valid is None else valid[:, t, None]
+        grad_h = later[:, :hidden]
+        grad_h += grad_outputs[:, t] if kept is None else grad_outputs[:, t] * kept
+        torch.mul(grad_h, DERIVATIVE[nonlinearity](S[:, t, :hidden]), out=delta[:, t])
+        if kept is not None:
+            delta[:, t] *= kept
+        earlier = delta[:, t] @ weight_hh
+        if S.shape[2] > hidden:  # the older lags' gradients move one block back
+            earlier[:, :-hidden] += later[:, hidden:] if kept is None else later[:, hidden:] * kept
+        if kept is not None:  # a padded step keeps the state: its gradient passes through
+            earlier.addcmul_(later, 1 - kept)
+        later = earlier
+    carry.copy_(later)
 
 
 def _jordan_forward_steps(hs, ys, weight_yh_t, weight_hy_t, bias_hy, keep, nonlinearity) -> None:
@@ -338,6 +350,15 @@ class ElmanSequence(Function):
         ∂L/∂W_hh = Σ_t δ_t s_{t-1}ᵀ   ∂L/∂W_ih = Σ_t δ_t x_tᵀ   ∂L/∂b_ih = ∂L/∂b_hh = Σ_t δ_t
         ∂L/∂x_t  = W_ihᵀ δ_t         ∂L/∂s_0 as above
 
+    Unlike the other Functions it works batch-major, in the caller's layout: the states S
+    (B, T, K·H) take the input projection X W_ihᵀ straight from x's (B·T, I) rows, the outputs
+    are S itself (K = 1) and ∂L/∂x comes out as (B, T, I), so neither x, the output gradient nor
+    ∂L/∂x is copied into another layout (2–4% of a training step at the bench's shapes, measured
+    against the time-major version it replaced; benchmarks/RESULTS.md).
+    In the (B·T, ·) rows s_{t-1} is the row before δ_t's, except at t = 1, where the row before
+    is the previous sequence's last state: ∂L/∂W_hh is one product over the shifted rows, with
+    those B rows' terms swapped for s_0's.
+
     apply(x (B, T, I), state (B, K·H), weight_ih, weight_hh, bias_ih, bias_hh, valid, nonlinearity)
       -> outputs (B, T, H), final state (B, K·H)
     """
@@ -346,34 +367,40 @@ class ElmanSequence(Function):
     def forward(ctx, x, state, weight_ih, weight_hh, bias_ih, bias_hh, valid=None, nonlinearity="tanh"):
         batch, steps, _ = x.shape
         hidden, width = weight_hh.shape
-        keep = _step_mask(valid)
-        xs = _time_major(x)
-        S = x.new_empty(steps + 1, batch, width)
-        S[0] = state
+        xs = x.reshape(batch * steps, -1)
+        s0 = state.contiguous()
+        S = x.new_empty(batch, steps, width)
         # Every step's input part at once, written where h_t will be; the loop adds W_hh s_{t-1}.
-        _project(xs, weight_ih, bias_ih + bias_hh, out=S[1:, :, :hidden].view(-1, hidden))
+        if width == hidden:
+            _project(xs, weight_ih, bias_ih + bias_hh, out=S.view(-1, hidden))
+        else:
+            S[:, :, :hidden] = _project(xs, weight_ih, bias_ih + bias_hh).view(batch, steps, hidden)
+        valid = None if valid is None else valid.contiguous()
         forward_steps = _compiled("elman_forward", x) or _elman_forward_steps
-        forward_steps(S, weight_hh.t().contiguous(), keep, nonlinearity)
-        ctx.save_for_backward(xs, S, weight_ih, weight_hh, keep)
+        forward_steps(S, s0, weight_hh.t().contiguous(), valid, nonlinearity)
+        ctx.save_for_backward(xs, s0, S, weight_ih, weight_hh, valid)
         ctx.nonlinearity = nonlinearity
-        return _outputs(S[1:, :, :hidden], keep), S[steps]
+        outputs = S[:, :, :hidden]
+        return (outputs if valid is None else outputs * valid[..., None]), S[:, -1]
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_outputs, grad_final):
-        xs, S, weight_ih, weight_hh, keep = ctx.saved_tensors
-        hidden, width = weight_hh.shape
-        steps, batch = S.shape[0] - 1, S.shape[1]
-        valid = None if keep is None else keep.to(S.dtype)
-        G = _grad_buffer(grad_outputs, grad_final, valid, width)  # G[t] ends as ∂L/∂s_t
-        delta = _scratch("elman delta", S[1:, :, :hidden])  # δ_t, written by the recursion
+        xs, s0, S, weight_ih, weight_hh, valid = ctx.saved_tensors
+        batch, steps, width = S.shape
+        hidden = weight_hh.shape[0]
+        carry = grad_final.contiguous().clone()  # ends as ∂L/∂s_0
+        delta = _scratch("elman delta", S, (batch, steps, hidden))  # δ_t, written by the recursion
         backward_steps = _compiled("elman_backward", S) or _elman_backward_steps
-        backward_steps(G, delta, S, weight_hh, valid, ctx.nonlinearity)
-        delta = delta.view(-1, hidden)
-        grad_x = (delta @ weight_ih).view(steps, batch, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None
-        grad_bias = delta.sum(0)
-        return (grad_x, G[0], delta.t() @ xs, delta.t() @ S[:-1].view(-1, width),
-                grad_bias, grad_bias, None, None)
+        backward_steps(grad_outputs.contiguous(), carry, delta, S, weight_hh,
+                       None if valid is None else valid.to(S.dtype), ctx.nonlinearity)
+        deltas = delta.view(-1, hidden)
+        grad_x = (deltas @ weight_ih).view(batch, steps, -1) if ctx.needs_input_grad[0] else None
+        grad_weight_hh = deltas[1:].t() @ S.view(-1, width)[:-1]  # right for every row but the t = 1 ones:
+        grad_weight_hh.addmm_(delta[:, 0].t(), s0)
+        grad_weight_hh.addmm_(delta[1:, 0].t(), S[:-1, -1], alpha=-1)
+        grad_bias = deltas.sum(0)
+        return grad_x, carry, deltas.t() @ xs, grad_weight_hh, grad_bias, grad_bias, None, None
 
 
 MultiLagSequence = ElmanSequence  # the same Function: K = weight_hh.shape[1] // weight_hh.shape[0]

@@ -59,58 +59,83 @@ void times_slope(T* delta, const T* grad_h, const T* h, T valid, int64_t n, bool
   }
 }
 
-// S (T+1, B, K·H): S[0] the initial lagged state, S[t+1, :, :H] holding W_ih x_t + biases;
-// fills in s_t = [f(a_t) | s_{t-1} minus its last block] for t = 1 … T.
-void elman_forward(at::Tensor S, const at::Tensor& weight_hh_t, const c10::optional<at::Tensor>& keep,
-                   c10::string_view nonlinearity) {
-  const at::Tensor keep_steps = keep ? keep->contiguous() : at::Tensor();
-  check_buffers("elman_forward", {&S, &weight_hh_t});
-  const int64_t steps = S.size(0) - 1, batch = S.size(1), width = S.size(2), hidden = weight_hh_t.size(1);
+// What ∂L/∂s_t passes on to ∂L/∂s_{t-1} besides W_hhᵀ δ_t, for s_t = [h_t | s_{t-1} minus its
+// last block]: earlier ← the older lags' gradients one block back (kept = 1), or all of ∂L/∂s_t
+// on a padded step, which keeps the state (kept = 0)
+template <typename T>
+void pass_on(T* earlier, const T* grad_s, T kept, int64_t width, int64_t hidden) {
+  for (int64_t j = 0; j < width - hidden; ++j) earlier[j] = kept * grad_s[hidden + j] + (1 - kept) * grad_s[j];
+  for (int64_t j = width - hidden; j < width; ++j) earlier[j] = (1 - kept) * grad_s[j];
+}
+
+// ElmanSequence's buffers are batch-major, like its input and outputs: S (B, T, K·H) with
+// S[:, t, :H] holding W_ih x_t + biases; s0 (B, K·H) the initial lagged state. Fills in
+// s_t = [f(a_t) | s_{t-1} minus its last block] for t = 1 … T; step t's B rows lie T·K·H apart.
+void elman_forward(at::Tensor S, const at::Tensor& s0, const at::Tensor& weight_hh_t,
+                   const c10::optional<at::Tensor>& valid, c10::string_view nonlinearity) {
+  const at::Tensor valid_steps = valid ? valid->contiguous() : at::Tensor();
+  check_buffers("elman_forward", {&S, &s0, &weight_hh_t});
+  const int64_t batch = S.size(0), steps = S.size(1), width = S.size(2), hidden = weight_hh_t.size(1);
+  const int64_t row = steps * width;  // from one sequence's state at step t to the next one's
   const rnnkit::StepProducts step_products(batch * width * hidden);
   AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "elman_forward", [&] {
     const scalar_t* weight = weight_hh_t.data_ptr<scalar_t>();
+    const bool* keep = valid ? valid_steps.data_ptr<bool>() : nullptr;
     for (int64_t t = 0; t < steps; ++t) {
-      const scalar_t* before = S.data_ptr<scalar_t>() + t * batch * width;
-      scalar_t* after = S.data_ptr<scalar_t>() + (t + 1) * batch * width;
-      product(after, width, before, width, weight, hidden, batch, hidden, width, scalar_t(1));
-      activate(after, batch, hidden, width, nonlinearity);
-      for (int64_t b = 0; b < batch && width > hidden; ++b) {
-        std::memcpy(after + b * width + hidden, before + b * width, (width - hidden) * sizeof(scalar_t));
+      const scalar_t* before = t == 0 ? s0.data_ptr<scalar_t>() : S.data_ptr<scalar_t>() + (t - 1) * width;
+      const int64_t before_row = t == 0 ? width : row;
+      scalar_t* after = S.data_ptr<scalar_t>() + t * width;
+      product(after, row, before, before_row, weight, hidden, batch, hidden, width, scalar_t(1));
+      activate(after, batch, hidden, row, nonlinearity);
+      for (int64_t b = 0; b < batch; ++b) {
+        if (keep && !keep[b * steps + t]) {  // a padded step keeps the whole lagged state
+          std::memcpy(after + b * row, before + b * before_row, width * sizeof(scalar_t));
+        } else if (width > hidden) {  // K > 1: the older lags move one block on
+          std::memcpy(after + b * row + hidden, before + b * before_row, (width - hidden) * sizeof(scalar_t));
+        }
       }
-      if (keep) keep_state(after, before, keep_steps.data_ptr<bool>() + t * batch, batch, width);
     }
   });
 }
 
-// G (T+1, B, K·H) with the gradients from outside; S (T+1, B, K·H) the forward's states; valid
-// (T, B, 1) floats or None. Fills delta (T, B, H) with δ_t = (first block of ∂L/∂s_t) ⊙ f'(a_t),
-// f' read off h_t (0 on padded steps), and ends with ∂L/∂s_t in G[t].
-void elman_backward(at::Tensor G, at::Tensor delta, const at::Tensor& S, const at::Tensor& weight_hh_given,
-                    const c10::optional<at::Tensor>& valid, c10::string_view nonlinearity) {
+// grad_outputs (B, T, H); carry (B, K·H) holding the final state's gradient, which ends as
+// ∂L/∂s_0; S the forward's states; valid (B, T) floats or None. Fills delta (B, T, H) with
+// δ_t = (∂L/∂h_t) ⊙ f'(a_t), f' read off h_t (0 on padded steps). carry holds the part of ∂L/∂s_t
+// from later steps: step t adds its output's gradient, then passes W_hhᵀ δ_t, the older lags'
+// gradients (one block back) and, on a padded step, ∂L/∂s_t itself on to s_{t-1}.
+void elman_backward(const at::Tensor& grad_outputs_given, at::Tensor carry, at::Tensor delta, const at::Tensor& S,
+                    const at::Tensor& weight_hh_given, const c10::optional<at::Tensor>& valid,
+                    c10::string_view nonlinearity) {
+  const at::Tensor grad_outputs = grad_outputs_given.contiguous();
   const at::Tensor weight_hh = weight_hh_given.contiguous();  // a parameter: no copy unless it is a view
   const at::Tensor valid_steps = valid ? valid->contiguous() : at::Tensor();
-  check_buffers("elman_backward", {&G, &delta, &S, &weight_hh});
-  const int64_t steps = delta.size(0), batch = delta.size(1), hidden = delta.size(2), width = G.size(2);
+  check_buffers("elman_backward", {&grad_outputs, &carry, &delta, &S, &weight_hh});
+  const int64_t batch = S.size(0), steps = S.size(1), width = S.size(2), hidden = delta.size(2);
   const bool tanh = nonlinearity == "tanh";
+  // Without lags or padding the new carry is W_hhᵀ δ_t alone: the product overwrites it in place.
+  const bool passes_on = width > hidden || valid;
+  at::Tensor next = passes_on ? at::empty_like(carry) : at::Tensor();
   const rnnkit::StepProducts step_products(batch * hidden * width);
-  AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "elman_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "elman_backward", [&] {
     const scalar_t* weight = weight_hh.data_ptr<scalar_t>();
+    const scalar_t* valid_rows = valid ? valid_steps.data_ptr<scalar_t>() : nullptr;
+    scalar_t *later = carry.data_ptr<scalar_t>(), *earlier = passes_on ? next.data_ptr<scalar_t>() : later;
     for (int64_t t = steps - 1; t >= 0; --t) {
-      const scalar_t* later = G.data_ptr<scalar_t>() + (t + 1) * batch * width;
-      const scalar_t* h = S.data_ptr<scalar_t>() + (t + 1) * batch * width;
-      scalar_t* now = G.data_ptr<scalar_t>() + t * batch * width;
-      scalar_t* delta_t = delta.data_ptr<scalar_t>() + t * batch * hidden;
-      const scalar_t* valid_t = valid ? valid_steps.data_ptr<scalar_t>() + t * batch : nullptr;
+      scalar_t* delta_t = delta.data_ptr<scalar_t>() + t * hidden;
       for (int64_t b = 0; b < batch; ++b) {
-        times_slope(delta_t + b * hidden, later + b * width, h + b * width, valid_t ? valid_t[b] : 1, hidden, tanh);
+        const scalar_t kept = valid_rows ? valid_rows[b * steps + t] : 1;
+        scalar_t* grad_s = later + b * width;  // its first block becomes ∂L/∂h_t
+        const scalar_t* grad_h = grad_outputs.data_ptr<scalar_t>() + (b * steps + t) * hidden;
+        for (int64_t j = 0; j < hidden; ++j) grad_s[j] += grad_h[j] * kept;
+        times_slope(delta_t + b * steps * hidden, grad_s, S.data_ptr<scalar_t>() + b * steps * width + t * width,
+                    kept, hidden, tanh);
+        if (passes_on) pass_on(earlier + b * width, grad_s, kept, width, hidden);
       }
-      product(now, width, delta_t, hidden, weight, width, batch, width, hidden, scalar_t(1));
-      for (int64_t b = 0; b < batch && width > hidden; ++b) {  // the older lags' gradients move one block back
-        const scalar_t kept = valid_t ? valid_t[b] : 1;
-        for (int64_t j = 0; j < width - hidden; ++j) now[b * width + j] += later[b * width + hidden + j] * kept;
-      }
-      if (valid_t) pass_gradient(now, later, valid_t, batch, width);
+      product(earlier, width, delta_t, steps * hidden, weight, width, batch, width, hidden, scalar_t(passes_on));
+      std::swap(later, earlier);
     }
+    scalar_t* result = carry.data_ptr<scalar_t>();
+    if (later != result) std::memcpy(result, later, carry.numel() * sizeof(scalar_t));
   });
 }
 
@@ -172,8 +197,9 @@ void jordan_backward(at::Tensor G, at::Tensor delta, const at::Tensor& hs, const
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(rnnkit_kernels, m) {
-  m.def("elman_forward(Tensor(a!) S, Tensor weight_hh_t, Tensor? keep, str nonlinearity) -> ()");
-  m.def("elman_backward(Tensor(a!) G, Tensor(b!) delta, Tensor S, Tensor weight_hh, Tensor? valid, str nonlinearity) -> ()");
+  m.def("elman_forward(Tensor(a!) S, Tensor s0, Tensor weight_hh_t, Tensor? valid, str nonlinearity) -> ()");
+  m.def("elman_backward(Tensor grad_outputs, Tensor(a!) carry, Tensor(b!) delta, Tensor S, Tensor weight_hh, "
+        "Tensor? valid, str nonlinearity) -> ()");
   m.def("jordan_forward(Tensor(a!) hs, Tensor(b!) ys, Tensor weight_yh_t, Tensor weight_hy_t, Tensor bias_hy, "
         "Tensor? keep, str nonlinearity) -> ()");
   m.def("jordan_backward(Tensor(a!) G, Tensor(b!) delta, Tensor hs, Tensor weight_yh, Tensor weight_hy, "
