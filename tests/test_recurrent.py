@@ -283,6 +283,19 @@ def test_auto_path_rule(steps, cell, hidden, expected):
 
 
 @pytest.mark.parametrize("cell, hidden, expected", [
+    ("lstm", 3, "fused"), ("lstm", 256, "fused"), ("gru", 3, "bptt"), ("gru", 256, "fused"), ("elman", 3, "bptt"),
+    ("elman", 256, "fused"), ("lnlstm", 256, "bptt")])
+def test_auto_path_rule_under_bf16_autocast(cell, hidden, expected):
+    """Hand BPTT runs in float32 under autocast, the fused kernels in bf16: the fused LSTM trains faster at
+    every size, the fused GRU and Elman from 256 units."""
+    layer = Recurrent(cell, 2, hidden)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer._fastest_path(torch.randn(1, 6, 2)) == expected
+    with torch.autocast("cpu", dtype=torch.float16):  # not bf16: the float32 rule
+        assert layer._fastest_path(torch.randn(1, 6, 2)) == "bptt"
+
+
+@pytest.mark.parametrize("cell, hidden, expected", [
     ("lstm", 3, "fused"), ("lstm", 512, "fused"), ("gru", 3, "fused"), ("gru", 512, "bptt"), ("elman", 3, "bptt")])
 def test_auto_path_rule_without_the_compiled_loops(monkeypatch, cell, hidden, expected):
     """The Python LSTM loop trains at half the fused kernel's speed at small sizes, the GRU's at par."""

@@ -59,6 +59,11 @@ HAND_BPTT_TRAINS_FASTER_ON_CPU = {"rnn_tanh": ALL_SIZES, "rnn_relu": ALL_SIZES, 
 # The same where the compiled loops cannot be built (rnnkit.kernels): the Python loops made LSTM
 # 0.46× fused at the small shape, 0.96–1.09 otherwise, and GRU 1.02–1.04 at H ≤ 256, 1.16–1.39 at 512.
 HAND_BPTT_TRAINS_FASTER_IN_PYTHON = {"rnn_tanh": ALL_SIZES, "rnn_relu": ALL_SIZES, "gru": range(512, 2 ** 31)}
+# The same under bfloat16 autocast (TrainConfig.precision "bf16"), where hand BPTT runs in float32
+# (rnnkit.bptt.run_sequence) and the fused kernels in bf16. Measured on an AVX512-BF16 CPU (no AMX),
+# B=32, T=100, 1 thread, hand BPTT in float32 ÷ fused in bf16: LSTM 0.60 (H=64), 0.55 (256),
+# 0.61 (512); GRU 2.86 (64), 0.85 (256); Elman 3.13 (64), 0.94 (256).
+HAND_BPTT_TRAINS_FASTER_IN_BF16 = {"rnn_tanh": range(1, 256), "rnn_relu": range(1, 256), "gru": range(1, 256)}
 INITIAL_STATES = ("zeros", "learned")
 
 
@@ -209,14 +214,20 @@ class Recurrent(nn.Module):
         feeds one character at a time) take the loop. Longer ones take the fused kernel where
         the cell has one (cuDNN on GPU), except when training on CPU the cells and sizes in
         HAND_BPTT_TRAINS_FASTER_ON_CPU (HAND_BPTT_TRAINS_FASTER_IN_PYTHON without the compiled
-        loops); the other cells take hand BPTT.
+        loops, HAND_BPTT_TRAINS_FASTER_IN_BF16 under bfloat16 autocast); the other cells take
+        hand BPTT.
         """
         on_cpu = x.device.type == "cpu"
         if self.step_hook is not None or (x.shape[1] <= SHORT_SEQUENCE and on_cpu):
             return "loop"
         if self.fused_mode:
             if on_cpu and torch.is_grad_enabled():
-                faster = HAND_BPTT_TRAINS_FASTER_ON_CPU if kernels.ops() else HAND_BPTT_TRAINS_FASTER_IN_PYTHON
+                if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
+                    faster = HAND_BPTT_TRAINS_FASTER_IN_BF16
+                elif kernels.ops():
+                    faster = HAND_BPTT_TRAINS_FASTER_ON_CPU
+                else:
+                    faster = HAND_BPTT_TRAINS_FASTER_IN_PYTHON
                 if self.hidden_size in faster.get(self.fused_mode, ()):
                     return "bptt"
             return "fused"
