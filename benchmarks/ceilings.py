@@ -3,7 +3,10 @@
 1. Elman ≥ 1.25× nn.RNN. A step doing only the Elman step's matrix products (torch.mm on
    preallocated matrices: the bench's GEMM reference), the bench's loss forward and backward on
    an output of the step's shape, and the SGD update is what any Elman implementation must do at
-   least. nn.RNN ÷ that step is the most any Elman can lead nn.RNN by.
+   least. nn.RNN ÷ that step is the most any Elman can lead nn.RNN by. An Elman also applies f to
+   every pre-activation and forms δ = ∂L/∂h ⊙ f'(a) and the bias gradient's sum over all of them;
+   that pointwise work, one pass each (ATen's kernels), added to the floor round by round gives
+   the lower ceiling that counts it.
 2. LayerNorm-LSTM ≥ 85% of the GEMM rate. The hand-BPTT LSTM's step plus ATen's own layer-norm
    kernels run once over each of the three whole tensors a LayerNorm-LSTM normalises (LN_ih and
    LN_hh over (T·B, 4H), LN_c over (T·B, H); forward and backward) costs no per-step overhead for
@@ -42,6 +45,23 @@ def _floor_step(batch: int, hidden: int, steps: int):
     return step
 
 
+def _pointwise_step(batch: int, hidden: int, steps: int, nonlinearity: str):
+    """The pointwise work of an Elman step over all B·T·H pre-activations, one pass each: h = f(a),
+    δ = ∂L/∂h ⊙ f'(a) (timed as one product of the two tensors it reads: the same memory traffic as
+    the fused pass, a few fewer flops), and ∂L/∂b = Σ δ over the rows."""
+    pre_activations, grad_h = torch.randn(batch * steps, hidden), torch.randn(batch * steps, hidden)
+    h, delta, grad_bias = torch.empty_like(pre_activations), torch.empty_like(pre_activations), torch.empty(hidden)
+
+    def step():
+        if nonlinearity == "tanh":
+            torch.tanh(pre_activations, out=h)
+        else:
+            torch.clamp_min(pre_activations, 0, out=h)
+        torch.mul(grad_h, h, out=delta)
+        torch.sum(delta, 0, out=grad_bias)
+    return step
+
+
 def _layer_norms_step(batch: int, hidden: int, steps: int):
     """ATen's layer norm, forward and backward, once over each of a LayerNorm-LSTM's three normalised tensors."""
     rows = batch * steps
@@ -67,11 +87,15 @@ def measure(shape: str, rounds: int) -> dict[str, float]:
     contenders = {key: speed.build_step(key, batch, hidden, steps) for key in keys}
     contenders["floor"] = _floor_step(batch, hidden, steps)
     contenders["layer norms"] = _layer_norms_step(batch, hidden, steps)
+    for nonlinearity in ("tanh", "relu"):
+        contenders[f"pointwise {nonlinearity}"] = _pointwise_step(batch, hidden, steps, nonlinearity)
     t = {key: np.array(values) for key, values in speed.time_steps(contenders, rounds).items()}
     result = {"shape": shape, "rounds": rounds, "layer norms ms": float(np.median(t["layer norms"]) * 1e3)}
     for nonlinearity in ("tanh", "relu"):
         torch_rnn = t[f"torch/nn.RNN({nonlinearity})"]
         result[f"ceiling {nonlinearity}"] = median(torch_rnn / t["floor"])
+        with_pointwise = t["floor"] + t[f"pointwise {nonlinearity}"]
+        result[f"ceiling with pointwise {nonlinearity}"] = median(torch_rnn / with_pointwise)
         result[f"rnnkit {nonlinearity}"] = median(torch_rnn / t[f"elman-{nonlinearity}/auto"])
     result["efficiency floor"] = median(t["gemm/elman-tanh"] / t["floor"])
     result["efficiency nn.RNN(tanh)"] = median(t["gemm/elman-tanh"] / t["torch/nn.RNN(tanh)"])
@@ -82,11 +106,13 @@ def measure(shape: str, rounds: int) -> dict[str, float]:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| shape | Elman ÷ nn.RNN ceiling, tanh / relu | rnnkit, tanh / relu | efficiency: floor / nn.RNN(tanh) "
+    lines = ["| shape | Elman ÷ nn.RNN ceiling, tanh / relu | the same with f, f' and Σδ | rnnkit, tanh / relu "
+             "| efficiency: floor / nn.RNN(tanh) "
              "| LSTM | LSTM + ATen's layer norms | LayerNorm-LSTM | layer norms (ms) |",
-             "|---|---|---|---|---:|---:|---:|---:|"]
+             "|---|---|---|---|---|---:|---:|---:|---:|"]
     for r in results:
         lines.append(f"| {r['shape']} | {r['ceiling tanh']:.2f} / {r['ceiling relu']:.2f} "
+                     f"| {r['ceiling with pointwise tanh']:.2f} / {r['ceiling with pointwise relu']:.2f} "
                      f"| {r['rnnkit tanh']:.2f} / {r['rnnkit relu']:.2f} "
                      f"| {r['efficiency floor']:.2f} / {r['efficiency nn.RNN(tanh)']:.2f} | {r['efficiency lstm']:.3f} "
                      f"| {r['efficiency lstm + layer norms']:.3f} | {r['efficiency lnlstm']:.3f} "

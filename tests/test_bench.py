@@ -101,7 +101,9 @@ def test_ceilings_script_measures_each_ceiling_from_the_same_rounds(monkeypatch)
     monkeypatch.setitem(ceilings.speed.SHAPES, "tiny", (2, 4, 6))
     result = ceilings.measure("tiny", rounds=3)
     ratios = {key: value for key, value in result.items() if key.startswith(("ceiling", "rnnkit", "efficiency"))}
-    assert len(ratios) == 9 and all(value > 0 for value in ratios.values())
+    assert len(ratios) == 11 and all(value > 0 for value in ratios.values())
+    # the pointwise work is added to the floor round by round: that ceiling sits below the floor's alone
+    assert all(result[f"ceiling with pointwise {f}"] < result[f"ceiling {f}"] for f in ("tanh", "relu"))
     # the layer norms' time is added to the LSTM's round by round, so that bound sits below the LSTM alone
     assert result["efficiency lstm + layer norms"] < result["efficiency lstm"]
     assert "| tiny | " in ceilings.table([result])
