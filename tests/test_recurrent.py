@@ -271,9 +271,11 @@ def test_step_hook_refuses_the_fused_path():
     (6, "elman", 3, "bptt"), (6, "gru", 3, "bptt"), (6, "gru", 512, "bptt"),
     (6, "jordan", 3, "bptt"), (50, "multilag", 3, "bptt"), (50, "lnlstm", 3, "bptt"), (1, "multilag", 3, "loop"),
 ])
-def test_auto_path_rule(steps, cell, hidden, expected):
+def test_auto_path_rule(monkeypatch, steps, cell, hidden, expected):
     """Short sequences on CPU take the loop (the fused kernels' per-call set-up dominates);
-    training takes hand BPTT where it measured faster than the fused kernel (LSTM below 512 units)."""
+    training takes hand BPTT where it measured faster than the fused kernel (LSTM below 512 units
+    on an AVX2 CPU)."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     layer = Recurrent(cell, 2, hidden)
     assert layer._fastest_path(torch.randn(1, steps, 2)) == expected
     with torch.no_grad():  # without gradients the fused forward wins
@@ -283,14 +285,24 @@ def test_auto_path_rule(steps, cell, hidden, expected):
 
 
 @pytest.mark.parametrize("cell, hidden, expected", [
+    ("lstm", 3, "fused"), ("lstm", 256, "fused"), ("lstm", 512, "fused"), ("gru", 3, "bptt"), ("gru", 512, "bptt"),
+    ("elman", 3, "bptt"), ("lnlstm", 3, "bptt")])
+def test_auto_path_rule_with_avx512(monkeypatch, cell, hidden, expected):
+    """With AVX512 the fused LSTM (oneDNN's) trained faster at every bench shape; GRU and Elman keep hand BPTT."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert Recurrent(cell, 2, hidden)._fastest_path(torch.randn(1, 6, 2)) == expected
+
+
+@pytest.mark.parametrize("cell, hidden, expected", [
     ("lstm", 3, "fused"), ("lstm", 256, "fused"), ("gru", 3, "bptt"), ("gru", 256, "fused"), ("elman", 3, "bptt"),
     ("elman", 256, "fused"), ("lnlstm", 256, "bptt")])
-def test_auto_path_rule_under_bf16_autocast(cell, hidden, expected):
+def test_auto_path_rule_under_bf16_autocast(monkeypatch, cell, hidden, expected):
     """Hand BPTT runs in float32 under autocast, the fused kernels in bf16: the fused LSTM trains faster at
     every size, the fused GRU and Elman from 256 units."""
     layer = Recurrent(cell, 2, hidden)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert layer._fastest_path(torch.randn(1, 6, 2)) == expected
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     with torch.autocast("cpu", dtype=torch.float16):  # not bf16: the float32 rule
         assert layer._fastest_path(torch.randn(1, 6, 2)) == "bptt"
 

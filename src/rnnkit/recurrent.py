@@ -52,10 +52,14 @@ ALL_SIZES = range(1, 2 ** 31)
 # Training on CPU, hand BPTT beats the fused kernel for these modes at these hidden sizes (a
 # training step with ∂L/∂x, hand BPTT ÷ fused tokens/s at the bench's small, medium and large
 # shapes, H = 64, 256, 512, three full runs of `rnnkit bench`, 1 thread, with the compiled loops
-# of rnnkit/csrc: LSTM 1.12–1.19, 1.03–1.08, 0.94–1.00; GRU 2.02–2.99, 1.09–1.20, 1.12–1.29;
-# Elman 1.06–2.21 at every shape). Without gradients the fused forward is the faster one.
+# of rnnkit/csrc, on an AVX2 CPU: LSTM 1.12–1.19, 1.03–1.08, 0.94–1.00; GRU 2.02–2.99, 1.09–1.20,
+# 1.12–1.29; Elman 1.06–2.21 at every shape). Without gradients the fused forward is the faster one.
 HAND_BPTT_TRAINS_FASTER_ON_CPU = {"rnn_tanh": ALL_SIZES, "rnn_relu": ALL_SIZES, "lstm": range(1, 512),
                                   "gru": ALL_SIZES}
+# On a CPU with AVX512 the fused LSTM (oneDNN's, which generates its code for the CPU it runs on)
+# trains faster at every shape: hand BPTT ÷ fused 0.93, 1.00 and 0.89 (`rnnkit bench`, AMD EPYC
+# with AVX512, session 14); GRU 2.23, 1.13, 1.14 and Elman 1.09–2.21 stay with hand BPTT.
+HAND_BPTT_TRAINS_FASTER_ON_AVX512 = {"rnn_tanh": ALL_SIZES, "rnn_relu": ALL_SIZES, "gru": ALL_SIZES}
 # The same where the compiled loops cannot be built (rnnkit.kernels): the Python loops made LSTM
 # 0.46× fused at the small shape, 0.96–1.09 otherwise, and GRU 1.02–1.04 at H ≤ 256, 1.16–1.39 at 512.
 HAND_BPTT_TRAINS_FASTER_IN_PYTHON = {"rnn_tanh": ALL_SIZES, "rnn_relu": ALL_SIZES, "gru": range(512, 2 ** 31)}
@@ -213,9 +217,9 @@ class Recurrent(nn.Module):
         loop 0.6 ms; the loop stays ahead up to 5 steps), so short sequences (generation
         feeds one character at a time) take the loop. Longer ones take the fused kernel where
         the cell has one (cuDNN on GPU), except when training on CPU the cells and sizes in
-        HAND_BPTT_TRAINS_FASTER_ON_CPU (HAND_BPTT_TRAINS_FASTER_IN_PYTHON without the compiled
-        loops, HAND_BPTT_TRAINS_FASTER_IN_BF16 under bfloat16 autocast); the other cells take
-        hand BPTT.
+        HAND_BPTT_TRAINS_FASTER_ON_CPU (HAND_BPTT_TRAINS_FASTER_ON_AVX512 on CPUs with AVX512,
+        HAND_BPTT_TRAINS_FASTER_IN_PYTHON without the compiled loops,
+        HAND_BPTT_TRAINS_FASTER_IN_BF16 under bfloat16 autocast); the other cells take hand BPTT.
         """
         on_cpu = x.device.type == "cpu"
         if self.step_hook is not None or (x.shape[1] <= SHORT_SEQUENCE and on_cpu):
@@ -225,7 +229,8 @@ class Recurrent(nn.Module):
                 if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
                     faster = HAND_BPTT_TRAINS_FASTER_IN_BF16
                 elif kernels.ops():
-                    faster = HAND_BPTT_TRAINS_FASTER_ON_CPU
+                    avx512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
+                    faster = HAND_BPTT_TRAINS_FASTER_ON_AVX512 if avx512 else HAND_BPTT_TRAINS_FASTER_ON_CPU
                 else:
                     faster = HAND_BPTT_TRAINS_FASTER_IN_PYTHON
                 if self.hidden_size in faster.get(self.fused_mode, ()):
