@@ -800,7 +800,9 @@ def machine() -> str:
                 model = line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{model}, {os.cpu_count()} logical CPUs"
+    # The vector unit ATen dispatches to (AVX2, AVX512): same model names have shipped with either,
+    # and the ratios move with it.
+    return f"{model} ({torch.backends.cpu.get_cpu_capability()}), {os.cpu_count()} logical CPUs"
 
 
 def report(command: str, quick: bool, threads: int, shapes: dict, generation: dict, text_training: dict, memory: dict,
