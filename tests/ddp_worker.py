@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 from rnnkit.tasks.text import TextConfig, TextTask
-from rnnkit.train.trainer import TrainConfig, Trainer, setup_distributed
+from rnnkit.train.trainer import TrainConfig, Trainer, end_distributed_run, setup_distributed
 
 corpus, out = sys.argv[1], Path(sys.argv[2])
 torch.set_num_threads(1)
@@ -24,3 +24,4 @@ run_dir = out / f"world{world_size}-rank{rank}"
 run_dir.mkdir(parents=True)
 Trainer(task, TrainConfig(max_steps=12, eval_every=6, learning_rate=1e-2), run_dir, {}, quiet=True).fit()
 torch.save(task.model.state_dict(), out / f"world{world_size}-rank{rank}.pt")
+end_distributed_run()

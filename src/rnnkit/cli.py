@@ -86,7 +86,7 @@ def run_namaskar(args: argparse.Namespace) -> None:
 def run_train_text(args: argparse.Namespace) -> None:
     from .tasks.text import TextConfig, generate, train_text_model
     from .train.checkpoint import load_checkpoint
-    from .train.trainer import TrainConfig, setup_distributed
+    from .train.trainer import TrainConfig, end_distributed_run, setup_distributed
 
     setup_distributed()
     if args.resume:
@@ -115,17 +115,17 @@ def run_train_text(args: argparse.Namespace) -> None:
     except OSError as error:  # disk full, read-only folder: what was written before is intact
         raise ValueError(f"cannot write {error.filename or args.resume or args.runs_dir}: {error.strerror or error} "
                          "(checkpoints already written are intact)") from None
-    if summary is None:  # not rank 0 of a distributed run
-        return
-    sample = generate(task.model, task.vocab, length=300, temperature=0.8, seed=train_config.seed)[0]
-    print(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s ({summary['stop_reason']}; "
-          f"{summary['precision']})")
-    if summary["skipped_steps"]:
-        print(f"{summary['skipped_steps']} steps had a NaN/Inf loss, gradient or update and were "
-              f"not applied (--on-nan {summary['on_nan']})")
-    print(f"validation bpc {summary['best_val_bpc']:.3f}   test bpc {summary['test_bpc']:.3f} (best checkpoint)")
-    print(f"--- a 300-character sample (temperature 0.8) ---\n{sample}\n---")
-    print(f"report: {run_dir / 'report.html'}")
+    if summary is not None:  # None: not rank 0 of a distributed run
+        sample = generate(task.model, task.vocab, length=300, temperature=0.8, seed=train_config.seed)[0]
+        print(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s ({summary['stop_reason']}; "
+              f"{summary['precision']})")
+        if summary["skipped_steps"]:
+            print(f"{summary['skipped_steps']} steps had a NaN/Inf loss, gradient or update and were "
+                  f"not applied (--on-nan {summary['on_nan']})")
+        print(f"validation bpc {summary['best_val_bpc']:.3f}   test bpc {summary['test_bpc']:.3f} (best checkpoint)")
+        print(f"--- a 300-character sample (temperature 0.8) ---\n{sample}\n---")
+        print(f"report: {run_dir / 'report.html'}")
+    end_distributed_run()
 
 
 def run_generate(args: argparse.Namespace) -> None:
