@@ -24,9 +24,9 @@ differentiable (no double backward).
 
 Layout: time-major inside, (T, B, ·), so each step is a contiguous block of rows; state
 buffers hold the initial state at index 0 and the state after step t at index t + 1. The
-Elman Function is the exception: batch-major, see its docstring. The
-recurrent weights are transposed once per call into row-major copies: the per-step
-products run faster on those than on transposed views.
+Elman Function is the exception: batch-major, see its docstring. The recurrent weights are
+transposed once per call into row-major copies: the per-step products run faster on those
+than on transposed views.
 
 Padding: `valid` (B, T) bool marks the steps that count (None: all). On any other step the
 state is kept and the output is zero, as in `Recurrent`'s loop path; in the backward such
@@ -353,8 +353,8 @@ class ElmanSequence(Function):
     Unlike the other Functions it works batch-major, in the caller's layout: the states S
     (B, T, K·H) take the input projection X W_ihᵀ straight from x's (B·T, I) rows, the outputs
     are S itself (K = 1) and ∂L/∂x comes out as (B, T, I), so neither x, the output gradient nor
-    ∂L/∂x is copied into another layout (2–4% of a training step at the bench's shapes, measured
-    against the time-major version it replaced; benchmarks/RESULTS.md).
+    ∂L/∂x is copied into another layout (up to 4% of a training step at the bench's shapes,
+    measured against the time-major version it replaced; benchmarks/RESULTS.md).
     In the (B·T, ·) rows s_{t-1} is the row before δ_t's, except at t = 1, where the row before
     is the previous sequence's last state: ∂L/∂W_hh is one product over the shifted rows, with
     those B rows' terms swapped for s_0's.
