@@ -19,13 +19,17 @@
 #include "bptt.h"
 #include "gemm.h"
 
-// What ATen's float sigmoid and tanh run on an AVX2 CPU, both exported by libtorch_cpu: SLEEF's
-// e^x, and MKL's vector tanh in its high-accuracy mode. Called on raw pointers they give ATen's
-// float results bit for bit (activations.h says why this loop needs them), without a tensor view
-// and a dispatch per step (at B=32, H=64, about 5% of a training step). Doubles, which only the
-// gradient checks use, and CPUs without AVX2 take the scalar formulas.
+// What ATen's float sigmoid and tanh run on an AVX2 or AVX512 CPU, both exported by libtorch_cpu:
+// SLEEF's e^x, and MKL's vector tanh in its high-accuracy mode. Called on raw pointers they give
+// ATen's float results bit for bit (activations.h says why this loop needs them), without a tensor
+// view and a dispatch per step (at B=32, H=64, about 5% of a training step). The build's vector
+// flags follow ATen's dispatch (rnnkit/kernels.py), so __AVX512F__ is defined where ATen runs its
+// AVX512 kernels. Doubles, which only the gradient checks use, and CPUs without AVX2 take the
+// scalar formulas.
 extern "C" {
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX512F__)
+__m512 Sleef_expf16_u10(__m512 x);
+#elif defined(__AVX2__) && defined(__FMA__)
 __m256 Sleef_expf8_u10(__m256 x);
 #endif
 void vmsTanh(int n, const float* a, float* y, long long mode);
@@ -34,11 +38,21 @@ void vmsTanh(int n, const float* a, float* y, long long mode);
 namespace {
 
 // x ← σ(x) as ATen computes it: 1 / (1 + e^−x) with SLEEF's e^x on whole blocks of two vectors
-// (16 values), the rest with the scalar e^x, as ATen's vectorised loop splits a contiguous tensor
+// (16 values with AVX2, 32 with AVX512), the rest with the scalar e^x, as ATen's vectorised loop
+// splits a contiguous tensor
 template <typename T>
 void aten_sigmoid(T* x, int64_t n) {
   int64_t i = 0;
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+    const int64_t whole_blocks = n - n % 32;
+    for (; i < whole_blocks; i += 16) {
+      const __m512 e = Sleef_expf16_u10(_mm512_sub_ps(zero, _mm512_loadu_ps(x + i)));
+      _mm512_storeu_ps(x + i, _mm512_div_ps(one, _mm512_add_ps(e, one)));
+    }
+  }
+#elif defined(__AVX2__) && defined(__FMA__)
   if constexpr (std::is_same_v<T, float>) {
     const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
     const int64_t whole_blocks = n - n % 16;
