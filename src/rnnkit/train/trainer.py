@@ -540,7 +540,8 @@ def setup_distributed() -> None:
     """Join the process group when started by torchrun (WORLD_SIZE > 1): gloo on CPU, NCCL on GPU."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        # After an error, leave without waiting for the other ranks, which may never arrive.
+        # For runs that end in an error (a finished one ends through end_distributed_run): leave without
+        # waiting for the other ranks, which may never arrive.
         atexit.register(dist.destroy_process_group)
 
 
