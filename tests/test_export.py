@@ -1,6 +1,7 @@
 """ONNX and TorchScript export: the exported graphs compute what the PyTorch models compute,
 on batch sizes and sequence lengths never seen at export time (export traces at batch 2, 3 steps)."""
 
+import copy
 import json
 import sys
 import types
@@ -33,12 +34,38 @@ def run_onnx(path, feeds: dict):
     return session(path).run(None, {name: value.numpy() for name, value in feeds.items()})
 
 
-def assert_close(expected, got):
+def assert_close(expected, got, rounding=0.0):
+    """got matches expected within TOLERANCE, plus ROUNDING_FACTOR × `rounding` (float32_rounding's
+    measure of how far float32 arithmetic alone moves these outputs)."""
     expected = export._flatten(expected)
     assert len(expected) == len(got)
     for want, have in zip(expected, got):
         assert tuple(want.shape) == tuple(have.shape)
-        np.testing.assert_allclose(np.asarray(have, dtype=np.float64), want.double().numpy(), rtol=0, atol=TOLERANCE)
+        np.testing.assert_allclose(np.asarray(have, dtype=np.float64), want.double().numpy(), rtol=0,
+                                   atol=TOLERANCE + ROUNDING_FACTOR * rounding)
+
+
+# A randomly initialised LayerNorm-LSTM amplifies rounding along the sequence: the float32 model's
+# outputs were up to 1.5e-4 from its float64 twin's after 80 steps (6 seeds, 36 cases), and
+# onnxruntime's float32 graph, which rounds differently, was as far from them: up to 3.1 times
+# the float32 model's own distance beyond TOLERANCE. A fixed 1e-5 asked for bit-for-bit equal
+# arithmetic, and even the LayerNorm-LSTM loop's ATen-exact activations exceeded it on 2 of 20 seeds
+# at these shapes (4 of 20 with 80 steps). With LN_c's eps set to 1e-3 in the cell, the three tests
+# that pass `rounding` fail (largest differences 8e-4 to 8e-3).
+ROUNDING_FACTOR = 10
+
+
+def float32_rounding(module, inputs: tuple) -> float:
+    """max |module(*inputs) − the same in float64|: how far float32 rounding alone moves the outputs."""
+    def float64(value):
+        if isinstance(value, tuple):
+            return tuple(float64(part) for part in value)
+        return value.double() if value.is_floating_point() else value
+
+    twin = copy.deepcopy(module).double()
+    with torch.no_grad():
+        got, exact = export._flatten(module(*inputs)), export._flatten(twin(*float64(inputs)))
+    return max(float((a.double() - b).abs().max()) for a, b in zip(got, exact))
 
 
 def zero_state(recurrent, batch):
@@ -66,9 +93,10 @@ def test_language_model_with_state_in_and_out(tmp_path, cell):
     assert FUSED_OPERATOR.get(cell, "Loop") in operators(path)
     for batch, steps in SHAPES:
         feeds = {"x": torch.randint(0, 11, (batch, steps)), **random_state(model.recurrent, batch)}
+        inputs = (feeds["x"], export._unwrap(tuple(feeds.values())[1:]))
         with torch.no_grad():
-            expected = model(feeds["x"], export._unwrap(tuple(feeds.values())[1:]))
-        assert_close(expected, run_onnx(path, feeds))
+            expected = model(*inputs)
+        assert_close(expected, run_onnx(path, feeds), float32_rounding(model, inputs))
 
 
 def test_float_features_and_a_bare_bidirectional_recurrent(tmp_path):
@@ -83,7 +111,8 @@ def test_float_features_and_a_bare_bidirectional_recurrent(tmp_path):
         with torch.no_grad():
             assert_close(forecaster(x, forecaster_state["state_0"]),
                          run_onnx(forecaster_path, {"x": x, **forecaster_state}))
-            assert_close(layer(x, tuple(layer_state.values())), run_onnx(layer_path, {"x": x, **layer_state}))
+            assert_close(layer(x, tuple(layer_state.values())), run_onnx(layer_path, {"x": x, **layer_state}),
+                         float32_rounding(layer, (x, tuple(layer_state.values()))))
 
 
 @pytest.mark.parametrize("cell, pooling", [("lstm", "last"), ("jordan", "last"), ("multilag", "max"),
@@ -201,7 +230,7 @@ def test_torchscript_keeps_a_python_loop_dynamic(tmp_path):
     for batch, steps in SHAPES:
         x, lengths = torch.randn(batch, steps, 4), torch.randint(1, steps + 1, (batch,))
         with torch.no_grad():
-            assert_close(model(x, lengths), [loaded(x, lengths).numpy()])
+            assert_close(model(x, lengths), [loaded(x, lengths).numpy()], float32_rounding(model, (x, lengths)))
 
 
 class MeanOfOutputs(torch.nn.Module):
