@@ -271,36 +271,29 @@ def test_compiled_loops_match_the_python_ones(monkeypatch, name, dtype, toleranc
         torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance)
 
 
-@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"),
-                    reason="the claim is about ATen's AVX2 and AVX512 kernels")
-def test_layernorm_lstm_loop_activations_are_atens_bit_for_bit():
-    """The LayerNorm-LSTM loop calls the routines ATen's sigmoid and tanh run (its layer norms
-    amplify last-bit differences past the ONNX export's 1e-5). One step from h_0 = 0: LN_hh adds
-    exactly 0, so the i, f, o blocks of the gates it returns are σ of the pre-activations given;
-    with LN_c's gain 1 and bias 0, ℓ = (c − mean) · rstd, and tanh_ls must be tanh ℓ. 3 × 4·13 =
-    156 gates: with AVX2 nine 16-wide blocks and a scalar tail of 12, with AVX512 four 32-wide
-    blocks and a tail of 28, as ATen splits them. A loop with the other split rounds the values
-    in between differently about one in six: 50 draws see it (an AVX2 split on this AVX512
-    machine failed it)."""
+def test_layernorm_lstm_loop_is_as_accurate_as_atens_float32():
+    """Its layer norms amplify rounding along the sequence, so the compiled float32 loop (its own
+    activations and moments) must stay as close to exact arithmetic (the float64 loop) as ATen's
+    float32 kernels (the Python loop) do. Over 40 steps and 10 seeds its largest errors summed to
+    0.97x ATen's (per seed 0.2-2.8x: rounding differences grow chaotically, so only the sum says
+    much); the bound is 2x."""
     assert kernels.ops() is not None
-    torch.manual_seed(0)
-    torch.set_default_dtype(torch.float32)  # the float64 fixture restores float64 after the test
-    batch, hidden = 3, 13
-    i_f, o = slice(0, 2 * hidden), slice(3 * hidden, 4 * hidden)
-    for _ in range(50):
-        pre = 3 * torch.randn(1, batch, 4 * hidden)
-        gates, vs = pre.clone(), torch.empty(1, batch, 4 * hidden)
-        v_mean, v_rstd, c_mean, c_rstd = torch.empty(4, 1, batch, 1)
-        hs, cs = torch.zeros(2, batch, hidden), torch.randn(2, batch, hidden)
-        tanh_ls = torch.empty(1, batch, hidden)
-        torch.ops.rnnkit_kernels.lnlstm_forward(gates, vs, v_mean, v_rstd, hs, cs, c_mean, c_rstd, tanh_ls,
-                                                torch.randn(hidden, 4 * hidden), torch.randn(4 * hidden),
-                                                torch.ones(hidden), torch.zeros(hidden), None, 1e-5)
-        assert torch.equal(vs, torch.zeros_like(vs))
-        sigmoid = torch.sigmoid(pre)  # over the whole contiguous step, as the loop calls it
-        assert torch.equal(gates[..., i_f], sigmoid[..., i_f])
-        assert torch.equal(gates[..., o], sigmoid[..., o])
-        assert torch.equal(tanh_ls, torch.tanh((cs[1:] - c_mean) * c_rstd))
+    compiled_error = aten_error = 0.0
+    for seed in range(10):
+        torch.manual_seed(seed)
+        cell = perturbed_layer_norm_lstm(3, 13)
+        x = torch.randn(4, 40, 3)
+        state = tuple(0.5 * torch.randn(4, 13) for _ in cell.state_sizes)
+        with torch.no_grad():
+            exact = run_sequence(cell, x, state)[0]
+            cell32, x32, state32 = cell.float(), x.float(), tuple(s.float() for s in state)
+            compiled = run_sequence(cell32, x32, state32)[0]
+            with pytest.MonkeyPatch.context() as monkeypatch:
+                monkeypatch.setattr(bptt, "_compiled", lambda name, like: None)
+                aten = run_sequence(cell32, x32, state32)[0]
+        compiled_error += (compiled.double() - exact).abs().max().item()
+        aten_error += (aten.double() - exact).abs().max().item()
+    assert compiled_error <= 2 * aten_error, (compiled_error, aten_error)
 
 
 @pytest.mark.parametrize("name", COMPILED)

@@ -286,16 +286,20 @@ def _layer_norm_backward_rows(delta, us, mean, rstd, weight, grad_u, grad_weight
     torch.sum(delta, 0, out=grad_bias)  # ATen's needs the bias itself for this one
 
 
-def _layer_norm_lstm_forward_steps(gates, vs, v_mean, v_rstd, hs, cs, c_mean, c_rstd, tanh_ls, weight_hh_t,
-                                   ln_hh_weight, ln_c_weight, ln_c_bias, keep, eps) -> None:
+def _layer_norm_lstm_forward_steps(us, u_mean, u_rstd, gates, vs, v_mean, v_rstd, hs, cs, c_mean, c_rstd, tanh_ls,
+                                   weight_hh_t, ln_ih_weight, bias, ln_hh_weight, ln_c_weight, ln_c_bias, keep,
+                                   eps) -> None:
     """LayerNormLSTMSequence's forward recursion, t = 1 … T, into the buffers; what
-    rnnkit/csrc/lnlstm.cpp's lnlstm_forward does in C++. gates[t] holds LN_ih(u_t) + biases and
-    ends as the activated gates. torch.native_layer_norm does mean, variance, normalisation and gain in
-    one kernel and hands back the mean and 1/std: a step makes a dozen calls instead of twenty-odd."""
+    rnnkit/csrc/lnlstm.cpp's lnlstm_forward does in C++. gates[t] gets LN_ih(u_t) + LN_hh(v_t) + bias
+    and ends as the activated gates. torch.native_layer_norm does mean, variance, normalisation and
+    gain in one kernel and hands back the mean and 1/std: a step makes a dozen calls instead of
+    twenty-odd."""
     hidden = hs.shape[-1]
+    gates_size = (4 * hidden,)
     for t in range(gates.shape[0]):
+        gates[t], u_mean[t], u_rstd[t] = torch.native_layer_norm(us[t], gates_size, ln_ih_weight, bias, eps)
         torch.mm(hs[t], weight_hh_t, out=vs[t])
-        v_normed, v_mean[t], v_rstd[t] = torch.native_layer_norm(vs[t], (4 * hidden,), ln_hh_weight, None, eps)
+        v_normed, v_mean[t], v_rstd[t] = torch.native_layer_norm(vs[t], gates_size, ln_hh_weight, None, eps)
         i, f, g, o = _lstm_gates_(gates[t].add_(v_normed))
         torch.mul(f, cs[t], out=cs[t + 1]).addcmul_(i, g)
         ell, c_mean[t], c_rstd[t] = torch.native_layer_norm(cs[t + 1], (hidden,), ln_c_weight, ln_c_bias, eps)
@@ -538,20 +542,17 @@ class LayerNormLSTMSequence(Function):
         hidden = h0.shape[-1]
         keep = _step_mask(valid)
         xs = _time_major(x)
-        us = xs @ weight_ih.t()
-        # LN_ih(u_t) and every bias in one pass: the sum of the three biases as LN_ih's bias
-        u_normed, u_mean, u_rstd = torch.native_layer_norm(us, (4 * hidden,), ln_ih_weight,
-                                                           bias + ln_ih_bias + ln_hh_bias, eps)
-        gates = u_normed.view(steps, batch, 4 * hidden)
-        vs = torch.empty_like(gates)
-        v_mean, v_rstd = x.new_empty(2, steps, batch, 1)
+        us = (xs @ weight_ih.t()).view(steps, batch, 4 * hidden)
+        gates, vs = torch.empty_like(us), torch.empty_like(us)
+        u_mean, u_rstd, v_mean, v_rstd, c_mean, c_rstd = x.new_empty(6, steps, batch, 1)
         hs, cs = x.new_empty(2, steps + 1, batch, hidden)
         hs[0], cs[0] = h0, c0
-        c_mean, c_rstd = torch.empty_like(v_mean), torch.empty_like(v_rstd)
         tanh_ls = torch.empty_like(hs[1:])
         forward_steps = _compiled("lnlstm_forward", x) or _layer_norm_lstm_forward_steps
-        forward_steps(gates, vs, v_mean, v_rstd, hs, cs, c_mean, c_rstd, tanh_ls, weight_hh.t().contiguous(),
-                      ln_hh_weight, ln_c_weight, ln_c_bias, keep, eps)
+        # the sum of the three biases as LN_ih's bias: added in the same pass
+        forward_steps(us, u_mean, u_rstd, gates, vs, v_mean, v_rstd, hs, cs, c_mean, c_rstd, tanh_ls,
+                      weight_hh.t().contiguous(), ln_ih_weight, bias + ln_ih_bias + ln_hh_bias, ln_hh_weight,
+                      ln_c_weight, ln_c_bias, keep, eps)
         ctx.eps = eps
         ctx.save_for_backward(xs, us, u_mean, u_rstd, gates, vs, v_mean, v_rstd, hs, cs, c_mean, c_rstd, tanh_ls,
                               weight_ih, weight_hh, ln_ih_weight, ln_hh_weight, ln_c_weight, keep)
@@ -578,7 +579,8 @@ class LayerNormLSTMSequence(Function):
         # ∂L/∂u into ∂L/∂v's buffer, read by now; LN_ih's bias gradient Σ_t δ_t is every bias's
         grad_u, grad_ln_ih_weight, grad_bias = grad_v, *hs.new_empty(2, 4 * hidden)
         input_norm_backward = _compiled("lnlstm_input_norm_backward", hs) or _layer_norm_backward_rows
-        input_norm_backward(delta, us, u_mean, u_rstd, ln_ih_weight, grad_u, grad_ln_ih_weight, grad_bias)
+        input_norm_backward(delta, us.view(-1, 4 * hidden), u_mean, u_rstd, ln_ih_weight, grad_u, grad_ln_ih_weight,
+                            grad_bias)
         grad_x = (grad_u @ weight_ih).view(steps, batch, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None
         return (grad_x, Gh[0], Gc[0], grad_u.t() @ xs, grad_weight_hh, grad_bias,
                 grad_ln_ih_weight, grad_bias, grad_ln_hh_weight, grad_bias, grad_ln_c_weight, grad_ln_c_bias,

@@ -6,9 +6,9 @@ the same steps on raw pointers, with BLAS's gemm (which libtorch exports; csrc/g
 products: Elman (K lags) and Jordan (elman_jordan.cpp), LSTM (lstm.cpp) and GRU (gru.cpp) with
 one pass per batch row for each step's pointwise work, and LayerNorm-LSTM, whose step is a dozen
 pointwise operations (two layer norms, the activations, the cell update), the same way
-(lnlstm.cpp, which also does LN_ih's backward over all steps at once into reused buffers). They use their own activations (csrc/activations.h): ATen's, through MKL and
-ATen's parallel loop, wake a sleeping thread per call at 2 threads with passive waiting. Only
-the LayerNorm-LSTM loop keeps ATen's, for the reason given in activations.h.
+(lnlstm.cpp, which also does LN_ih's backward over all steps at once into reused buffers).
+They use their own activations (csrc/activations.h): ATen's, through MKL and ATen's parallel
+loop, wake a sleeping thread per call at 2 threads with passive waiting.
 The buffers and equations are those of the Functions in `rnnkit.bptt`, whose Python loops
 remain the fallback and the readable statement of each recursion. Generation writes one token
 per step; for a token-reading LSTM, GRU or Elman model, language_model_step.cpp runs the

@@ -1,80 +1,23 @@
 // The sequential part of LayerNormLSTMSequence (rnnkit/bptt.py), compiled: the loop over time
 // steps, forwards and backwards, with each step's pointwise work (layer norms, gate
 // activations, cell update) done in one pass per batch row instead of a dozen tensor calls.
-// The step's products are gemm.h's; its float activations are ATen's, bit for bit (below).
+// The step's products are gemm.h's, its activations activations.h's.
 // The equations, the buffers and their layout are those of the Python Function, which stays
 // the readable statement of the algorithm and the fallback where this file cannot be built;
-// the time-batched products before and after these loops are done there, in Python. The
-// backward of LN_ih, which is outside the recursion, is here too (lnlstm_input_norm_backward).
+// the time-batched products before and after these loops are done there, in Python. LN_ih's
+// forward runs inside the forward loop, in the pass that adds the gates up; its backward, outside
+// the recursion, runs over all steps at once (lnlstm_input_norm_backward).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 #include <algorithm>
 #include <cmath>
-#include <type_traits>
 #include <vector>
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#endif
 
+#include "activations.h"
 #include "bptt.h"
 #include "gemm.h"
 
-// What ATen's float sigmoid and tanh run on an AVX2 or AVX512 CPU, both exported by libtorch_cpu:
-// SLEEF's e^x, and MKL's vector tanh in its high-accuracy mode. Called on raw pointers they give
-// ATen's float results bit for bit (activations.h says why this loop needs them), without a tensor
-// view and a dispatch per step (at B=32, H=64, about 5% of a training step). The build's vector
-// flags follow ATen's dispatch (rnnkit/kernels.py), so __AVX512F__ is defined where ATen runs its
-// AVX512 kernels. Doubles, which only the gradient checks use, and CPUs without AVX2 take the
-// scalar formulas.
-extern "C" {
-#if defined(__AVX512F__)
-__m512 Sleef_expf16_u10(__m512 x);
-#elif defined(__AVX2__) && defined(__FMA__)
-__m256 Sleef_expf8_u10(__m256 x);
-#endif
-void vmsTanh(int n, const float* a, float* y, long long mode);
-}
-
 namespace {
-
-// x ← σ(x) as ATen computes it: 1 / (1 + e^−x) with SLEEF's e^x on whole blocks of two vectors
-// (16 values with AVX2, 32 with AVX512), the rest with the scalar e^x, as ATen's vectorised loop
-// splits a contiguous tensor
-template <typename T>
-void aten_sigmoid(T* x, int64_t n) {
-  int64_t i = 0;
-#if defined(__AVX512F__)
-  if constexpr (std::is_same_v<T, float>) {
-    const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
-    const int64_t whole_blocks = n - n % 32;
-    for (; i < whole_blocks; i += 16) {
-      const __m512 e = Sleef_expf16_u10(_mm512_sub_ps(zero, _mm512_loadu_ps(x + i)));
-      _mm512_storeu_ps(x + i, _mm512_div_ps(one, _mm512_add_ps(e, one)));
-    }
-  }
-#elif defined(__AVX2__) && defined(__FMA__)
-  if constexpr (std::is_same_v<T, float>) {
-    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
-    const int64_t whole_blocks = n - n % 16;
-    for (; i < whole_blocks; i += 8) {
-      const __m256 e = Sleef_expf8_u10(_mm256_sub_ps(zero, _mm256_loadu_ps(x + i)));
-      _mm256_storeu_ps(x + i, _mm256_div_ps(one, _mm256_add_ps(e, one)));
-    }
-  }
-#endif
-  for (; i < n; ++i) x[i] = T(1) / (T(1) + std::exp(-x[i]));
-}
-
-// x ← tanh(x) as ATen computes it: MKL's vsTanh with VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE
-template <typename T>
-void aten_tanh(T* x, int64_t n) {
-  if constexpr (std::is_same_v<T, float>) {
-    constexpr long long kHighAccuracyNoFlushIgnoreErrors = 0x2 | 0x140000 | 0x100;
-    vmsTanh(int(n), x, x, kHighAccuracyNoFlushIgnoreErrors);
-  } else {
-    for (int64_t i = 0; i < n; ++i) x[i] = std::tanh(x[i]);
-  }
-}
 
 using rnnkit::check_buffers;
 using rnnkit::product;
@@ -108,59 +51,53 @@ inline void normalise_backward(T* d, const T* v, int64_t n, T mean, T rstd) {
   for (int64_t j = 0; j < n; ++j) d[j] = rstd * (d[j] - mean_d - (v[j] - mean) * rstd * mean_dv);
 }
 
+// Step t: v_t = h_{t-1} W_hhᵀ for the whole batch, one product; then each batch row in one pass
+// while it is in cache: both layer norms of the gates and the biases, the activations, c_t, LN_c
+// and h_t.
 template <typename T>
-void forward_loop(at::Tensor& gates, at::Tensor& vs, at::Tensor& v_mean, at::Tensor& v_rstd, at::Tensor& hs,
-                  at::Tensor& cs, at::Tensor& c_mean, at::Tensor& c_rstd, at::Tensor& tanh_ls,
-                  const at::Tensor& weight_hh_t, const at::Tensor& ln_hh_weight, const at::Tensor& ln_c_weight,
-                  const at::Tensor& ln_c_bias, const c10::optional<at::Tensor>& keep, double eps) {
+void forward_loop(const at::Tensor& us, at::Tensor& u_mean, at::Tensor& u_rstd, at::Tensor& gates, at::Tensor& vs,
+                  at::Tensor& v_mean, at::Tensor& v_rstd, at::Tensor& hs, at::Tensor& cs, at::Tensor& c_mean,
+                  at::Tensor& c_rstd, at::Tensor& tanh_ls, const at::Tensor& weight_hh_t,
+                  const at::Tensor& ln_ih_weight, const at::Tensor& bias, const at::Tensor& ln_hh_weight,
+                  const at::Tensor& ln_c_weight, const at::Tensor& ln_c_bias, const c10::optional<at::Tensor>& keep,
+                  double eps) {
   const int64_t steps = gates.size(0), batch = gates.size(1), hidden = hs.size(2), width = 4 * hidden;
-  const T* w_hh = ln_hh_weight.data_ptr<T>();
-  const T* w_c = ln_c_weight.data_ptr<T>();
-  const T* b_c = ln_c_bias.data_ptr<T>();
+  const T *w_ih = ln_ih_weight.data_ptr<T>(), *b = bias.data_ptr<T>(), *w_hh = ln_hh_weight.data_ptr<T>();
+  const T *w_c = ln_c_weight.data_ptr<T>(), *b_c = ln_c_bias.data_ptr<T>();
   const bool* kept = keep ? keep->data_ptr<bool>() : nullptr;
+  const T* u0 = us.data_ptr<T>();
   T *z0 = gates.data_ptr<T>(), *v0 = vs.data_ptr<T>(), *h0 = hs.data_ptr<T>(), *c0 = cs.data_ptr<T>();
-  T *tanh_l0 = tanh_ls.data_ptr<T>(), *vm = v_mean.data_ptr<T>(), *vr = v_rstd.data_ptr<T>();
-  T *cm = c_mean.data_ptr<T>(), *cr = c_rstd.data_ptr<T>();
+  T *tanh_l0 = tanh_ls.data_ptr<T>(), *um = u_mean.data_ptr<T>(), *ur = u_rstd.data_ptr<T>();
+  T *vm = v_mean.data_ptr<T>(), *vr = v_rstd.data_ptr<T>(), *cm = c_mean.data_ptr<T>(), *cr = c_rstd.data_ptr<T>();
   const T* w = weight_hh_t.data_ptr<T>();
   for (int64_t t = 0; t < steps; ++t) {
     product(v0 + t * batch * width, width, h0 + t * batch * hidden, hidden, w, width, batch, width, hidden, T(0));
-    for (int64_t row = t * batch; row < (t + 1) * batch; ++row) {  // gates += LN_hh(v_t)
-      const T* v = v0 + row * width;
-      T* z = z0 + row * width;
+    for (int64_t row = t * batch; row < (t + 1) * batch; ++row) {
+      const T *u = u0 + row * width, *v = v0 + row * width;
+      T* z = z0 + row * width;  // LN_ih(u_t) + LN_hh(v_t) + biases, then i, f, g, o
+      moments(u, width, eps, um[row], ur[row]);
       moments(v, width, eps, vm[row], vr[row]);
-      const T mean = vm[row], rstd = vr[row];
+      const T u_m = um[row], u_r = ur[row], v_m = vm[row], v_r = vr[row];
 #pragma omp simd
-      for (int64_t j = 0; j < width; ++j) z[j] += w_hh[j] * (v[j] - mean) * rstd;
-#pragma omp simd
-      for (int64_t j = 2 * hidden; j < 3 * hidden; ++j) z[j] *= 2;  // tanh(g) = 2σ(2g) − 1, below
-    }
-    aten_sigmoid(z0 + t * batch * width, batch * width);  // once over the step's (B, 4H) gates
-    for (int64_t row = t * batch; row < (t + 1) * batch; ++row) {  // c_t, and ℓ_t = LN_c(c_t) into tanh_l
-      T* z = z0 + row * width;
-      const T *i = z, *f = z + hidden;
-      T* g = z + 2 * hidden;
+      for (int64_t j = 0; j < width; ++j) z[j] = w_ih[j] * (u[j] - u_m) * u_r + b[j] + w_hh[j] * (v[j] - v_m) * v_r;
+      rnnkit::sigmoid_inplace(z, 2 * hidden);
+      rnnkit::tanh_inplace(z + 2 * hidden, hidden);
+      rnnkit::sigmoid_inplace(z + 3 * hidden, hidden);
+      const T *i = z, *f = z + hidden, *g = z + 2 * hidden, *o = z + 3 * hidden;
       const T* c_prev = c0 + row * hidden;
       T* c = c0 + (row + batch) * hidden;
-      T* ell = tanh_l0 + row * hidden;
-#pragma omp simd
-      for (int64_t j = 0; j < hidden; ++j) {
-        g[j] = 2 * g[j] - 1;
-        c[j] = f[j] * c_prev[j] + i[j] * g[j];
-      }
-      moments(c, hidden, eps, cm[row], cr[row]);
-      const T mean = cm[row], rstd = cr[row];
-#pragma omp simd
-      for (int64_t j = 0; j < hidden; ++j) ell[j] = w_c[j] * (c[j] - mean) * rstd + b_c[j];
-    }
-    aten_tanh(tanh_l0 + t * batch * hidden, batch * hidden);
-    for (int64_t row = t * batch; row < (t + 1) * batch; ++row) {  // h_t = o ⊙ tanh ℓ_t
-      const T* o = z0 + row * width + 3 * hidden;
-      const T* tanh_l = tanh_l0 + row * hidden;
       T* h = h0 + (row + batch) * hidden;
-      T* c = c0 + (row + batch) * hidden;
+      T* tanh_l = tanh_l0 + row * hidden;
+#pragma omp simd
+      for (int64_t j = 0; j < hidden; ++j) c[j] = f[j] * c_prev[j] + i[j] * g[j];
+      moments(c, hidden, eps, cm[row], cr[row]);
+      const T c_m = cm[row], c_r = cr[row];
+#pragma omp simd
+      for (int64_t j = 0; j < hidden; ++j) tanh_l[j] = w_c[j] * (c[j] - c_m) * c_r + b_c[j];  // ℓ_t
+      rnnkit::tanh_inplace(tanh_l, hidden);
       if (kept && !kept[row]) {  // padded step: the state is kept
         std::copy_n(h0 + row * hidden, hidden, h);
-        std::copy_n(c0 + row * hidden, hidden, c);
+        std::copy_n(c_prev, hidden, c);
         continue;
       }
 #pragma omp simd
@@ -233,22 +170,29 @@ void backward_loop(const at::Tensor& gates, const at::Tensor& vs, const at::Tens
 
 // The loops read the layer-norm parameters by raw pointer: their lengths must be right. (The
 // functions below make the read-only inputs contiguous: no copy when they already are.)
-void check_lengths(int64_t hidden, const at::Tensor& ln_hh, std::initializer_list<const at::Tensor*> ln_c) {
-  TORCH_CHECK(ln_hh.numel() == 4 * hidden, "LayerNorm-LSTM: ln_hh_weight must have 4·hidden entries");
-  for (const at::Tensor* parameter : ln_c)
+void check_lengths(int64_t hidden, std::initializer_list<const at::Tensor*> of_gates,
+                   std::initializer_list<const at::Tensor*> of_cell) {
+  for (const at::Tensor* parameter : of_gates)
+    TORCH_CHECK(parameter->numel() == 4 * hidden, "LayerNorm-LSTM: the gates' gains and biases must have 4·hidden entries");
+  for (const at::Tensor* parameter : of_cell)
     TORCH_CHECK(parameter->numel() == hidden, "LayerNorm-LSTM: ln_c_weight and ln_c_bias must have hidden entries");
 }
 
-void lnlstm_forward(at::Tensor gates, at::Tensor vs, at::Tensor v_mean, at::Tensor v_rstd, at::Tensor hs,
-                    at::Tensor cs, at::Tensor c_mean, at::Tensor c_rstd, at::Tensor tanh_ls,
-                    const at::Tensor& weight_hh_t, const at::Tensor& ln_hh_weight, const at::Tensor& ln_c_weight,
-                    const at::Tensor& ln_c_bias, const c10::optional<at::Tensor>& keep, double eps) {
-  check_buffers("lnlstm_forward", {&gates, &vs, &v_mean, &v_rstd, &hs, &cs, &c_mean, &c_rstd, &tanh_ls});
-  check_lengths(hs.size(2), ln_hh_weight, {&ln_c_weight, &ln_c_bias});
+void lnlstm_forward(const at::Tensor& us, at::Tensor u_mean, at::Tensor u_rstd, at::Tensor gates, at::Tensor vs,
+                    at::Tensor v_mean, at::Tensor v_rstd, at::Tensor hs, at::Tensor cs, at::Tensor c_mean,
+                    at::Tensor c_rstd, at::Tensor tanh_ls, const at::Tensor& weight_hh_t,
+                    const at::Tensor& ln_ih_weight, const at::Tensor& bias, const at::Tensor& ln_hh_weight,
+                    const at::Tensor& ln_c_weight, const at::Tensor& ln_c_bias, const c10::optional<at::Tensor>& keep,
+                    double eps) {
+  check_buffers("lnlstm_forward",
+                {&us, &u_mean, &u_rstd, &gates, &vs, &v_mean, &v_rstd, &hs, &cs, &c_mean, &c_rstd, &tanh_ls});
+  check_lengths(hs.size(2), {&ln_ih_weight, &bias, &ln_hh_weight}, {&ln_c_weight, &ln_c_bias});
+  TORCH_CHECK(us.sizes() == gates.sizes(), "lnlstm_forward: us and gates must have one shape");
   const c10::optional<at::Tensor> kept = keep ? c10::optional<at::Tensor>(keep->to(at::kBool).contiguous()) : keep;
   const rnnkit::StepProducts step_products(gates.size(1) * 4 * hs.size(2) * hs.size(2));
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lnlstm_forward", [&] {
-    forward_loop<scalar_t>(gates, vs, v_mean, v_rstd, hs, cs, c_mean, c_rstd, tanh_ls, weight_hh_t.contiguous(),
+    forward_loop<scalar_t>(us, u_mean, u_rstd, gates, vs, v_mean, v_rstd, hs, cs, c_mean, c_rstd, tanh_ls,
+                           weight_hh_t.contiguous(), ln_ih_weight.contiguous(), bias.contiguous(),
                            ln_hh_weight.contiguous(), ln_c_weight.contiguous(), ln_c_bias.contiguous(), kept, eps);
   });
 }
@@ -263,7 +207,7 @@ void lnlstm_backward(const at::Tensor& gates, const at::Tensor& vs, const at::Te
   check_buffers("lnlstm_backward", {&gates, &vs, &v_mean, &v_rstd, &cs, &c_mean, &c_rstd, &tanh_ls, &Gh, &Gc,
                                     &delta, &grad_v, &grad_l, &grad_ln_hh_weight, &grad_ln_c_weight,
                                     &grad_ln_c_bias});
-  check_lengths(cs.size(2), ln_hh_weight, {&ln_c_weight});
+  check_lengths(cs.size(2), {&ln_hh_weight}, {&ln_c_weight});
   const c10::optional<at::Tensor> kept = keep ? c10::optional<at::Tensor>(keep->to(at::kBool).contiguous()) : keep;
   const rnnkit::StepProducts step_products(gates.size(1) * 4 * cs.size(2) * cs.size(2));
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lnlstm_backward", [&] {
@@ -331,9 +275,10 @@ void lnlstm_input_norm_backward(const at::Tensor& delta, const at::Tensor& us, c
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(rnnkit_kernels, m) {
-  m.def("lnlstm_forward(Tensor(a!) gates, Tensor(b!) vs, Tensor(c!) v_mean, Tensor(d!) v_rstd, Tensor(e!) hs, "
-        "Tensor(f!) cs, Tensor(g!) c_mean, Tensor(h!) c_rstd, Tensor(i!) tanh_ls, Tensor weight_hh_t, "
-        "Tensor ln_hh_weight, Tensor ln_c_weight, Tensor ln_c_bias, Tensor? keep, float eps) -> ()");
+  m.def("lnlstm_forward(Tensor us, Tensor(a!) u_mean, Tensor(b!) u_rstd, Tensor(c!) gates, Tensor(d!) vs, "
+        "Tensor(e!) v_mean, Tensor(f!) v_rstd, Tensor(g!) hs, Tensor(h!) cs, Tensor(i!) c_mean, Tensor(j!) c_rstd, "
+        "Tensor(k!) tanh_ls, Tensor weight_hh_t, Tensor ln_ih_weight, Tensor bias, Tensor ln_hh_weight, "
+        "Tensor ln_c_weight, Tensor ln_c_bias, Tensor? keep, float eps) -> ()");
   m.def("lnlstm_backward(Tensor gates, Tensor vs, Tensor v_mean, Tensor v_rstd, Tensor cs, Tensor c_mean, "
         "Tensor c_rstd, Tensor tanh_ls, Tensor weight_hh, Tensor ln_hh_weight, Tensor ln_c_weight, Tensor? keep, "
         "Tensor(a!) Gh, Tensor(b!) Gc, Tensor(c!) delta, Tensor(d!) grad_v, Tensor(e!) grad_l, "
