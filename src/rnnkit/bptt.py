@@ -277,7 +277,7 @@ def _gru_backward_steps(m_n, rz, n, hs, weight_hh, keep, G, delta, delta_x_n) ->
 
 def _layer_norm_backward_rows(delta, us, mean, rstd, weight, grad_u, grad_weight, grad_bias) -> None:
     """The backward of LN(u) = w ⊙ û + b over each row of us (N, F), from δ = ∂L/∂LN(u): ∂L/∂u
-    into grad_u, Σ_rows δ ⊙ û into grad_weight, Σ_rows δ into grad_bias (rnnkit/csrc/lnlstm.cpp in C++)."""
+    into grad_u, Σ_rows δ ⊙ û into grad_weight, Σ_rows δ into grad_bias."""
     width = us.shape[-1]
     grad_input, grad_gain, _ = torch.ops.aten.native_layer_norm_backward(
         delta, us, [width], mean.view(-1, 1), rstd.view(-1, 1), weight, None, [True, True, False])
@@ -310,18 +310,20 @@ def _layer_norm_lstm_forward_steps(us, u_mean, u_rstd, gates, vs, v_mean, v_rstd
             torch.where(keep[t], hs[t + 1], hs[t], out=hs[t + 1])
 
 
-def _layer_norm_lstm_backward_steps(gates, vs, v_mean, v_rstd, cs, c_mean, c_rstd, tanh_ls, weight_hh, ln_hh_weight,
-                                    ln_c_weight, keep, Gh, Gc, delta, grad_v, grad_l, grad_ln_hh_weight,
-                                    grad_ln_c_weight, grad_ln_c_bias) -> None:
-    """LayerNormLSTMSequence's backward recursion, t = T … 1: fills δ_t, ∂L/∂v_t and ∂L/∂ℓ_t, leaves
-    γ_t in Gh[t] and κ_t in Gc[t], and writes the gradients of w_hh, w_c and b_c; what
-    rnnkit/csrc/lnlstm.cpp's lnlstm_backward does in C++ (which sums those three as it goes)."""
+def _layer_norm_lstm_backward_steps(us, u_mean, u_rstd, gates, vs, v_mean, v_rstd, cs, c_mean, c_rstd, tanh_ls,
+                                    weight_hh, ln_ih_weight, ln_hh_weight, ln_c_weight, keep, Gh, Gc, grad_u, grad_v,
+                                    grad_ln_ih_weight, grad_bias, grad_ln_hh_weight, grad_ln_c_weight,
+                                    grad_ln_c_bias) -> None:
+    """LayerNormLSTMSequence's backward recursion, t = T … 1: fills ∂L/∂v_t, leaves γ_t in Gh[t] and
+    κ_t in Gc[t]; then ∂L/∂u_t for all steps at once, and the gradients of the gains and biases.
+    What rnnkit/csrc/lnlstm.cpp's lnlstm_backward does in C++ (there row by row, δ_t never stored)."""
     layer_norm_backward = torch.ops.aten.native_layer_norm_backward
-    hidden = cs.shape[-1]
+    steps, batch, hidden = tanh_ls.shape
     gates_size, input_only = [4 * hidden], [True, False, False]
     valid = None if keep is None else keep.to(cs.dtype)
+    delta, grad_l = torch.empty_like(gates), torch.empty_like(tanh_ls)  # δ_t, ∂L/∂ℓ_t
     c_normalised = cs[1:]  # c_t as normalised: a padded step's c_t is overwritten after, but its ∂L/∂ℓ_t is 0
-    for t in reversed(range(gates.shape[0])):
+    for t in reversed(range(steps)):
         o = gates[t, :, 3 * hidden:]
         gamma, kappa, tanh_l = Gh[t + 1], Gc[t + 1], tanh_ls[t]
         gamma_o = gamma * o if valid is None else gamma * o * valid[t]  # padded: h_t is not o ⊙ tanh ℓ_t
@@ -332,6 +334,9 @@ def _layer_norm_lstm_backward_steps(gates, vs, v_mean, v_rstd, cs, c_mean, c_rst
         grad_v[t] = layer_norm_backward(delta[t], vs[t], gates_size, v_mean[t], v_rstd[t], ln_hh_weight, None,
                                         input_only)[0]
         Gh[t].addmm_(grad_v[t], weight_hh)
+    rows = (-1, 4 * hidden)
+    _layer_norm_backward_rows(delta.view(rows), us.view(rows), u_mean, u_rstd, ln_ih_weight, grad_u.view(rows),
+                              grad_ln_ih_weight, grad_bias)
     v_hat = (vs - v_mean).mul_(v_rstd)
     c_hat = (c_normalised - c_mean).mul_(c_rstd)
     torch.sum(delta * v_hat, (0, 1), out=grad_ln_hh_weight)
@@ -568,19 +573,16 @@ class LayerNormLSTMSequence(Function):
         Gh = _grad_buffer(grad_outputs, grad_h, valid, hidden)  # Gh[t] ends as γ_t
         Gc = torch.zeros_like(Gh)  # Gc[t] ends as κ_t
         Gc[steps] = grad_c
-        delta, grad_v = _scratch("lnlstm delta", gates), _scratch("lnlstm grad_v", gates)  # δ_t, ∂L/∂v_t
-        grad_l = torch.empty_like(tanh_ls)  # ∂L/∂ℓ_t
-        grad_ln_hh_weight, grad_ln_c_weight, grad_ln_c_bias = hs.new_empty(4 * hidden), *hs.new_empty(2, hidden)
+        grad_u, grad_v = _scratch("lnlstm grad_u", gates), _scratch("lnlstm grad_v", gates)  # ∂L/∂u_t, ∂L/∂v_t
+        # LN_ih's bias gradient Σ_t δ_t is every bias's
+        grad_ln_ih_weight, grad_bias, grad_ln_hh_weight = hs.new_empty(3, 4 * hidden)
+        grad_ln_c_weight, grad_ln_c_bias = hs.new_empty(2, hidden)
         backward_steps = _compiled("lnlstm_backward", hs) or _layer_norm_lstm_backward_steps
-        backward_steps(gates, vs, v_mean, v_rstd, cs, c_mean, c_rstd, tanh_ls, weight_hh, ln_hh_weight, ln_c_weight,
-                       keep, Gh, Gc, delta, grad_v, grad_l, grad_ln_hh_weight, grad_ln_c_weight, grad_ln_c_bias)
-        delta, grad_v = delta.view(-1, 4 * hidden), grad_v.view(-1, 4 * hidden)
+        backward_steps(us, u_mean, u_rstd, gates, vs, v_mean, v_rstd, cs, c_mean, c_rstd, tanh_ls, weight_hh,
+                       ln_ih_weight, ln_hh_weight, ln_c_weight, keep, Gh, Gc, grad_u, grad_v, grad_ln_ih_weight,
+                       grad_bias, grad_ln_hh_weight, grad_ln_c_weight, grad_ln_c_bias)
+        grad_u, grad_v = grad_u.view(-1, 4 * hidden), grad_v.view(-1, 4 * hidden)
         grad_weight_hh = grad_v.t() @ hs[:-1].view(-1, hidden)
-        # ∂L/∂u into ∂L/∂v's buffer, read by now; LN_ih's bias gradient Σ_t δ_t is every bias's
-        grad_u, grad_ln_ih_weight, grad_bias = grad_v, *hs.new_empty(2, 4 * hidden)
-        input_norm_backward = _compiled("lnlstm_input_norm_backward", hs) or _layer_norm_backward_rows
-        input_norm_backward(delta, us.view(-1, 4 * hidden), u_mean, u_rstd, ln_ih_weight, grad_u, grad_ln_ih_weight,
-                            grad_bias)
         grad_x = (grad_u @ weight_ih).view(steps, batch, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None
         return (grad_x, Gh[0], Gc[0], grad_u.t() @ xs, grad_weight_hh, grad_bias,
                 grad_ln_ih_weight, grad_bias, grad_ln_hh_weight, grad_bias, grad_ln_c_weight, grad_ln_c_bias,

@@ -4,9 +4,9 @@
 // The step's products are gemm.h's, its activations activations.h's.
 // The equations, the buffers and their layout are those of the Python Function, which stays
 // the readable statement of the algorithm and the fallback where this file cannot be built;
-// the time-batched products before and after these loops are done there, in Python. LN_ih's
-// forward runs inside the forward loop, in the pass that adds the gates up; its backward, outside
-// the recursion, runs over all steps at once (lnlstm_input_norm_backward).
+// the time-batched products before and after these loops are done there, in Python. LN_ih does
+// not depend on the recursion, but its forward and backward run inside the loops all the same:
+// in the row passes that already read and write each step's gates.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 #include <algorithm>
@@ -106,25 +106,35 @@ void forward_loop(const at::Tensor& us, at::Tensor& u_mean, at::Tensor& u_rstd, 
   }
 }
 
+// Step t = T … 1: each batch row in one pass (∂L/∂ℓ_t, κ_t, δ_t, then ∂L/∂v_t and ∂L/∂u_t through
+// LN_hh and LN_ih), summing the gains' and biases' gradients as it goes; then γ_{t-1} += ∂L/∂v_t W_hh
+// for the whole batch, one product. δ_t is needed only within its row.
 template <typename T>
-void backward_loop(const at::Tensor& gates, const at::Tensor& vs, const at::Tensor& v_mean,
-                   const at::Tensor& v_rstd, const at::Tensor& cs, const at::Tensor& c_mean,
-                   const at::Tensor& c_rstd, const at::Tensor& tanh_ls, const at::Tensor& weight_hh,
-                   const at::Tensor& ln_hh_weight, const at::Tensor& ln_c_weight,
-                   const c10::optional<at::Tensor>& keep, at::Tensor& Gh, at::Tensor& Gc, at::Tensor& delta,
-                   at::Tensor& grad_v, at::Tensor& grad_l, at::Tensor& grad_ln_hh_weight,
-                   at::Tensor& grad_ln_c_weight, at::Tensor& grad_ln_c_bias) {
+void backward_loop(const at::Tensor& us, const at::Tensor& u_mean, const at::Tensor& u_rstd, const at::Tensor& gates,
+                   const at::Tensor& vs, const at::Tensor& v_mean, const at::Tensor& v_rstd, const at::Tensor& cs,
+                   const at::Tensor& c_mean, const at::Tensor& c_rstd, const at::Tensor& tanh_ls,
+                   const at::Tensor& weight_hh, const at::Tensor& ln_ih_weight, const at::Tensor& ln_hh_weight,
+                   const at::Tensor& ln_c_weight, const c10::optional<at::Tensor>& keep, at::Tensor& Gh,
+                   at::Tensor& Gc, at::Tensor& grad_u, at::Tensor& grad_v, at::Tensor& grad_ln_ih_weight,
+                   at::Tensor& grad_bias, at::Tensor& grad_ln_hh_weight, at::Tensor& grad_ln_c_weight,
+                   at::Tensor& grad_ln_c_bias) {
   const int64_t steps = gates.size(0), batch = gates.size(1), hidden = cs.size(2), width = 4 * hidden;
-  // Σ_t δ_t ⊙ v̂_t, Σ_t ∂L/∂ℓ_t ⊙ ĉ_t and Σ_t ∂L/∂ℓ_t, summed in double while each row is at hand
-  std::vector<double> sum_w_hh(width, 0.0), sum_w_c(hidden, 0.0), sum_b_c(hidden, 0.0);
-  const T* w_hh = ln_hh_weight.data_ptr<T>();
-  const T* w_c = ln_c_weight.data_ptr<T>();
+  // Σ δ ⊙ û, Σ δ, Σ δ ⊙ v̂, Σ ∂L/∂ℓ ⊙ ĉ and Σ ∂L/∂ℓ: a step's rows summed in T, the steps in double
+  const int64_t sizes[5] = {width, width, width, hidden, hidden};
+  std::vector<T> step_sums(3 * width + 2 * hidden);
+  std::vector<double> sums(step_sums.size(), 0.0);
+  T *sum_w_ih = step_sums.data(), *sum_bias = sum_w_ih + width, *sum_w_hh = sum_bias + width;
+  T *sum_w_c = sum_w_hh + width, *sum_b_c = sum_w_c + hidden;
+  std::vector<T> row_scratch(width + hidden);
+  T *d = row_scratch.data(), *dl = d + width;  // δ_t and ∂L/∂ℓ_t of the row at hand
+  const T *w_ih = ln_ih_weight.data_ptr<T>(), *w_hh = ln_hh_weight.data_ptr<T>(), *w_c = ln_c_weight.data_ptr<T>();
   const bool* kept = keep ? keep->data_ptr<bool>() : nullptr;
-  const T *z0 = gates.data_ptr<T>(), *v0 = vs.data_ptr<T>(), *c0 = cs.data_ptr<T>(), *tanh_l0 = tanh_ls.data_ptr<T>();
+  const T *u0 = us.data_ptr<T>(), *z0 = gates.data_ptr<T>(), *v0 = vs.data_ptr<T>(), *c0 = cs.data_ptr<T>();
+  const T *tanh_l0 = tanh_ls.data_ptr<T>(), *um = u_mean.data_ptr<T>(), *ur = u_rstd.data_ptr<T>();
   const T *vm = v_mean.data_ptr<T>(), *vr = v_rstd.data_ptr<T>(), *cm = c_mean.data_ptr<T>(), *cr = c_rstd.data_ptr<T>();
-  T *gh0 = Gh.data_ptr<T>(), *gc0 = Gc.data_ptr<T>(), *d0 = delta.data_ptr<T>(), *dv0 = grad_v.data_ptr<T>();
-  T* dl0 = grad_l.data_ptr<T>();
+  T *gh0 = Gh.data_ptr<T>(), *gc0 = Gc.data_ptr<T>(), *du0 = grad_u.data_ptr<T>(), *dv0 = grad_v.data_ptr<T>();
   for (int64_t t = steps - 1; t >= 0; --t) {
+    std::fill(step_sums.begin(), step_sums.end(), T(0));
     for (int64_t row = t * batch; row < (t + 1) * batch; ++row) {
       const T valid = (kept && !kept[row]) ? T(0) : T(1);
       const T* z = z0 + row * width;
@@ -134,38 +144,44 @@ void backward_loop(const at::Tensor& gates, const at::Tensor& vs, const at::Tens
       const T* tanh_l = tanh_l0 + row * hidden;
       const T* gamma = gh0 + (row + batch) * hidden;  // γ_t
       T* kappa = gc0 + (row + batch) * hidden;        // κ_{t+1} ⊙ f_{t+1}, becomes κ_t
-      T* gh_prev = gh0 + row * hidden;
-      T* gc_prev = gc0 + row * hidden;
-      T* dl = dl0 + row * hidden;
-      T* d = d0 + row * width;
       T* dv = dv0 + row * width;  // ∂L/∂v_t; its first H entries serve as scratch first
+      T* du = du0 + row * width;  // ∂L/∂u_t
       // ∂L/∂ℓ_t, then κ_t = LN'ᵀ(w_c ⊙ ∂L/∂ℓ_t) + κ_{t+1} ⊙ f_{t+1}
+      const T c_m = cm[row], c_r = cr[row];
 #pragma omp simd
       for (int64_t j = 0; j < hidden; ++j) {
         dl[j] = gamma[j] * o[j] * valid * (T(1) - tanh_l[j] * tanh_l[j]);
         dv[j] = w_c[j] * dl[j];
-      }
-      for (int64_t j = 0; j < hidden; ++j) {
-        sum_w_c[j] += dl[j] * (c[j] - cm[row]) * cr[row];
+        sum_w_c[j] += dl[j] * (c[j] - c_m) * c_r;
         sum_b_c[j] += dl[j];
       }
-      normalise_backward(dv, c, hidden, cm[row], cr[row]);
+      normalise_backward(dv, c, hidden, c_m, c_r);
 #pragma omp simd
       for (int64_t j = 0; j < hidden; ++j) kappa[j] += dv[j];
-      rnnkit::lstm_row_backward(z, kappa, c_prev, gamma, tanh_l, valid, hidden, d, gc_prev, gh_prev);
-      const T* v = v0 + row * width;
+      rnnkit::lstm_row_backward(z, kappa, c_prev, gamma, tanh_l, valid, hidden, d, gc0 + row * hidden,
+                                gh0 + row * hidden);
+      const T *u = u0 + row * width, *v = v0 + row * width;
+      const T u_m = um[row], u_r = ur[row], v_m = vm[row], v_r = vr[row];
+#pragma omp simd
       for (int64_t j = 0; j < width; ++j) {
-        sum_w_hh[j] += d[j] * (v[j] - vm[row]) * vr[row];
+        sum_w_ih[j] += d[j] * (u[j] - u_m) * u_r;
+        sum_bias[j] += d[j];
+        sum_w_hh[j] += d[j] * (v[j] - v_m) * v_r;
+        du[j] = w_ih[j] * d[j];
         dv[j] = w_hh[j] * d[j];
       }
-      normalise_backward(dv, v, width, vm[row], vr[row]);
+      normalise_backward(du, u, width, u_m, u_r);
+      normalise_backward(dv, v, width, v_m, v_r);
     }
     product(gh0 + t * batch * hidden, hidden, dv0 + t * batch * width, width, weight_hh.data_ptr<T>(), hidden, batch,
             hidden, width, T(1));
+    for (size_t i = 0; i < sums.size(); ++i) sums[i] += step_sums[i];
   }
-  std::copy(sum_w_hh.begin(), sum_w_hh.end(), grad_ln_hh_weight.data_ptr<T>());
-  std::copy(sum_w_c.begin(), sum_w_c.end(), grad_ln_c_weight.data_ptr<T>());
-  std::copy(sum_b_c.begin(), sum_b_c.end(), grad_ln_c_bias.data_ptr<T>());
+  const double* sum = sums.data();
+  for (at::Tensor* gradient : {&grad_ln_ih_weight, &grad_bias, &grad_ln_hh_weight, &grad_ln_c_weight, &grad_ln_c_bias}) {
+    std::copy_n(sum, gradient->numel(), gradient->data_ptr<T>());
+    sum += gradient->numel();
+  }
 }
 
 // The loops read the layer-norm parameters by raw pointer: their lengths must be right. (The
@@ -197,78 +213,27 @@ void lnlstm_forward(const at::Tensor& us, at::Tensor u_mean, at::Tensor u_rstd, 
   });
 }
 
-void lnlstm_backward(const at::Tensor& gates, const at::Tensor& vs, const at::Tensor& v_mean,
-                     const at::Tensor& v_rstd, const at::Tensor& cs, const at::Tensor& c_mean,
-                     const at::Tensor& c_rstd, const at::Tensor& tanh_ls, const at::Tensor& weight_hh,
-                     const at::Tensor& ln_hh_weight, const at::Tensor& ln_c_weight,
-                     const c10::optional<at::Tensor>& keep, at::Tensor Gh, at::Tensor Gc, at::Tensor delta,
-                     at::Tensor grad_v, at::Tensor grad_l, at::Tensor grad_ln_hh_weight, at::Tensor grad_ln_c_weight,
-                     at::Tensor grad_ln_c_bias) {
-  check_buffers("lnlstm_backward", {&gates, &vs, &v_mean, &v_rstd, &cs, &c_mean, &c_rstd, &tanh_ls, &Gh, &Gc,
-                                    &delta, &grad_v, &grad_l, &grad_ln_hh_weight, &grad_ln_c_weight,
-                                    &grad_ln_c_bias});
-  check_lengths(cs.size(2), {&ln_hh_weight}, {&ln_c_weight});
+void lnlstm_backward(const at::Tensor& us, const at::Tensor& u_mean, const at::Tensor& u_rstd, const at::Tensor& gates,
+                     const at::Tensor& vs, const at::Tensor& v_mean, const at::Tensor& v_rstd, const at::Tensor& cs,
+                     const at::Tensor& c_mean, const at::Tensor& c_rstd, const at::Tensor& tanh_ls,
+                     const at::Tensor& weight_hh, const at::Tensor& ln_ih_weight, const at::Tensor& ln_hh_weight,
+                     const at::Tensor& ln_c_weight, const c10::optional<at::Tensor>& keep, at::Tensor Gh, at::Tensor Gc,
+                     at::Tensor grad_u, at::Tensor grad_v, at::Tensor grad_ln_ih_weight, at::Tensor grad_bias,
+                     at::Tensor grad_ln_hh_weight, at::Tensor grad_ln_c_weight, at::Tensor grad_ln_c_bias) {
+  check_buffers("lnlstm_backward", {&us, &u_mean, &u_rstd, &gates, &vs, &v_mean, &v_rstd, &cs, &c_mean, &c_rstd,
+                                    &tanh_ls, &Gh, &Gc, &grad_u, &grad_v, &grad_ln_ih_weight, &grad_bias,
+                                    &grad_ln_hh_weight, &grad_ln_c_weight, &grad_ln_c_bias});
+  check_lengths(cs.size(2), {&ln_ih_weight, &ln_hh_weight, &grad_ln_ih_weight, &grad_bias, &grad_ln_hh_weight},
+                {&ln_c_weight, &grad_ln_c_weight, &grad_ln_c_bias});
+  TORCH_CHECK(us.sizes() == gates.sizes() && grad_u.sizes() == gates.sizes() && grad_v.sizes() == gates.sizes(),
+              "lnlstm_backward: us, grad_u and grad_v must have the gates' shape");
   const c10::optional<at::Tensor> kept = keep ? c10::optional<at::Tensor>(keep->to(at::kBool).contiguous()) : keep;
   const rnnkit::StepProducts step_products(gates.size(1) * 4 * cs.size(2) * cs.size(2));
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lnlstm_backward", [&] {
-    backward_loop<scalar_t>(gates, vs, v_mean, v_rstd, cs, c_mean, c_rstd, tanh_ls, weight_hh.contiguous(),
-                            ln_hh_weight.contiguous(), ln_c_weight.contiguous(), kept, Gh, Gc, delta, grad_v, grad_l,
+    backward_loop<scalar_t>(us, u_mean, u_rstd, gates, vs, v_mean, v_rstd, cs, c_mean, c_rstd, tanh_ls,
+                            weight_hh.contiguous(), ln_ih_weight.contiguous(), ln_hh_weight.contiguous(),
+                            ln_c_weight.contiguous(), kept, Gh, Gc, grad_u, grad_v, grad_ln_ih_weight, grad_bias,
                             grad_ln_hh_weight, grad_ln_c_weight, grad_ln_c_bias);
-  });
-}
-
-// The layer norm of the inputs' projections, LN_ih(u) = w ⊙ û + b over each row of us (N, F), is
-// outside the recursion: its backward runs once over all T·B rows. From δ = ∂L/∂LN_ih(u) it writes
-// ∂L/∂u into grad_u, and Σ_rows δ ⊙ û and Σ_rows δ into grad_weight and grad_bias (the sums in T
-// over blocks of rows, then in double). ATen's native_layer_norm_backward does the same into new
-// tensors (its out= variant computes into new ones and copies): a 52 MB buffer fresh from the
-// kernel every step at the bench's large shape.
-template <typename T>
-void input_norm_backward_rows(const T* delta, const T* us, const T* mean, const T* rstd, const T* weight,
-                              int64_t rows, int64_t width, T* grad_u, T* grad_weight, T* grad_bias) {
-  constexpr int64_t kBlock = 256;
-  std::vector<double> sum_weight(width, 0.0), sum_bias(width, 0.0);
-  std::vector<T> block_weight(width), block_bias(width);
-  for (int64_t first = 0; first < rows; first += kBlock) {
-    std::fill(block_weight.begin(), block_weight.end(), T(0));
-    std::fill(block_bias.begin(), block_bias.end(), T(0));
-    T *row_weight = block_weight.data(), *row_bias = block_bias.data();
-    for (int64_t row = first; row < std::min(first + kBlock, rows); ++row) {
-      const T *d = delta + row * width, *u = us + row * width;
-      const T m = mean[row], r = rstd[row];
-      T* g = grad_u + row * width;
-#pragma omp simd
-      for (int64_t j = 0; j < width; ++j) {
-        row_weight[j] += d[j] * (u[j] - m) * r;
-        row_bias[j] += d[j];
-        g[j] = weight[j] * d[j];
-      }
-      normalise_backward(g, u, width, m, r);
-    }
-    for (int64_t j = 0; j < width; ++j) {
-      sum_weight[j] += block_weight[j];
-      sum_bias[j] += block_bias[j];
-    }
-  }
-  std::copy(sum_weight.begin(), sum_weight.end(), grad_weight);
-  std::copy(sum_bias.begin(), sum_bias.end(), grad_bias);
-}
-
-void lnlstm_input_norm_backward(const at::Tensor& delta, const at::Tensor& us, const at::Tensor& mean,
-                                const at::Tensor& rstd, const at::Tensor& weight_given, at::Tensor grad_u,
-                                at::Tensor grad_weight, at::Tensor grad_bias) {
-  const at::Tensor weight = weight_given.contiguous();  // a parameter: no copy unless it is a view
-  check_buffers("lnlstm_input_norm_backward", {&delta, &us, &mean, &rstd, &weight, &grad_u, &grad_weight, &grad_bias});
-  const int64_t width = us.size(-1), rows = us.numel() / width;
-  TORCH_CHECK(delta.numel() == us.numel() && grad_u.numel() == us.numel() && mean.numel() == rows &&
-                  rstd.numel() == rows && weight.numel() == width && grad_weight.numel() == width &&
-                  grad_bias.numel() == width,
-              "lnlstm_input_norm_backward: mismatched sizes");
-  AT_DISPATCH_FLOATING_TYPES(us.scalar_type(), "lnlstm_input_norm_backward", [&] {
-    input_norm_backward_rows<scalar_t>(delta.data_ptr<scalar_t>(), us.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(),
-                                       rstd.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), rows, width,
-                                       grad_u.data_ptr<scalar_t>(), grad_weight.data_ptr<scalar_t>(),
-                                       grad_bias.data_ptr<scalar_t>());
   });
 }
 
@@ -279,16 +244,14 @@ TORCH_LIBRARY_FRAGMENT(rnnkit_kernels, m) {
         "Tensor(e!) v_mean, Tensor(f!) v_rstd, Tensor(g!) hs, Tensor(h!) cs, Tensor(i!) c_mean, Tensor(j!) c_rstd, "
         "Tensor(k!) tanh_ls, Tensor weight_hh_t, Tensor ln_ih_weight, Tensor bias, Tensor ln_hh_weight, "
         "Tensor ln_c_weight, Tensor ln_c_bias, Tensor? keep, float eps) -> ()");
-  m.def("lnlstm_backward(Tensor gates, Tensor vs, Tensor v_mean, Tensor v_rstd, Tensor cs, Tensor c_mean, "
-        "Tensor c_rstd, Tensor tanh_ls, Tensor weight_hh, Tensor ln_hh_weight, Tensor ln_c_weight, Tensor? keep, "
-        "Tensor(a!) Gh, Tensor(b!) Gc, Tensor(c!) delta, Tensor(d!) grad_v, Tensor(e!) grad_l, "
-        "Tensor(f!) grad_ln_hh_weight, Tensor(g!) grad_ln_c_weight, Tensor(h!) grad_ln_c_bias) -> ()");
-  m.def("lnlstm_input_norm_backward(Tensor delta, Tensor us, Tensor mean, Tensor rstd, Tensor weight, "
-        "Tensor(a!) grad_u, Tensor(b!) grad_weight, Tensor(c!) grad_bias) -> ()");
+  m.def("lnlstm_backward(Tensor us, Tensor u_mean, Tensor u_rstd, Tensor gates, Tensor vs, Tensor v_mean, "
+        "Tensor v_rstd, Tensor cs, Tensor c_mean, Tensor c_rstd, Tensor tanh_ls, Tensor weight_hh, "
+        "Tensor ln_ih_weight, Tensor ln_hh_weight, Tensor ln_c_weight, Tensor? keep, Tensor(a!) Gh, Tensor(b!) Gc, "
+        "Tensor(c!) grad_u, Tensor(d!) grad_v, Tensor(e!) grad_ln_ih_weight, Tensor(f!) grad_bias, "
+        "Tensor(g!) grad_ln_hh_weight, Tensor(h!) grad_ln_c_weight, Tensor(i!) grad_ln_c_bias) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(rnnkit_kernels, CPU, m) {
   m.impl("lnlstm_forward", lnlstm_forward);
   m.impl("lnlstm_backward", lnlstm_backward);
-  m.impl("lnlstm_input_norm_backward", lnlstm_input_norm_backward);
 }
