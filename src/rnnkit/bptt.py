@@ -533,7 +533,8 @@ class LayerNormLSTMSequence(Function):
         ∂L/∂W_hh = Σ_t ∂L/∂v_t h_{t-1}ᵀ     ∂L/∂W_ih = Σ_t ∂L/∂u_t x_tᵀ     ∂L/∂x_t = W_ihᵀ ∂L/∂u_t
         ∂L/∂bias = ∂L/∂b_ih = ∂L/∂b_hh = Σ_t δ_t,  ∂L/∂w_ih = Σ_t δ_t ⊙ û_t,  ∂L/∂w_hh = Σ_t δ_t ⊙ v̂_t
         ∂L/∂b_c = Σ_t ∂L/∂ℓ_t,  ∂L/∂w_c = Σ_t ∂L/∂ℓ_t ⊙ ĉ_t,  ∂L/∂h_0 = W_hhᵀ ∂L/∂v_1,  ∂L/∂c_0 = κ_1 ⊙ f_1
-    LN_ih does not depend on the recursion, so it runs, forwards and backwards, on all steps at once.
+    LN_ih does not depend on the recursion, but the loops do it row by row, in the passes that
+    already read and write each step's gates (the Python backward does it over all steps at once).
 
     apply(x (B, T, I), h0 (B, H), c0 (B, H), weight_ih, weight_hh, bias, ln_ih_weight, ln_ih_bias,
           ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, valid, eps)

@@ -5,10 +5,9 @@ at small sizes the interpreter between them costs more than the arithmetic. The 
 the same steps on raw pointers, with BLAS's gemm (which libtorch exports; csrc/gemm.h) for the
 products: Elman (K lags) and Jordan (elman_jordan.cpp), LSTM (lstm.cpp) and GRU (gru.cpp) with
 one pass per batch row for each step's pointwise work, and LayerNorm-LSTM, whose step is a dozen
-pointwise operations (two layer norms, the activations, the cell update), the same way
-(lnlstm.cpp, which also does LN_ih's backward over all steps at once into reused buffers).
-They use their own activations (csrc/activations.h): ATen's, through MKL and ATen's parallel
-loop, wake a sleeping thread per call at 2 threads with passive waiting.
+pointwise operations (three layer norms, the activations, the cell update), the same way
+(lnlstm.cpp). They use their own activations (csrc/activations.h): ATen's, through MKL and
+ATen's parallel loop, wake a sleeping thread per call at 2 threads with passive waiting.
 The buffers and equations are those of the Functions in `rnnkit.bptt`, whose Python loops
 remain the fallback and the readable statement of each recursion. Generation writes one token
 per step; for a token-reading LSTM, GRU or Elman model, language_model_step.cpp runs the
