@@ -23,8 +23,10 @@ peak is its own), with the same thread count (`--threads`, default 1). Run:
    reported as tokens/s = B·T / median seconds, and its spread as the interquartile range of
    the step times ÷ their median. Two rows run the very same kernel (Elman "fused" = torch.rnn_tanh/relu =
    nn.RNN), so their ratio shows the noise of the measurement.
-   Ratios: ×torch = tokens/s ÷ the torch module's tokens/s (same run); ×loop = ÷ rnnkit's
-   path="loop"; ×cell-loop = ÷ the nn.*Cell loop.
+   Ratios are paired: ×torch = the median over rounds of the torch module's step time ÷ the
+   contender's in the same round; ×loop the same against rnnkit's path="loop", ×cell-loop
+   against the nn.*Cell loop. On a VM whose speed drifts by ±10% over minutes, a ratio of two
+   medians mixes rounds taken at different speeds; each round's pair shares one.
 
 2. GEMM efficiency. Useful FLOPs of one step count only the matrix products:
        forward  F = 2·B·T·G·H·(I + H_rec)  [+ 2·B·T·H·O for Jordan's output projection]
@@ -326,9 +328,19 @@ def efficiency(times: dict[str, list[float]], key: str) -> float | None:
     return statistics.median(gemm / step for gemm, step in zip(products, times[key]))
 
 
+def paired_ratio(times: dict[str, list[float]], key: str, reference: str) -> float | None:
+    """How many times faster contender `key` ran than `reference`: the median over rounds of the
+    reference's step time ÷ key's, each pair timed in the same round (times in round order), so
+    that a drift of the whole machine's speed between rounds cancels. None without `reference`."""
+    if reference not in times:
+        return None
+    return statistics.median(ref / mine for ref, mine in zip(times[reference], times[key]))
+
+
 def summarize(times: dict[str, list[float]], batch: int, hidden: int, steps: int, specs=CELL_SPECS) -> list[dict]:
-    """Rows (one per cell and contender): tokens/s = B·T / median step seconds, ratios to the
-    same run's torch module / rnnkit loop / nn.*Cell loop, GEMM efficiency."""
+    """Rows (one per cell and contender): tokens/s = B·T / median step seconds; paired ratios to
+    the same run's torch module / rnnkit loop / nn.*Cell loop / nn.LSTM / the cell's fused path;
+    GEMM efficiency."""
     tokens = batch * steps
     speed = {key: tokens / statistics.median(values) for key, values in times.items()}
     rows = []
@@ -343,10 +355,11 @@ def summarize(times: dict[str, list[float]], batch: int, hidden: int, steps: int
                 "cell": spec.label, "kind": kind, "contender": _contender_name(spec, kind),
                 "tokens_s": speed[key], "seconds": statistics.median(times[key]),
                 "spread": _spread(times[key]),
-                "x_torch": _ratio(speed[key], speed.get(f"torch/{spec.torch_ref}")),
-                "x_loop": _ratio(speed[key], speed.get(f"{spec.label}/loop")),
-                "x_cell_loop": _ratio(speed[key], speed.get(f"{spec.label}/cell-loop")),
-                "x_lstm": _ratio(speed[key], speed.get("torch/nn.LSTM")),
+                "x_torch": paired_ratio(times, key, f"torch/{spec.torch_ref}"),
+                "x_loop": paired_ratio(times, key, f"{spec.label}/loop"),
+                "x_cell_loop": paired_ratio(times, key, f"{spec.label}/cell-loop"),
+                "x_lstm": paired_ratio(times, key, "torch/nn.LSTM"),
+                "x_fused": paired_ratio(times, key, f"{spec.label}/fused"),
                 "gflops": flops / statistics.median(times[key]) / 1e9,
                 "efficiency": efficiency(times, key),
             })
@@ -375,10 +388,6 @@ def _spread(values: list[float]) -> float:
         return 0.0
     low, _, high = statistics.quantiles(values, n=4, method="inclusive")
     return (high - low) / statistics.median(values)
-
-
-def _ratio(a, b):
-    return None if b is None else a / b
 
 
 def _contender_name(spec: CellSpec, kind: str) -> str:
@@ -722,7 +731,7 @@ def fused_vs_bptt(shapes: dict) -> str:
         for cell in ("elman-tanh", "elman-relu", "lstm", "gru"):
             fused, bptt = _row(shape["rows"], cell, "fused"), _row(shape["rows"], cell, "bptt")
             if fused and bptt:
-                ratio = bptt["tokens_s"] / fused["tokens_s"]
+                ratio = bptt["x_fused"]
                 lines.append(f"| {name} | {cell} | {fused['tokens_s']:,.0f} | {bptt['tokens_s']:,.0f} | "
                              f"{ratio:.2f} | {'hand BPTT' if ratio > 1 else 'fused'} |")
     return "\n".join(lines)
@@ -811,7 +820,8 @@ def report(command: str, quick: bool, threads: int, shapes: dict, generation: di
              f"- command: `{command}`" + (" (quick: fewer rounds, no large shape, memory up to 100k)" if quick else ""),
              f"- machine: {machine()}; torch {torch.__version__}; **threads: {threads}**",
              f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; total time {seconds:.0f} s",
-             "- method: one process, interleaved rounds (order shuffled each round), medians; a step = forward + loss + "
+             "- method: one process, interleaved rounds (order shuffled each round); tokens/s from the median step time, "
+             "ratios = the median over rounds of the two step times of one round; a step = forward + loss + "
              "backward (to the parameters and the input) + SGD step; efficiency = the time of the step's products alone (torch.mm, 3 × the forward "
              "GEMM FLOPs, timed in the same rounds) ÷ the step's time, median over rounds (see benchmarks/speed.py)", "",
              "### Targets", ""]
