@@ -255,10 +255,11 @@ def test_gradcheck_of_the_python_loops(python_loops, name, valid):
 @pytest.mark.parametrize("name", COMPILED)
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5)], ids=["f64", "f32"])
 @pytest.mark.parametrize("valid", [None, HOLES], ids=["full", "holes"])
-@pytest.mark.parametrize("hidden", [4, 13])
+@pytest.mark.parametrize("hidden", [4, 13, 29])
 def test_compiled_loops_match_the_python_ones(monkeypatch, name, dtype, tolerance, valid, hidden):
     """Within float rounding: the LayerNorm-LSTM loop sums in another order than ATen's kernels.
-    hidden 13: the float loops' 8-wide vector code and a scalar tail in every row."""
+    hidden 13: the float loops' 8-wide vector code and a scalar tail in every row; 29: their
+    16-wide code too, where the build has AVX512."""
     assert kernels.ops() is not None
     torch.manual_seed(3)
     cell = CELLS[name](hidden).to(dtype)
