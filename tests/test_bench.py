@@ -35,6 +35,7 @@ def test_tiny_measurement_gives_positive_speeds_and_documented_ratios(speed):
     lstm = {r["kind"]: r for r in rows if r["cell"] == "lstm"}
     assert set(lstm) == {"fused", "bptt", "loop", "cell-loop", "torch", "auto"}
     assert lstm["auto"]["contender"] == "rnnkit auto (= loop)"  # 3 steps: short enough for the loop
+    assert lstm["auto"]["path"] == "loop"
     assert all(r["tokens_s"] > 0 for r in rows)
     assert lstm["fused"]["tokens_s"] == pytest.approx(speed_of["lstm/fused"])
 
