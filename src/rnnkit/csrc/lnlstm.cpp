@@ -120,7 +120,6 @@ void backward_loop(const at::Tensor& us, const at::Tensor& u_mean, const at::Ten
                    at::Tensor& grad_ln_c_bias) {
   const int64_t steps = gates.size(0), batch = gates.size(1), hidden = cs.size(2), width = 4 * hidden;
   // Σ δ ⊙ û, Σ δ, Σ δ ⊙ v̂, Σ ∂L/∂ℓ ⊙ ĉ and Σ ∂L/∂ℓ: a step's rows summed in T, the steps in double
-  const int64_t sizes[5] = {width, width, width, hidden, hidden};
   std::vector<T> step_sums(3 * width + 2 * hidden);
   std::vector<double> sums(step_sums.size(), 0.0);
   T *sum_w_ih = step_sums.data(), *sum_bias = sum_w_ih + width, *sum_w_hh = sum_bias + width;
