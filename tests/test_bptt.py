@@ -272,6 +272,31 @@ def test_compiled_loops_match_the_python_ones(monkeypatch, name, dtype, toleranc
         torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance)
 
 
+@pytest.mark.parametrize("name", ["lstm", "gru", "layernorm-lstm"])
+def test_compiled_loops_take_large_step_products_through_onednn(monkeypatch, name):
+    """From 2^23 multiply-adds a step (here 8 rows, hidden 600) the float loops' products run
+    through oneDNN with the weight packed once (csrc/gemm.h's StepProduct): the same results and
+    gradients as the Python loop within float rounding (the LayerNorm-LSTM's largest errors from
+    the float64 loop were 1.5-2x sgemm's and ATen's), and not bit for bit those of MKL's sgemm
+    (torch.backends.mkldnn off), which shows that the other path ran."""
+    assert kernels.ops() is not None and torch.backends.mkldnn.is_available()
+    torch.manual_seed(5)
+    cell = CELLS[name](600).float()
+    x = torch.randn(8, 4, 3, dtype=torch.float32, requires_grad=True)
+    state = tuple((0.5 * torch.randn(8, size, dtype=torch.float32)).requires_grad_() for size in cell.state_sizes)
+    valid = torch.tensor([[1, 1, 1, 1], [1, 0, 1, 1], [0, 0, 0, 0], [1, 1, 0, 0]] * 2, dtype=torch.bool)
+    run = lambda *a: run_sequence(*a, valid=valid)
+    onednn = results_and_gradients(run, cell, x, state)
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    sgemm = results_and_gradients(run, cell, x, state)
+    monkeypatch.setattr(bptt, "_compiled", lambda name, like: None)
+    python = results_and_gradients(run, cell, x, state)
+    for a, b, c in zip(onednn, sgemm, python):  # within 1e-5 of each tensor's largest entry
+        torch.testing.assert_close(a, c, rtol=0, atol=1e-5 * c.abs().max().item())
+        torch.testing.assert_close(b, c, rtol=0, atol=1e-5 * c.abs().max().item())
+    assert not all(torch.equal(a, b) for a, b in zip(onednn, sgemm))
+
+
 def test_layernorm_lstm_loop_is_as_accurate_as_atens_float32():
     """Its layer norms amplify rounding along the sequence, so the compiled float32 loop (its own
     activations and moments) must stay about as close to exact arithmetic (the float64 loop) as

@@ -2,9 +2,10 @@
 
 Only the recursion along time is sequential, but it is a Python loop of small operations, and
 at small sizes the interpreter between them costs more than the arithmetic. The C++ loops run
-the same steps on raw pointers, with BLAS's gemm (which libtorch exports; csrc/gemm.h) for the
-products: Elman (K lags) and Jordan (elman_jordan.cpp), LSTM (lstm.cpp) and GRU (gru.cpp) with
-one pass per batch row for each step's pointwise work, and LayerNorm-LSTM, whose step is a dozen
+the same steps on raw pointers, with BLAS's gemm (which libtorch exports) for the products, or
+oneDNN's on a weight packed once where a step's product is large (csrc/gemm.h): Elman (K lags)
+and Jordan (elman_jordan.cpp), LSTM (lstm.cpp) and GRU (gru.cpp) with one pass per batch row
+for each step's pointwise work, and LayerNorm-LSTM, whose step is a dozen
 pointwise operations (three layer norms, the activations, the cell update), the same way
 (lnlstm.cpp). They use their own activations (csrc/activations.h): ATen's, through MKL and
 ATen's parallel loop, wake a sleeping thread per call at 2 threads with passive waiting.

@@ -14,7 +14,7 @@
 namespace {
 
 using rnnkit::check_buffers;
-using rnnkit::product;
+using rnnkit::StepProduct;
 
 // One batch row of a forward step, in one pass: r, z = σ(x_rz + m_rz), n = tanh(x_n + r ⊙ m_n) and
 // h = n + z (h_{t-1} − n), rounded as torch.lerp rounds it; m_n is kept for backward. With a pass
@@ -54,12 +54,12 @@ void row_forward(const T* x, const T* m, const T* h_prev, T* r, T* z, T* m_n, T*
 }
 
 template <typename T>
-void forward_loop(const T* from_x, T* m, T* m_n, T* rz, T* n, T* hs, const T* weight_hh_t, const T* bias_hh,
+void forward_loop(const T* from_x, T* m, T* m_n, T* rz, T* n, T* hs, const StepProduct<T>& step_product, const T* bias_hh,
                   const bool* keep, int64_t steps, int64_t batch, int64_t hidden) {
   const int64_t width = 3 * hidden;
   for (int64_t t = 0; t < steps; ++t) {
     for (int64_t b = 0; b < batch; ++b) std::copy_n(bias_hh, width, m + b * width);
-    product(m, width, hs + t * batch * hidden, hidden, weight_hh_t, width, batch, width, hidden, T(1));
+    step_product(m, width, hs + t * batch * hidden, hidden, T(1));  // + h_{t-1} W_hhᵀ
     for (int64_t b = 0; b < batch; ++b) {
       const int64_t row = t * batch + b;
       const T* h_prev = hs + row * hidden;
@@ -72,7 +72,7 @@ void forward_loop(const T* from_x, T* m, T* m_n, T* rz, T* n, T* hs, const T* we
 }
 
 template <typename T>
-void backward_loop(const T* m_n, const T* rz, const T* n, const T* hs, const T* weight_hh, const bool* keep, T* G,
+void backward_loop(const T* m_n, const T* rz, const T* n, const T* hs, const StepProduct<T>& step_product, const bool* keep, T* G,
                    T* delta, T* delta_x_n, int64_t steps, int64_t batch, int64_t hidden) {
   const int64_t width = 3 * hidden;
   for (int64_t t = steps - 1; t >= 0; --t) {
@@ -93,8 +93,7 @@ void backward_loop(const T* m_n, const T* rz, const T* n, const T* hs, const T* 
         now[j] += gamma * z[j];
       }
     }
-    product(G + t * batch * hidden, hidden, delta + t * batch * width, width, weight_hh, hidden, batch, hidden, width,
-            T(1));
+    step_product(G + t * batch * hidden, hidden, delta + t * batch * width, width, T(1));  // + δ_t W_hh
     for (int64_t b = 0; keep && b < batch; ++b) {  // a padded step keeps h: its gradient passes through
       const int64_t row = t * batch + b;
       if (keep[row]) continue;
@@ -122,7 +121,7 @@ void gru_forward(const at::Tensor& from_x, at::Tensor m_n, at::Tensor rz, at::Te
   AT_DISPATCH_FLOATING_TYPES(from_x.scalar_type(), "gru_forward", [&] {
     forward_loop<scalar_t>(from_x.data_ptr<scalar_t>(), from_h_step.data_ptr<scalar_t>(), m_n.data_ptr<scalar_t>(),
                            rz.data_ptr<scalar_t>(), n.data_ptr<scalar_t>(), hs.data_ptr<scalar_t>(),
-                           weight_hh_t.data_ptr<scalar_t>(), bias_hh.data_ptr<scalar_t>(),
+                           StepProduct<scalar_t>(weight_hh_t, batch), bias_hh.data_ptr<scalar_t>(),
                            keep ? kept.data_ptr<bool>() : nullptr, steps, batch, hidden);
   });
 }
@@ -142,7 +141,7 @@ void gru_backward(const at::Tensor& m_n, const at::Tensor& rz, const at::Tensor&
   const rnnkit::StepProducts step_products(batch * 3 * hidden * hidden);
   AT_DISPATCH_FLOATING_TYPES(n.scalar_type(), "gru_backward", [&] {
     backward_loop<scalar_t>(m_n.data_ptr<scalar_t>(), rz.data_ptr<scalar_t>(), n.data_ptr<scalar_t>(),
-                            hs.data_ptr<scalar_t>(), weight_hh.data_ptr<scalar_t>(),
+                            hs.data_ptr<scalar_t>(), StepProduct<scalar_t>(weight_hh, batch),
                             keep ? kept.data_ptr<bool>() : nullptr, G.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(),
                             delta_x_n.data_ptr<scalar_t>(), steps, batch, hidden);
   });

@@ -21,7 +21,6 @@
 namespace {
 
 using rnnkit::check_buffers;
-using rnnkit::product;
 
 // A row's sums (a layer norm's moments and its backward's) in vector registers, with GCC's vector
 // extension: 64 bytes of T, one AVX512 register where the build has them, two AVX2 or four SSE
@@ -108,9 +107,9 @@ void forward_loop(const at::Tensor& us, at::Tensor& u_mean, at::Tensor& u_rstd, 
   T *z0 = gates.data_ptr<T>(), *v0 = vs.data_ptr<T>(), *h0 = hs.data_ptr<T>(), *c0 = cs.data_ptr<T>();
   T *tanh_l0 = tanh_ls.data_ptr<T>(), *um = u_mean.data_ptr<T>(), *ur = u_rstd.data_ptr<T>();
   T *vm = v_mean.data_ptr<T>(), *vr = v_rstd.data_ptr<T>(), *cm = c_mean.data_ptr<T>(), *cr = c_rstd.data_ptr<T>();
-  const T* w = weight_hh_t.data_ptr<T>();
+  const rnnkit::StepProduct<T> step_product(weight_hh_t, batch);  // v_t = h_{t-1} W_hhᵀ
   for (int64_t t = 0; t < steps; ++t) {
-    product(v0 + t * batch * width, width, h0 + t * batch * hidden, hidden, w, width, batch, width, hidden, T(0));
+    step_product(v0 + t * batch * width, width, h0 + t * batch * hidden, hidden, T(0));
     for (int64_t row = t * batch; row < (t + 1) * batch; ++row) {
       if (row + 1 < steps * batch) prefetch(u0 + (row + 1) * width, width);
       const T *u = u0 + row * width, *v = v0 + row * width;
@@ -172,6 +171,7 @@ void backward_loop(const at::Tensor& us, const at::Tensor& u_mean, const at::Ten
   const T *tanh_l0 = tanh_ls.data_ptr<T>(), *um = u_mean.data_ptr<T>(), *ur = u_rstd.data_ptr<T>();
   const T *vm = v_mean.data_ptr<T>(), *vr = v_rstd.data_ptr<T>(), *cm = c_mean.data_ptr<T>(), *cr = c_rstd.data_ptr<T>();
   T *gh0 = Gh.data_ptr<T>(), *gc0 = Gc.data_ptr<T>(), *du0 = grad_u.data_ptr<T>(), *dv0 = grad_v.data_ptr<T>();
+  const rnnkit::StepProduct<T> step_product(weight_hh, batch);  // γ_{t-1} += ∂L/∂v_t W_hh
   for (int64_t t = steps - 1; t >= 0; --t) {
     std::fill(step_sums.begin(), step_sums.end(), T(0));
     for (int64_t row = t * batch; row < (t + 1) * batch; ++row) {
@@ -231,8 +231,7 @@ void backward_loop(const at::Tensor& us, const at::Tensor& u_mean, const at::Ten
         grad_v_row[j] = v_r * (w_hh[j] * d[j] - dv_mean - (v[j] - v_m) * v_r * dv_hat_mean);
       }
     }
-    product(gh0 + t * batch * hidden, hidden, dv0 + t * batch * width, width, weight_hh.data_ptr<T>(), hidden, batch,
-            hidden, width, T(1));
+    step_product(gh0 + t * batch * hidden, hidden, dv0 + t * batch * width, width, T(1));
     for (size_t i = 0; i < sums.size(); ++i) sums[i] += step_sums[i];
   }
   const double* sum = sums.data();

@@ -14,15 +14,15 @@
 namespace {
 
 using rnnkit::check_buffers;
-using rnnkit::product;
+using rnnkit::StepProduct;
 
 template <typename T>
-void forward_loop(T* gates, T* hs, T* cs, T* tanh_cs, const T* weight_hh_t, const bool* keep, int64_t steps,
+void forward_loop(T* gates, T* hs, T* cs, T* tanh_cs, const StepProduct<T>& step_product, const bool* keep, int64_t steps,
                   int64_t batch, int64_t hidden) {
   const int64_t width = 4 * hidden;
   for (int64_t t = 0; t < steps; ++t) {
     T* z_t = gates + t * batch * width;
-    product(z_t, width, hs + t * batch * hidden, hidden, weight_hh_t, width, batch, width, hidden, T(1));
+    step_product(z_t, width, hs + t * batch * hidden, hidden, T(1));  // + h_{t-1} W_hhᵀ
     for (int64_t b = 0; b < batch; ++b) {
       const int64_t row = t * batch + b;
       T* z = z_t + b * width;
@@ -47,7 +47,7 @@ void forward_loop(T* gates, T* hs, T* cs, T* tanh_cs, const T* weight_hh_t, cons
 }
 
 template <typename T>
-void backward_loop(const T* gates, const T* cs, const T* tanh_cs, const T* weight_hh, const bool* keep, T* Gh,
+void backward_loop(const T* gates, const T* cs, const T* tanh_cs, const StepProduct<T>& step_product, const bool* keep, T* Gh,
                    T* Gc, T* delta, int64_t steps, int64_t batch, int64_t hidden) {
   const int64_t width = 4 * hidden;
   for (int64_t t = steps - 1; t >= 0; --t) {
@@ -62,8 +62,7 @@ void backward_loop(const T* gates, const T* cs, const T* tanh_cs, const T* weigh
       rnnkit::lstm_row_backward(z, kappa, cs + row * hidden, gamma, tanh_c, valid, hidden, delta + row * width,
                                 Gc + row * hidden, Gh + row * hidden);
     }
-    product(Gh + t * batch * hidden, hidden, delta + t * batch * width, width, weight_hh, hidden, batch, hidden, width,
-            T(1));
+    step_product(Gh + t * batch * hidden, hidden, delta + t * batch * width, width, T(1));  // + δ_t W_hh
   }
 }
 
@@ -79,7 +78,7 @@ void lstm_forward(at::Tensor gates, at::Tensor hs, at::Tensor cs, at::Tensor tan
   const rnnkit::StepProducts step_products(batch * 4 * hidden * hidden);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_forward", [&] {
     forward_loop<scalar_t>(gates.data_ptr<scalar_t>(), hs.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>(),
-                           tanh_cs.data_ptr<scalar_t>(), weight_hh_t.data_ptr<scalar_t>(),
+                           tanh_cs.data_ptr<scalar_t>(), StepProduct<scalar_t>(weight_hh_t, batch),
                            keep ? kept.data_ptr<bool>() : nullptr, steps, batch, hidden);
   });
 }
@@ -99,7 +98,7 @@ void lstm_backward(const at::Tensor& gates, const at::Tensor& cs, const at::Tens
   const rnnkit::StepProducts step_products(batch * 4 * hidden * hidden);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_backward", [&] {
     backward_loop<scalar_t>(gates.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>(), tanh_cs.data_ptr<scalar_t>(),
-                            weight_hh.data_ptr<scalar_t>(), keep ? kept.data_ptr<bool>() : nullptr,
+                            StepProduct<scalar_t>(weight_hh, batch), keep ? kept.data_ptr<bool>() : nullptr,
                             Gh.data_ptr<scalar_t>(), Gc.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(), steps, batch,
                             hidden);
   });
