@@ -15,7 +15,7 @@
 namespace {
 
 using rnnkit::check_buffers;
-using rnnkit::product;
+using rnnkit::StepProduct;
 
 // each of `rows` rows (row stride `stride`) ← f(its first n values)
 template <typename T>
@@ -79,13 +79,13 @@ void elman_forward(at::Tensor S, const at::Tensor& s0, const at::Tensor& weight_
   const int64_t row = steps * width;  // from one sequence's state at step t to the next one's
   const rnnkit::StepProducts step_products(batch * width * hidden);
   AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "elman_forward", [&] {
-    const scalar_t* weight = weight_hh_t.data_ptr<scalar_t>();
+    const StepProduct<scalar_t> step_product(weight_hh_t, batch);  // + s_{t-1} W_hhᵀ
     const bool* keep = valid ? valid_steps.data_ptr<bool>() : nullptr;
     for (int64_t t = 0; t < steps; ++t) {
       const scalar_t* before = t == 0 ? s0.data_ptr<scalar_t>() : S.data_ptr<scalar_t>() + (t - 1) * width;
       const int64_t before_row = t == 0 ? width : row;
       scalar_t* after = S.data_ptr<scalar_t>() + t * width;
-      product(after, row, before, before_row, weight, hidden, batch, hidden, width, scalar_t(1));
+      step_product(after, row, before, before_row, scalar_t(1));
       activate(after, batch, hidden, row, nonlinearity);
       for (int64_t b = 0; b < batch; ++b) {
         if (keep && !keep[b * steps + t]) {  // a padded step keeps the whole lagged state
@@ -117,7 +117,7 @@ void elman_backward(const at::Tensor& grad_outputs_given, at::Tensor carry, at::
   at::Tensor next = passes_on ? at::empty_like(carry) : at::Tensor();
   const rnnkit::StepProducts step_products(batch * hidden * width);
   AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "elman_backward", [&] {
-    const scalar_t* weight = weight_hh.data_ptr<scalar_t>();
+    const StepProduct<scalar_t> step_product(weight_hh, batch);  // δ_t W_hh
     const scalar_t* valid_rows = valid ? valid_steps.data_ptr<scalar_t>() : nullptr;
     scalar_t *later = carry.data_ptr<scalar_t>(), *earlier = passes_on ? next.data_ptr<scalar_t>() : later;
     for (int64_t t = steps - 1; t >= 0; --t) {
@@ -131,7 +131,7 @@ void elman_backward(const at::Tensor& grad_outputs_given, at::Tensor carry, at::
                     kept, hidden, tanh);
         if (passes_on) pass_on(earlier + b * width, grad_s, kept, width, hidden);
       }
-      product(earlier, width, delta_t, steps * hidden, weight, width, batch, width, hidden, scalar_t(passes_on));
+      step_product(earlier, width, delta_t, steps * hidden, scalar_t(passes_on));
       std::swap(later, earlier);
     }
     scalar_t* result = carry.data_ptr<scalar_t>();
@@ -149,16 +149,16 @@ void jordan_forward(at::Tensor hs, at::Tensor ys, const at::Tensor& weight_yh_t,
   const int64_t steps = hs.size(0), batch = hs.size(1), hidden = hs.size(2), outputs = ys.size(2);
   const rnnkit::StepProducts step_products(batch * hidden * outputs);
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "jordan_forward", [&] {
-    const scalar_t *weight_yh = weight_yh_t.data_ptr<scalar_t>(), *weight_hy = weight_hy_t.data_ptr<scalar_t>();
+    const StepProduct<scalar_t> from_output(weight_yh_t, batch), to_output(weight_hy_t, batch);
     const scalar_t* bias = bias_hy.data_ptr<scalar_t>();
     for (int64_t t = 0; t < steps; ++t) {
       scalar_t* h = hs.data_ptr<scalar_t>() + t * batch * hidden;
       const scalar_t* before = ys.data_ptr<scalar_t>() + t * batch * outputs;
       scalar_t* after = ys.data_ptr<scalar_t>() + (t + 1) * batch * outputs;
-      product(h, hidden, before, outputs, weight_yh, hidden, batch, hidden, outputs, scalar_t(1));
+      from_output(h, hidden, before, outputs, scalar_t(1));  // + y_{t-1} W_yhᵀ
       activate(h, batch, hidden, hidden, nonlinearity);
       for (int64_t b = 0; b < batch; ++b) std::memcpy(after + b * outputs, bias, outputs * sizeof(scalar_t));
-      product(after, outputs, h, hidden, weight_hy, outputs, batch, outputs, hidden, scalar_t(1));
+      to_output(after, outputs, h, hidden, scalar_t(1));  // + h_t W_hyᵀ
       if (keep) keep_state(after, before, keep_steps.data_ptr<bool>() + t * batch, batch, outputs);
     }
   });
@@ -177,18 +177,18 @@ void jordan_backward(at::Tensor G, at::Tensor delta, const at::Tensor& hs, const
   const bool tanh = nonlinearity == "tanh";
   const rnnkit::StepProducts step_products(batch * hidden * outputs);
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "jordan_backward", [&] {
-    const scalar_t *W_yh = weight_yh.data_ptr<scalar_t>(), *W_hy = weight_hy.data_ptr<scalar_t>();
+    const StepProduct<scalar_t> through_output(weight_hy, batch), through_state(weight_yh, batch);
     for (int64_t t = steps - 1; t >= 0; --t) {
       const scalar_t* later = G.data_ptr<scalar_t>() + (t + 1) * batch * outputs;
       scalar_t* now = G.data_ptr<scalar_t>() + t * batch * outputs;
       scalar_t* delta_t = delta.data_ptr<scalar_t>() + t * batch * hidden;
       const scalar_t* h = hs.data_ptr<scalar_t>() + t * batch * hidden;
       const scalar_t* valid_t = valid ? valid_steps.data_ptr<scalar_t>() + t * batch : nullptr;
-      product(delta_t, hidden, later, outputs, W_hy, hidden, batch, hidden, outputs, scalar_t(0));  // ∂L/∂h_t
+      through_output(delta_t, hidden, later, outputs, scalar_t(0));  // ∂L/∂h_t = γ_t W_hy
       for (int64_t b = 0; b < batch; ++b) {
         times_slope(delta_t + b * hidden, delta_t + b * hidden, h + b * hidden, valid_t ? valid_t[b] : 1, hidden, tanh);
       }
-      product(now, outputs, delta_t, hidden, W_yh, outputs, batch, outputs, hidden, scalar_t(1));
+      through_state(now, outputs, delta_t, hidden, scalar_t(1));  // + δ_t W_yh
       if (valid_t) pass_gradient(now, later, valid_t, batch, outputs);
     }
   });

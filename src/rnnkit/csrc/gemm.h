@@ -94,21 +94,26 @@ class StepProduct {
 
   // C = A · B + beta C (beta 0 or 1), rows lda and ldc apart
   void operator()(T* C, int64_t ldc, const T* A, int64_t lda, T beta) const {
-    if (!packed_.defined() || lda != k_ || ldc != n_) {
+    if (!packed_.defined()) {
       product(C, ldc, A, lda, B_, n_, m_, n_, k_, beta);
       return;
     }
     const auto options = at::TensorOptions().dtype(packed_.dtype());
-    const at::Tensor a = at::from_blob(const_cast<T*>(A), {m_, k_}, options);
+    const at::Tensor a = at::from_blob(const_cast<T*>(A), {m_, k_}, {lda, 1}, options);
     std::vector<c10::IValue> stack;
     if (beta == T(0)) {
       stack = {a, packed_, c10::IValue(), std::string("none"), c10::List<std::optional<at::Scalar>>(), c10::IValue()};
       linear_->callBoxed(stack);
     } else {
-      stack = {a, at::from_blob(C, {m_, n_}, options), packed_, c10::IValue(), std::string("add")};
+      stack = {a, at::from_blob(C, {m_, n_}, {ldc, 1}, options), packed_, c10::IValue(), std::string("add")};
       add_linear_->callBoxed(stack);
     }
-    std::memcpy(C, stack[0].toTensor().data_ptr<T>(), m_ * n_ * sizeof(T));
+    const T* result = stack[0].toTensor().data_ptr<T>();  // contiguous (m, n)
+    if (ldc == n_) {
+      std::memcpy(C, result, m_ * n_ * sizeof(T));
+    } else {
+      for (int64_t row = 0; row < m_; ++row) std::memcpy(C + row * ldc, result + row * n_, n_ * sizeof(T));
+    }
   }
 
  private:
