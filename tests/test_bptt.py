@@ -308,6 +308,23 @@ def test_compiled_loops_take_large_step_products_through_onednn(monkeypatch, nam
     assert not all(torch.equal(a, b) for a, b in zip(onednn, sgemm))
 
 
+def test_large_projections_go_through_onednn(monkeypatch):
+    """From bptt.ONEDNN_PROJECTION_WORK multiply-adds a float32 projection over all steps (X W_ihᵀ + b,
+    and Δ W_ih as _project(Δ, W_ihᵀ)) is oneDNN's: equal to mm within float rounding, and not bit
+    for bit mm's (torch.backends.mkldnn off), which shows that the other path ran."""
+    torch.manual_seed(0)
+    xs, weight, bias = (torch.randn(*shape, dtype=torch.float32) for shape in [(2048, 256), (256, 256), (256,)])
+    assert xs.shape[0] * xs.shape[1] * weight.shape[0] >= bptt.ONEDNN_PROJECTION_WORK
+    onednn = [bptt._project(xs, weight, bias), bptt._project(xs, weight.t())]
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    mm = [bptt._project(xs, weight, bias), bptt._project(xs, weight.t())]
+    expected = [xs.double() @ weight.double().t() + bias.double(), xs.double() @ weight.double()]
+    for a, b, c in zip(onednn, mm, expected):
+        torch.testing.assert_close(a.double(), c, rtol=0, atol=1e-4)
+        torch.testing.assert_close(b.double(), c, rtol=0, atol=1e-4)
+        assert not torch.equal(a, b)
+
+
 def test_layernorm_lstm_loop_is_as_accurate_as_atens_float32():
     """Its layer norms amplify rounding along the sequence, so the compiled float32 loop (its own
     activations and moments) must stay about as close to exact arithmetic (the float64 loop) as

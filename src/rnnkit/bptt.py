@@ -74,10 +74,28 @@ def _outputs(states: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
     return outputs if keep is None else outputs * keep.transpose(0, 1)
 
 
-def _project(xs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out=None) -> torch.Tensor:
-    """xs Wᵀ + b for all steps at once; mm, then the bias (addmm would first copy b into
-    every row: one more pass over the largest buffer of the forward)."""
-    return torch.mm(xs, weight.t(), out=out).add_(bias)
+_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+ONEDNN_PROJECTION_WORK = 1 << 26  # multiply-adds; the bench's small shape (2^24.6) gained nothing from oneDNN
+
+
+def _project(xs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, out=None) -> torch.Tensor:
+    """xs Wᵀ + b for all steps at once, W (out, in) as nn.Linear holds it (∂L/∂X = Δ W is
+    _project(Δ, Wᵀ)). In float32 on the CPU, from ONEDNN_PROJECTION_WORK multiply-adds and with no
+    `out` buffer to fill, through oneDNN's matmul (torch.ops.mkldnn._linear_pointwise, the op
+    torch.compile's CPU backend calls; torch.backends.mkldnn.enabled = False turns it off). Alone,
+    one thread, at the bench's LSTM shapes, it took 0.70, 0.82, 0.98× the time of MKL's torch.mm
+    for X W_ihᵀ (small, medium, large) and 0.90, 0.86, 0.83× for Δ W_ih; for Δᵀ X, a long inner
+    dimension, it was slower (1.11–1.21×), so the weight gradients stay with mm. In training steps
+    it took 0.95× (LayerNorm-LSTM) and 0.97× (GRU) the time at the medium shape, 0.96×
+    (LayerNorm-LSTM) at the large one, and no less at the small one. Otherwise mm, then the bias
+    (addmm would first copy b into every row: one more pass over the largest buffer of the
+    forward)."""
+    work = xs.shape[0] * xs.shape[1] * weight.shape[0]
+    if (out is None and _ONEDNN_LINEAR and xs.dtype == torch.float32 and xs.device.type == "cpu"
+            and torch.backends.mkldnn.enabled and work >= ONEDNN_PROJECTION_WORK):
+        return torch.ops.mkldnn._linear_pointwise(xs, weight, bias, "none", [], "")
+    projected = torch.mm(xs, weight.t(), out=out)
+    return projected if bias is None else projected.add_(bias)
 
 
 def _grad_buffer(grad_outputs, grad_final, valid, width: int) -> torch.Tensor:
@@ -404,7 +422,7 @@ class ElmanSequence(Function):
         backward_steps(grad_outputs.contiguous(), carry, delta, S, weight_hh,
                        None if valid is None else valid.to(S.dtype), ctx.nonlinearity)
         deltas = delta.view(-1, hidden)
-        grad_x = (deltas @ weight_ih).view(batch, steps, -1) if ctx.needs_input_grad[0] else None
+        grad_x = _project(deltas, weight_ih.t()).view(batch, steps, -1) if ctx.needs_input_grad[0] else None
         grad_weight_hh = deltas[1:].t() @ S.view(-1, width)[:-1]  # right for every row but the t = 1 ones:
         grad_weight_hh.addmm_(delta[:, 0].t(), s0)
         grad_weight_hh.addmm_(delta[1:, 0].t(), S[:-1, -1], alpha=-1)
@@ -458,7 +476,8 @@ class JordanSequence(Function):
         backward_steps(G, delta, hs, weight_yh, weight_hy, valid, ctx.nonlinearity)
         gamma = G[1:] if valid is None else G[1:] * valid  # a padded step does not use W_hy
         gamma, delta = gamma.reshape(steps * batch, -1), delta.view(-1, hidden)
-        grad_x = (delta @ weight_ih).view(steps, batch, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None
+        grad_x = (_project(delta, weight_ih.t()).view(steps, batch, -1).transpose(0, 1)
+                  if ctx.needs_input_grad[0] else None)
         return (grad_x, G[0], delta.t() @ xs, delta.sum(0), delta.t() @ ys[:-1].view(steps * batch, -1),
                 gamma.t() @ hs.view(-1, hidden), gamma.sum(0), None, None)
 
@@ -509,7 +528,8 @@ class LSTMSequence(Function):
         backward_steps = _compiled("lstm_backward", gates) or _lstm_backward_steps
         backward_steps(gates, cs, tanh_cs, weight_hh, keep, Gh, Gc, delta)
         delta = delta.view(-1, 4 * hidden)
-        grad_x = (delta @ weight_ih).view(steps, batch, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None
+        grad_x = (_project(delta, weight_ih.t()).view(steps, batch, -1).transpose(0, 1)
+                  if ctx.needs_input_grad[0] else None)
         grad_bias = delta.sum(0)
         return (grad_x, Gh[0], Gc[0], delta.t() @ xs, delta.t() @ hs[:-1].view(-1, hidden),
                 grad_bias, grad_bias, None)
@@ -548,7 +568,7 @@ class LayerNormLSTMSequence(Function):
         hidden = h0.shape[-1]
         keep = _step_mask(valid)
         xs = _time_major(x)
-        us = (xs @ weight_ih.t()).view(steps, batch, 4 * hidden)
+        us = _project(xs, weight_ih).view(steps, batch, 4 * hidden)
         gates, vs = torch.empty_like(us), torch.empty_like(us)
         u_mean, u_rstd, v_mean, v_rstd, c_mean, c_rstd = x.new_empty(6, steps, batch, 1)
         hs, cs = x.new_empty(2, steps + 1, batch, hidden)
@@ -584,7 +604,8 @@ class LayerNormLSTMSequence(Function):
                        grad_bias, grad_ln_hh_weight, grad_ln_c_weight, grad_ln_c_bias)
         grad_u, grad_v = grad_u.view(-1, 4 * hidden), grad_v.view(-1, 4 * hidden)
         grad_weight_hh = grad_v.t() @ hs[:-1].view(-1, hidden)
-        grad_x = (grad_u @ weight_ih).view(steps, batch, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None
+        grad_x = (_project(grad_u, weight_ih.t()).view(steps, batch, -1).transpose(0, 1)
+                  if ctx.needs_input_grad[0] else None)
         return (grad_x, Gh[0], Gc[0], grad_u.t() @ xs, grad_weight_hh, grad_bias,
                 grad_ln_ih_weight, grad_bias, grad_ln_hh_weight, grad_bias, grad_ln_c_weight, grad_ln_c_bias,
                 None, None)
@@ -642,7 +663,8 @@ class GRUSequence(Function):
         grad_weight_hh, grad_bias_hh = delta.t() @ hs[:-1].view(-1, hidden), delta.sum(0)
         delta_x = delta  # δ becomes δˣ: only their last blocks differ
         delta_x[:, 2 * hidden:] = delta_x_n.view(-1, hidden)
-        grad_x = (delta_x @ weight_ih).view(steps, batch, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None
+        grad_x = (_project(delta_x, weight_ih.t()).view(steps, batch, -1).transpose(0, 1)
+                  if ctx.needs_input_grad[0] else None)
         return grad_x, G[0], delta_x.t() @ xs, grad_weight_hh, delta_x.sum(0), grad_bias_hh, None
 
 
