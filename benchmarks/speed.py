@@ -32,8 +32,10 @@ peak is its own), with the same thread count (`--threads`, default 1). Run:
        forward  F = 2·B·T·G·H·(I + H_rec)  [+ 2·B·T·H·O for Jordan's output projection]
        useful   = 3·F                        (backward = two products per forward product)
    with G gates (1 Elman/Jordan/multi-lag, 3 GRU, 4 LSTM/LayerNorm-LSTM), H_rec the width of the
-   recurrent input (H; K·H for K-lag; O = output size for Jordan). The reference is fp32 torch.mm
-   on exactly the products of that step, run back to back on preallocated matrices: for every
+   recurrent input (H; K·H for K-lag; O = output size for Jordan). The reference is fp32 products,
+   each shape by the faster of MKL's torch.mm and oneDNN's matmul (calibrated before the rounds;
+   oneDNN packs the weight of a per-step product once per step, as rnnkit's loops do; nn.LSTM's
+   kernel is oneDNN's too), exactly the products of that step, run back to back: for every
    forward product (M, K) × (K, N) done c times — the input projection (B·T, I) × (I, G·H) once,
    the recurrent product (B, H_rec) × (H_rec, G·H) T times, Jordan's (B, H) × (H, O) T times —
    its backward products dA = (M, N) × (N, K) c times and dW = (N, c·M) × (c·M, K) once (the
@@ -246,16 +248,53 @@ SPEC_BY_LABEL = {spec.label: spec for spec in CELL_SPECS}
 
 
 def _products_step(products: list[tuple[int, int, int, int]]):
-    """A function doing the products (rows, inner, cols, count) back to back with torch.mm on
-    preallocated fp32 matrices: the GEMM work of one training step, and nothing else."""
-    operands = [(torch.randn(rows, inner), torch.randn(inner, cols), torch.empty(rows, cols), count)
-                for rows, inner, cols, count in products]
+    """A function doing the products (rows, inner, cols, count) back to back on preallocated fp32
+    matrices: the GEMM work of one training step, and nothing else. Each product shape runs
+    through whichever library a calibration here found faster for its `count` calls: MKL's
+    torch.mm, or oneDNN's matmul, which for a product done more than once a step packs the
+    right-hand matrix first, once per step (as rnnkit's loops pack a recurrent weight, which
+    changes at every update). So the GEMM rate is this machine's, not one library's."""
+    runs = []
+    for rows, inner, cols, count in products:
+        a, b, out = torch.randn(rows, inner), torch.randn(inner, cols), torch.empty(rows, cols)
 
-    def step():
-        for a, b, out, count in operands:
+        def with_mkl(a=a, b=b, out=out, count=count):
             for _ in range(count):
                 torch.mm(a, b, out=out)
+        runs.append(with_mkl)
+        if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+            continue
+
+        def pack(b=b, rows=rows, count=count):
+            return torch.ops.mkldnn._reorder_linear_weight(b.t(), rows) if count > 1 else b.t()
+
+        def with_onednn(a=a, count=count, pack=pack):
+            weight = pack()
+            for _ in range(count):
+                torch.ops.mkldnn._linear_pointwise(a, weight, None, "none", [], "")
+        # the calibration times one call of each and the packing, not all `count` calls
+        weight = pack()
+        mkl = count * _call_time(lambda: torch.mm(a, b, out=out))
+        onednn = (_call_time(pack) if count > 1 else 0.0) + count * _call_time(
+            lambda: torch.ops.mkldnn._linear_pointwise(a, weight, None, "none", [], ""))
+        if onednn < mkl:
+            runs[-1] = with_onednn
+
+    def step():
+        for run in runs:
+            run()
     return step
+
+
+def _call_time(call, repeats: int = 5) -> float:
+    """The median time of `repeats` calls, after one more."""
+    call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def gemm_key(key: str) -> str:
@@ -714,7 +753,8 @@ def shape_table(shape: dict) -> str:
                      f"{_fmt(r['x_torch'])} | "
                      f"{_fmt(r['x_loop'])} | {_fmt(r['x_cell_loop'])} | {r['gflops']:.1f} | "
                      f"{_fmt(None if r['efficiency'] is None else 100 * r['efficiency'], 0, '%')} |")
-    lines += ["", "GEMM rate (fp32 torch.mm on the step's products, timed in the same rounds, GFLOP/s): " +
+    lines += ["", "GEMM rate (fp32, the step's products each by the faster of MKL and oneDNN, timed in the same rounds, "
+              "GFLOP/s): " +
               ", ".join(f"{cell} {rate / 1e9:.1f}" for cell, rate in shape["gemm_rates"].items())]
     return "\n".join(lines)
 
@@ -824,8 +864,8 @@ def report(command: str, quick: bool, threads: int, shapes: dict, generation: di
              f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; total time {seconds:.0f} s",
              "- method: one process, interleaved rounds (order shuffled each round); tokens/s from the median step time, "
              "ratios = the median over rounds of the two step times of one round; a step = forward + loss + "
-             "backward (to the parameters and the input) + SGD step; efficiency = the time of the step's products alone (torch.mm, 3 × the forward "
-             "GEMM FLOPs, timed in the same rounds) ÷ the step's time, median over rounds (see benchmarks/speed.py)", "",
+             "backward (to the parameters and the input) + SGD step; efficiency = the time of the step's products alone (3 × the forward "
+             "GEMM FLOPs, each product shape by the faster of MKL's torch.mm and oneDNN's matmul, timed in the same rounds) ÷ the step's time, median over rounds (see benchmarks/speed.py)", "",
              "### Targets", ""]
     for title, met, text in targets(shapes, generation, memory):
         status = "not measured" if met is None else ("met" if met else "NOT MET")

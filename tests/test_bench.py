@@ -5,6 +5,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+import torch
 
 from rnnkit.cli import main
 
@@ -60,19 +61,28 @@ def test_tiny_measurement_gives_positive_speeds_and_documented_ratios(speed):
 
 
 def test_the_gemm_contender_does_exactly_the_products_of_a_step(speed, monkeypatch):
-    """gemm/<cell> runs every product of the cell's training step, each as often as the step does;
-    together they are the useful FLOPs that the efficiency counts."""
+    """gemm/<cell> runs every product of the cell's training step, each as often as the step does,
+    by MKL's torch.mm or oneDNN's matmul; together they are the useful FLOPs that the efficiency
+    counts."""
     spec = speed.SPEC_BY_LABEL["jordan"]
     products = speed.step_products(spec, 2, 4, 3)
     assert sum(2 * r * k * n * c for r, k, n, c in products) == speed.useful_flops(spec, 2, 4, 3)
     done = []
-    real_mm = speed.torch.mm
+    real_mm, real_linear = speed.torch.mm, torch.ops.mkldnn._linear_pointwise
 
     def counted_mm(a, b, out):
         done.append((*a.shape, b.shape[1]))
         return real_mm(a, b, out=out)
+
+    def counted_linear(a, packed, *options):
+        result = real_linear(a, packed, *options)
+        done.append((*a.shape, result.shape[1]))
+        return result
     monkeypatch.setattr(speed.torch, "mm", counted_mm)
-    speed.build_step("gemm/jordan", 2, 4, 3)()
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", counted_linear)
+    step = speed.build_step("gemm/jordan", 2, 4, 3)
+    done.clear()  # the calibration's calls
+    step()
     assert sorted(done) == sorted(product[:3] for product in products for _ in range(product[3]))
 
 

@@ -57,9 +57,13 @@ ALL_SIZES = range(1, 2 ** 31)
 HAND_BPTT_TRAINS_FASTER_ON_CPU = {"rnn_tanh": ALL_SIZES, "rnn_relu": ALL_SIZES, "lstm": range(1, 512),
                                   "gru": ALL_SIZES}
 # On a CPU with AVX512 the fused LSTM (oneDNN's, which generates its code for the CPU it runs on)
-# trains faster at every shape: hand BPTT ÷ fused 0.93, 1.00 and 0.89 (`rnnkit bench`, AMD EPYC
-# with AVX512, session 14); GRU 2.23, 1.13, 1.14 and Elman 1.09–2.21 stay with hand BPTT.
-HAND_BPTT_TRAINS_FASTER_ON_AVX512 = {"rnn_tanh": ALL_SIZES, "rnn_relu": ALL_SIZES, "gru": ALL_SIZES}
+# trained faster at every shape in session 14: hand BPTT ÷ fused 0.93, 1.00 and 0.89 (`rnnkit
+# bench`, AMD EPYC with AVX512). Since the compiled loops run their large per-step products
+# through oneDNN too (session 16), three full runs read 0.96–0.99 at H = 64, 1.06–1.08 at 256 and
+# 0.98–1.01 at 512: hand BPTT takes the middle size. GRU (2.1–2.2, 1.17–1.19, 1.23–1.26) and Elman
+# (1.14–2.0) stay with hand BPTT.
+HAND_BPTT_TRAINS_FASTER_ON_AVX512 = {"rnn_tanh": ALL_SIZES, "rnn_relu": ALL_SIZES, "lstm": range(256, 512),
+                                     "gru": ALL_SIZES}
 # The same where the compiled loops cannot be built (rnnkit.kernels): the Python loops made LSTM
 # 0.46× fused at the small shape, 0.96–1.09 otherwise, and GRU 1.02–1.04 at H ≤ 256, 1.16–1.39 at 512.
 HAND_BPTT_TRAINS_FASTER_IN_PYTHON = {"rnn_tanh": ALL_SIZES, "rnn_relu": ALL_SIZES, "gru": range(512, 2 ** 31)}
