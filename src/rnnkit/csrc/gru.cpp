@@ -54,8 +54,8 @@ void row_forward(const T* x, const T* m, const T* h_prev, T* r, T* z, T* m_n, T*
 }
 
 template <typename T>
-void forward_loop(const T* from_x, T* m, T* m_n, T* rz, T* n, T* hs, const StepProduct<T>& step_product, const T* bias_hh,
-                  const bool* keep, int64_t steps, int64_t batch, int64_t hidden) {
+void forward_loop(const T* from_x, T* m, T* m_n, T* rz, T* n, T* hs, const StepProduct<T>& step_product,
+                  const T* bias_hh, const bool* keep, int64_t steps, int64_t batch, int64_t hidden) {
   const int64_t width = 3 * hidden;
   for (int64_t t = 0; t < steps; ++t) {
     for (int64_t b = 0; b < batch; ++b) std::copy_n(bias_hh, width, m + b * width);
@@ -72,8 +72,8 @@ void forward_loop(const T* from_x, T* m, T* m_n, T* rz, T* n, T* hs, const StepP
 }
 
 template <typename T>
-void backward_loop(const T* m_n, const T* rz, const T* n, const T* hs, const StepProduct<T>& step_product, const bool* keep, T* G,
-                   T* delta, T* delta_x_n, int64_t steps, int64_t batch, int64_t hidden) {
+void backward_loop(const T* m_n, const T* rz, const T* n, const T* hs, const StepProduct<T>& step_product,
+                   const bool* keep, T* G, T* delta, T* delta_x_n, int64_t steps, int64_t batch, int64_t hidden) {
   const int64_t width = 3 * hidden;
   for (int64_t t = steps - 1; t >= 0; --t) {
     for (int64_t b = 0; b < batch; ++b) {

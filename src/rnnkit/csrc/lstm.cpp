@@ -17,8 +17,8 @@ using rnnkit::check_buffers;
 using rnnkit::StepProduct;
 
 template <typename T>
-void forward_loop(T* gates, T* hs, T* cs, T* tanh_cs, const StepProduct<T>& step_product, const bool* keep, int64_t steps,
-                  int64_t batch, int64_t hidden) {
+void forward_loop(T* gates, T* hs, T* cs, T* tanh_cs, const StepProduct<T>& step_product, const bool* keep,
+                  int64_t steps, int64_t batch, int64_t hidden) {
   const int64_t width = 4 * hidden;
   for (int64_t t = 0; t < steps; ++t) {
     T* z_t = gates + t * batch * width;
@@ -47,8 +47,8 @@ void forward_loop(T* gates, T* hs, T* cs, T* tanh_cs, const StepProduct<T>& step
 }
 
 template <typename T>
-void backward_loop(const T* gates, const T* cs, const T* tanh_cs, const StepProduct<T>& step_product, const bool* keep, T* Gh,
-                   T* Gc, T* delta, int64_t steps, int64_t batch, int64_t hidden) {
+void backward_loop(const T* gates, const T* cs, const T* tanh_cs, const StepProduct<T>& step_product,
+                   const bool* keep, T* Gh, T* Gc, T* delta, int64_t steps, int64_t batch, int64_t hidden) {
   const int64_t width = 4 * hidden;
   for (int64_t t = steps - 1; t >= 0; --t) {
     for (int64_t b = 0; b < batch; ++b) {
