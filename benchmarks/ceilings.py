@@ -1,9 +1,10 @@
 """Ceilings of the two speed targets still open (issue 4), measured the way `rnnkit bench` measures.
 
-1. Elman ≥ 1.25× nn.RNN. A step doing only the Elman step's matrix products (torch.mm on
-   preallocated matrices: the bench's GEMM reference), the bench's loss forward and backward on
-   an output of the step's shape, and the SGD update is what any Elman implementation must do at
-   least. nn.RNN ÷ that step is the most any Elman can lead nn.RNN by. An Elman also applies f to
+1. Elman ≥ 1.25× nn.RNN. A step doing only the Elman step's matrix products (the bench's GEMM
+   reference: each product shape by the faster of MKL's torch.mm and oneDNN's matmul), the
+   bench's loss forward and backward on an output of the step's shape, and the SGD update is what
+   any Elman implementation must do at least. nn.RNN ÷ that step is the most any Elman can lead
+   nn.RNN by. An Elman also applies f to
    every pre-activation and forms δ = ∂L/∂h ⊙ f'(a) and the bias gradient's sum over all of them;
    that pointwise work, one pass each (ATen's kernels), added to the floor round by round gives
    the lower ceiling that counts it.
