@@ -4,10 +4,9 @@
    reference: each product shape by the faster of MKL's torch.mm and oneDNN's matmul), the
    bench's loss forward and backward on an output of the step's shape, and the SGD update is what
    any Elman implementation must do at least. nn.RNN ÷ that step is the most any Elman can lead
-   nn.RNN by. An Elman also applies f to
-   every pre-activation and forms δ = ∂L/∂h ⊙ f'(a) and the bias gradient's sum over all of them;
-   that pointwise work, one pass each (ATen's kernels), added to the floor round by round gives
-   the lower ceiling that counts it.
+   nn.RNN by. An Elman also applies f to every pre-activation and forms δ = ∂L/∂h ⊙ f'(a) and the
+   bias gradient's sum over all of them; that pointwise work, one pass each (ATen's kernels),
+   added to the floor round by round gives the lower ceiling that counts it.
 2. LayerNorm-LSTM ≥ 85% of the GEMM rate. The hand-BPTT LSTM's step plus ATen's own layer-norm
    kernels run once over each of the three whole tensors a LayerNorm-LSTM normalises (LN_ih and
    LN_hh over (T·B, 4H), LN_c over (T·B, H); forward and backward) costs no per-step overhead for
