@@ -77,7 +77,6 @@ void elman_forward(at::Tensor S, const at::Tensor& s0, const at::Tensor& weight_
   check_buffers("elman_forward", {&S, &s0, &weight_hh_t});
   const int64_t batch = S.size(0), steps = S.size(1), width = S.size(2), hidden = weight_hh_t.size(1);
   const int64_t row = steps * width;  // from one sequence's state at step t to the next one's
-  const rnnkit::StepProducts step_products(batch * width * hidden);
   AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "elman_forward", [&] {
     const StepProduct<scalar_t> step_product(weight_hh_t, batch);  // + s_{t-1} W_hhᵀ
     const bool* keep = valid ? valid_steps.data_ptr<bool>() : nullptr;
@@ -115,7 +114,6 @@ void elman_backward(const at::Tensor& grad_outputs_given, at::Tensor carry, at::
   // Without lags or padding the new carry is W_hhᵀ δ_t alone: the product overwrites it in place.
   const bool passes_on = width > hidden || valid;
   at::Tensor next = passes_on ? at::empty_like(carry) : at::Tensor();
-  const rnnkit::StepProducts step_products(batch * hidden * width);
   AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "elman_backward", [&] {
     const StepProduct<scalar_t> step_product(weight_hh, batch);  // δ_t W_hh
     const scalar_t* valid_rows = valid ? valid_steps.data_ptr<scalar_t>() : nullptr;
@@ -147,7 +145,6 @@ void jordan_forward(at::Tensor hs, at::Tensor ys, const at::Tensor& weight_yh_t,
   const at::Tensor keep_steps = keep ? keep->contiguous() : at::Tensor();
   check_buffers("jordan_forward", {&hs, &ys, &weight_yh_t, &weight_hy_t, &bias_hy});
   const int64_t steps = hs.size(0), batch = hs.size(1), hidden = hs.size(2), outputs = ys.size(2);
-  const rnnkit::StepProducts step_products(batch * hidden * outputs);
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "jordan_forward", [&] {
     const StepProduct<scalar_t> from_output(weight_yh_t, batch), to_output(weight_hy_t, batch);
     const scalar_t* bias = bias_hy.data_ptr<scalar_t>();
@@ -175,7 +172,6 @@ void jordan_backward(at::Tensor G, at::Tensor delta, const at::Tensor& hs, const
   check_buffers("jordan_backward", {&G, &delta, &hs, &weight_yh, &weight_hy});
   const int64_t steps = delta.size(0), batch = delta.size(1), hidden = delta.size(2), outputs = G.size(2);
   const bool tanh = nonlinearity == "tanh";
-  const rnnkit::StepProducts step_products(batch * hidden * outputs);
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "jordan_backward", [&] {
     const StepProduct<scalar_t> through_output(weight_hy, batch), through_state(weight_yh, batch);
     for (int64_t t = steps - 1; t >= 0; --t) {

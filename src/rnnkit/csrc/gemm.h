@@ -50,14 +50,15 @@ constexpr int64_t kParallelProductWork = int64_t(1) << 22;
 
 // While it lives, BLAS products on this thread run on it alone if `work` (a step's product) is
 // below kParallelProductWork.
-class StepProducts {
+class SmallProductsOnOneThread {
  public:
-  explicit StepProducts(int64_t work) : previous_(work < kParallelProductWork ? MKL_Set_Num_Threads_Local(1) : -1) {}
-  ~StepProducts() {
+  explicit SmallProductsOnOneThread(int64_t work)
+      : previous_(work < kParallelProductWork ? MKL_Set_Num_Threads_Local(1) : -1) {}
+  ~SmallProductsOnOneThread() {
     if (previous_ >= 0) MKL_Set_Num_Threads_Local(previous_);
   }
-  StepProducts(const StepProducts&) = delete;
-  StepProducts& operator=(const StepProducts&) = delete;
+  SmallProductsOnOneThread(const SmallProductsOnOneThread&) = delete;
+  SmallProductsOnOneThread& operator=(const SmallProductsOnOneThread&) = delete;
 
  private:
   const int previous_;
@@ -71,14 +72,16 @@ class StepProducts {
 // per product, one thread (AMD EPYC, AVX512; oneDNN ÷ MKL time): (32, 512)·(512, 2048) 0.74,
 // (32, 2048)·(2048, 512) 0.79, (32, 512)·(512, 512) 0.85, (64, 256)·(256, 1024) 0.86, but
 // (64, 256)·(256, 256) 1.05 and (32, 64)·(64, 256) 2.5: oneDNN's call costs about 20 µs more.
-// Smaller products, doubles, and a build or a session without oneDNN take BLAS's sgemm.
+// Smaller products, doubles, and a build or a session without oneDNN take BLAS's sgemm, on the
+// calling thread alone below kParallelProductWork while the StepProduct lives.
 constexpr int64_t kPackedProductWork = int64_t(1) << 23;
 
 template <typename T>
 class StepProduct {
  public:
   // B (k, n), contiguous; m the rows of every A and C
-  StepProduct(const at::Tensor& B, int64_t m) : B_(B.data_ptr<T>()), m_(m), k_(B.size(0)), n_(B.size(1)) {
+  StepProduct(const at::Tensor& B, int64_t m)
+      : B_(B.data_ptr<T>()), m_(m), k_(B.size(0)), n_(B.size(1)), threads_(m * k_ * n_) {
     if constexpr (std::is_same_v<T, float>) {
       if (m * k_ * n_ < kPackedProductWork || !at::globalContext().userEnabledMkldnn()) return;
       auto& dispatcher = c10::Dispatcher::singleton();
@@ -119,6 +122,7 @@ class StepProduct {
  private:
   const T* B_;
   const int64_t m_, k_, n_;
+  const SmallProductsOnOneThread threads_;
   std::optional<c10::OperatorHandle> linear_, add_linear_;
   at::Tensor packed_;
 };

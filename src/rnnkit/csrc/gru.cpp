@@ -117,7 +117,6 @@ void gru_forward(const at::Tensor& from_x, at::Tensor m_n, at::Tensor rz, at::Te
               "gru_forward: from_x (T, B, 3H), m_n and n (T, B, H), weight_hh_t (H, 3H), bias_hh (3H) for states "
               "(T+1, B, H)");
   const at::Tensor from_h_step = at::empty({batch, 3 * hidden}, from_x.options());
-  const rnnkit::StepProducts step_products(batch * 3 * hidden * hidden);
   AT_DISPATCH_FLOATING_TYPES(from_x.scalar_type(), "gru_forward", [&] {
     forward_loop<scalar_t>(from_x.data_ptr<scalar_t>(), from_h_step.data_ptr<scalar_t>(), m_n.data_ptr<scalar_t>(),
                            rz.data_ptr<scalar_t>(), n.data_ptr<scalar_t>(), hs.data_ptr<scalar_t>(),
@@ -138,7 +137,6 @@ void gru_backward(const at::Tensor& m_n, const at::Tensor& rz, const at::Tensor&
   TORCH_CHECK(weight_hh.size(0) == 3 * hidden && weight_hh.size(1) == hidden && m_n.sizes() == n.sizes() &&
                   delta.size(0) == steps && delta.size(1) == batch && delta.size(2) == 3 * hidden,
               "gru_backward: weight_hh (3H, H), m_n shaped as n (T, B, H), delta (T, B, 3H)");
-  const rnnkit::StepProducts step_products(batch * 3 * hidden * hidden);
   AT_DISPATCH_FLOATING_TYPES(n.scalar_type(), "gru_backward", [&] {
     backward_loop<scalar_t>(m_n.data_ptr<scalar_t>(), rz.data_ptr<scalar_t>(), n.data_ptr<scalar_t>(),
                             hs.data_ptr<scalar_t>(), StepProduct<scalar_t>(weight_hh, batch),

@@ -262,7 +262,6 @@ void lnlstm_forward(const at::Tensor& us, at::Tensor u_mean, at::Tensor u_rstd, 
   check_lengths(hs.size(2), {&ln_ih_weight, &bias, &ln_hh_weight}, {&ln_c_weight, &ln_c_bias});
   TORCH_CHECK(us.sizes() == gates.sizes(), "lnlstm_forward: us and gates must have one shape");
   const c10::optional<at::Tensor> kept = keep ? c10::optional<at::Tensor>(keep->to(at::kBool).contiguous()) : keep;
-  const rnnkit::StepProducts step_products(gates.size(1) * 4 * hs.size(2) * hs.size(2));
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lnlstm_forward", [&] {
     forward_loop<scalar_t>(us, u_mean, u_rstd, gates, vs, v_mean, v_rstd, hs, cs, c_mean, c_rstd, tanh_ls,
                            weight_hh_t.contiguous(), ln_ih_weight.contiguous(), bias.contiguous(),
@@ -285,7 +284,6 @@ void lnlstm_backward(const at::Tensor& us, const at::Tensor& u_mean, const at::T
   TORCH_CHECK(us.sizes() == gates.sizes() && grad_u.sizes() == gates.sizes() && grad_v.sizes() == gates.sizes(),
               "lnlstm_backward: us, grad_u and grad_v must have the gates' shape");
   const c10::optional<at::Tensor> kept = keep ? c10::optional<at::Tensor>(keep->to(at::kBool).contiguous()) : keep;
-  const rnnkit::StepProducts step_products(gates.size(1) * 4 * cs.size(2) * cs.size(2));
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lnlstm_backward", [&] {
     backward_loop<scalar_t>(us, u_mean, u_rstd, gates, vs, v_mean, v_rstd, cs, c_mean, c_rstd, tanh_ls,
                             weight_hh.contiguous(), ln_ih_weight.contiguous(), ln_hh_weight.contiguous(),

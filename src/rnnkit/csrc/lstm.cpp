@@ -75,7 +75,6 @@ void lstm_forward(at::Tensor gates, at::Tensor hs, at::Tensor cs, at::Tensor tan
   const int64_t steps = gates.size(0), batch = gates.size(1), hidden = hs.size(2);
   TORCH_CHECK(gates.size(2) == 4 * hidden && weight_hh_t.size(0) == hidden && weight_hh_t.size(1) == 4 * hidden,
               "lstm_forward: gates (T, B, 4H) and weight_hh_t (H, 4H) for states (T+1, B, H)");
-  const rnnkit::StepProducts step_products(batch * 4 * hidden * hidden);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_forward", [&] {
     forward_loop<scalar_t>(gates.data_ptr<scalar_t>(), hs.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>(),
                            tanh_cs.data_ptr<scalar_t>(), StepProduct<scalar_t>(weight_hh_t, batch),
@@ -95,7 +94,6 @@ void lstm_backward(const at::Tensor& gates, const at::Tensor& cs, const at::Tens
   const int64_t steps = gates.size(0), batch = gates.size(1), hidden = cs.size(2);
   TORCH_CHECK(weight_hh.size(0) == 4 * hidden && weight_hh.size(1) == hidden && delta.sizes() == gates.sizes(),
               "lstm_backward: weight_hh (4H, H) and delta shaped as gates");
-  const rnnkit::StepProducts step_products(batch * 4 * hidden * hidden);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_backward", [&] {
     backward_loop<scalar_t>(gates.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>(), tanh_cs.data_ptr<scalar_t>(),
                             StepProduct<scalar_t>(weight_hh, batch), keep ? kept.data_ptr<bool>() : nullptr,
