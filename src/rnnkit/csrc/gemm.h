@@ -72,9 +72,17 @@ class SmallProductsOnOneThread {
 // per product, one thread (AMD EPYC, AVX512; oneDNN ÷ MKL time): (32, 512)·(512, 2048) 0.74,
 // (32, 2048)·(2048, 512) 0.79, (32, 512)·(512, 512) 0.85, (64, 256)·(256, 1024) 0.86, but
 // (64, 256)·(256, 256) 1.05 and (32, 64)·(64, 256) 2.5: oneDNN's call costs about 20 µs more.
-// Smaller products, doubles, and a build or a session without oneDNN take BLAS's sgemm, on the
-// calling thread alone below kParallelProductWork while the StepProduct lives.
+// Without AVX512 (the build for an AVX2 CPU, rnnkit.kernels) the gain starts later: on an AMD
+// EPYC with AVX2 alone, one thread, (32, 512)·(512, 2048) 0.79, (32, 2048)·(2048, 512) 0.87, but
+// (64, 256)·(256, 1024) 0.96 and (64, 1024)·(1024, 256) 1.03; in training steps at B=64, H=256
+// (2^24 a product) LSTM took 1.07× and GRU 1.05× the time through oneDNN, at B=32, H=512 LSTM
+// (2^25) 0.95×. Smaller products, doubles, and a build or a session without oneDNN take BLAS's
+// sgemm, on the calling thread alone below kParallelProductWork while the StepProduct lives.
+#ifdef __AVX512F__
 constexpr int64_t kPackedProductWork = int64_t(1) << 23;
+#else
+constexpr int64_t kPackedProductWork = int64_t(1) << 25;
+#endif
 
 template <typename T>
 class StepProduct {
