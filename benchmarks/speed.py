@@ -115,8 +115,8 @@ class Settings:
 FULL = Settings(rounds={"small": 15, "medium": 15, "large": 9}, inner={"small": 5, "medium": 1, "large": 1},
                 warmup=1, gen_chars=20_000, gen_batched_chars=500, reread_chars=100, text_rounds=9,
                 memory_lengths=(10_000, 100_000, 1_000_000))
-QUICK = Settings(rounds={"small": 5, "medium": 4}, inner={"small": 3, "medium": 1},
-                 warmup=1, gen_chars=500, gen_batched_chars=200, reread_chars=50, text_rounds=3,
+QUICK = Settings(rounds={"small": 5, "medium": 3}, inner={"small": 3, "medium": 1},
+                 warmup=1, gen_chars=3_000, gen_batched_chars=200, reread_chars=50, text_rounds=3,
                  memory_lengths=(10_000, 100_000))
 
 
