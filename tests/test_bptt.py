@@ -272,6 +272,25 @@ def test_compiled_loops_match_the_python_ones(monkeypatch, name, dtype, toleranc
         torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance)
 
 
+@pytest.mark.parametrize("name", ["elman-tanh", "multilag-2", "lstm"])
+@pytest.mark.parametrize("batch", [1, 5, 6, 7, 13])
+def test_compiled_float_loops_match_the_python_ones_at_every_block_of_rows(monkeypatch, name, batch):
+    """The AVX2 build's float step products (gemm.h's panels) take 6 rows of C at a time, then the
+    1-5 left over, and 16 columns at a time, the last panel masked (hidden 20: 20, 40 and 80
+    columns); Elman's rows lie T·K·H apart, multi-lag's product adds to its carry (beta 1). Any
+    batch: the Python loop's results within float rounding."""
+    assert kernels.ops() is not None
+    torch.manual_seed(batch)
+    cell = CELLS[name](20).float()
+    x = torch.randn(batch, 6, 3, dtype=torch.float32, requires_grad=True)
+    state = tuple(torch.randn(batch, size, dtype=torch.float32, requires_grad=True) for size in cell.state_sizes)
+    compiled = results_and_gradients(run_sequence, cell, x, state)
+    monkeypatch.setattr(bptt, "_compiled", lambda name, like: None)
+    python = results_and_gradients(run_sequence, cell, x, state)
+    for a, b in zip(compiled, python):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 # cells whose every step's product at batch 8 reaches csrc/gemm.h's kPackedProductWork: 2^23
 # multiply-adds in the AVX512 build, 2^25 in the others (hidden sizes twice as wide)
 WIDER = 1 if torch.backends.cpu.get_cpu_capability() == "AVX512" else 2
@@ -292,7 +311,7 @@ def test_compiled_loops_take_large_step_products_through_onednn(monkeypatch, nam
     apart: the same results and gradients as the Python loop within float rounding (the
     LayerNorm-LSTM's largest errors from the float64 loop were 1.5-2x sgemm's and ATen's), and not
     bit for bit those of MKL's sgemm (torch.backends.mkldnn off), which shows that the other path
-    ran."""
+    ran. The AVX2 build takes oneDNN's only with more than one thread (on one, gemm.h's panels)."""
     assert kernels.ops() is not None and torch.backends.mkldnn.is_available()
     torch.manual_seed(5)
     cell = LARGE_STEP_CELLS[name]().float()
@@ -300,9 +319,14 @@ def test_compiled_loops_take_large_step_products_through_onednn(monkeypatch, nam
     state = tuple((0.5 * torch.randn(8, size, dtype=torch.float32)).requires_grad_() for size in cell.state_sizes)
     valid = torch.tensor([[1, 1, 1, 1], [1, 0, 1, 1], [0, 0, 0, 0], [1, 1, 0, 0]] * 2, dtype=torch.bool)
     run = lambda *a: run_sequence(*a, valid=valid)
-    onednn = results_and_gradients(run, cell, x, state)
-    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
-    sgemm = results_and_gradients(run, cell, x, state)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(threads, 2))
+    try:
+        onednn = results_and_gradients(run, cell, x, state)
+        monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+        sgemm = results_and_gradients(run, cell, x, state)
+    finally:
+        torch.set_num_threads(threads)
     monkeypatch.setattr(bptt, "_compiled", lambda name, like: None)
     python = results_and_gradients(run, cell, x, state)
     for a, b, c in zip(onednn, sgemm, python):  # within 1e-5 of each tensor's largest entry

@@ -1,9 +1,11 @@
 // Matrix products on raw pointers for the compiled loops: BLAS's gemm, which libtorch_cpu exports
-// (MKL's on x86, the routine ATen's own addmm ends in), and for a loop's large per-step products
-// oneDNN's (StepProduct, at the end). Per step of a loop, an ATen product costs a few µs of views,
-// checks and dispatch on top of the arithmetic, as much as the arithmetic at small sizes.
+// (MKL's on x86, the routine ATen's own addmm ends in), a kernel of our own on a weight packed once
+// (the AVX2 build), and oneDNN's for a loop's large per-step products (StepProduct, at the end
+// chooses). Per step of a loop, an ATen product costs a few µs of views, checks and dispatch on top
+// of the arithmetic, as much as the arithmetic at small sizes.
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <cstdint>
 #include <cstring>
@@ -11,6 +13,13 @@
 #include <string>
 #include <type_traits>
 #include <vector>
+
+// The panel kernel below is written for AVX2 with FMA, and measured only on a CPU without AVX512
+// (whose build keeps MKL's and oneDNN's kernels, which use the wider registers).
+#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
+#define RNNKIT_PANEL_PRODUCTS 1
+#include <immintrin.h>
+#endif
 
 extern "C" {
 void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
@@ -76,12 +85,107 @@ class SmallProductsOnOneThread {
 // EPYC with AVX2 alone, one thread, (32, 512)·(512, 2048) 0.79, (32, 2048)·(2048, 512) 0.87, but
 // (64, 256)·(256, 1024) 0.96 and (64, 1024)·(1024, 256) 1.03; in training steps at B=64, H=256
 // (2^24 a product) LSTM took 1.07× and GRU 1.05× the time through oneDNN, at B=32, H=512 LSTM
-// (2^25) 0.95×. Smaller products, doubles, and a build or a session without oneDNN take BLAS's
-// sgemm, on the calling thread alone below kParallelProductWork while the StepProduct lives.
+// (2^25) 0.95×. Where the build has the panel kernel (AVX2 without AVX512), a float product takes
+// it instead on one thread, and below kParallelProductWork on more: it reads B packed once per loop,
+// where sgemm packs it anew at every call. On the AVX2 EPYC, one thread, GFLOP/s panels / sgemm:
+// (32, 64)·(64, 256) 65 / 62, (64, 256)·(256, 256) 70 / 60, (64, 256)·(256, 1024) 70 / 57,
+// (32, 512)·(512, 512) 78 / 61, (32, 512)·(512, 2048) 62-83 / 44; training steps (bench shapes,
+// new ÷ old time, paired medians) small 0.96-1.01, medium 0.90-0.995, large 0.89-0.96. Other
+// products, doubles, and a build or a session without oneDNN take BLAS's sgemm, on the calling
+// thread alone below kParallelProductWork while the StepProduct lives.
 #ifdef __AVX512F__
 constexpr int64_t kPackedProductWork = int64_t(1) << 23;
 #else
 constexpr int64_t kPackedProductWork = int64_t(1) << 25;
+#endif
+
+#ifdef RNNKIT_PANEL_PRODUCTS
+// C (rows, n) = A (rows, k) · B + beta C for B packed in panels of kPanelWidth columns (see
+// PackedPanels), `Rows` rows of C at a time: 2·Rows accumulators and B's two vectors fill 14 of
+// the 16 AVX registers, and each multiply-add reads one broadcast value of A.
+constexpr int64_t kPanelWidth = 16;
+constexpr int kBlockRows = 6;
+
+template <int Rows>
+void panel_block(float* C, int64_t ldc, const float* A, int64_t lda, const float* panels, int64_t k, int64_t n,
+                 bool accumulate) {
+  for (int64_t first = 0; first < n; first += kPanelWidth) {
+    const float* panel = panels + first * k;  // (k, kPanelWidth), zero beyond column n
+    __m256 sum[Rows][2];
+#pragma GCC unroll 8
+    for (int r = 0; r < Rows; ++r) sum[r][0] = sum[r][1] = _mm256_setzero_ps();
+    for (int64_t kk = 0; kk < k; ++kk) {
+      const __m256 left = _mm256_load_ps(panel + kk * kPanelWidth), right = _mm256_load_ps(panel + kk * kPanelWidth + 8);
+#pragma GCC unroll 8
+      for (int r = 0; r < Rows; ++r) {
+        const __m256 a = _mm256_broadcast_ss(A + r * lda + kk);
+        sum[r][0] = _mm256_fmadd_ps(a, left, sum[r][0]);
+        sum[r][1] = _mm256_fmadd_ps(a, right, sum[r][1]);
+      }
+    }
+    // the last panel's columns beyond n are masked off (every loop unrolled, so that the sums stay in registers)
+    const int64_t columns = std::min(kPanelWidth, n - first);
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i left_mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(columns)), lane);
+    const __m256i right_mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(columns) - 8), lane);
+#pragma GCC unroll 8
+    for (int r = 0; r < Rows; ++r) {
+      float* c = C + r * ldc + first;
+      if (columns == kPanelWidth) {
+        if (accumulate) {
+          sum[r][0] = _mm256_add_ps(sum[r][0], _mm256_loadu_ps(c));
+          sum[r][1] = _mm256_add_ps(sum[r][1], _mm256_loadu_ps(c + 8));
+        }
+        _mm256_storeu_ps(c, sum[r][0]);
+        _mm256_storeu_ps(c + 8, sum[r][1]);
+      } else {
+        if (accumulate) {
+          sum[r][0] = _mm256_add_ps(sum[r][0], _mm256_maskload_ps(c, left_mask));
+          sum[r][1] = _mm256_add_ps(sum[r][1], _mm256_maskload_ps(c + 8, right_mask));
+        }
+        _mm256_maskstore_ps(c, left_mask, sum[r][0]);
+        _mm256_maskstore_ps(c + 8, right_mask, sum[r][1]);
+      }
+    }
+  }
+}
+
+// B (k, n) copied once into panels of kPanelWidth columns, each (k, kPanelWidth) row-major and
+// 64-byte aligned, the last one zero-padded: a step's product then reads B in the order it is
+// used, which MKL's sgemm arranges anew (packs) at every call.
+class PackedPanels {
+ public:
+  PackedPanels(const float* B, int64_t k, int64_t n)
+      : k_(k), n_(n), panels_(at::zeros({(n + kPanelWidth - 1) / kPanelWidth * k * kPanelWidth}, at::kFloat)) {
+    float* packed = panels_.data_ptr<float>();
+    for (int64_t first = 0; first < n; first += kPanelWidth) {
+      for (int64_t kk = 0; kk < k; ++kk) {
+        const int64_t columns = std::min(kPanelWidth, n - first);
+        std::memcpy(packed + first * k + kk * kPanelWidth, B + kk * n + first, columns * sizeof(float));
+      }
+    }
+  }
+
+  // C (m, n) = A (m, k) · B + beta C, rows lda and ldc apart
+  void operator()(float* C, int64_t ldc, const float* A, int64_t lda, int64_t m, bool accumulate) const {
+    const float* panels = panels_.data_ptr<float>();
+    int64_t row = 0;
+    for (; row + kBlockRows <= m; row += kBlockRows)
+      panel_block<kBlockRows>(C + row * ldc, ldc, A + row * lda, lda, panels, k_, n_, accumulate);
+    switch (m - row) {  // the last rows, fewer than kBlockRows
+      case 5: panel_block<5>(C + row * ldc, ldc, A + row * lda, lda, panels, k_, n_, accumulate); break;
+      case 4: panel_block<4>(C + row * ldc, ldc, A + row * lda, lda, panels, k_, n_, accumulate); break;
+      case 3: panel_block<3>(C + row * ldc, ldc, A + row * lda, lda, panels, k_, n_, accumulate); break;
+      case 2: panel_block<2>(C + row * ldc, ldc, A + row * lda, lda, panels, k_, n_, accumulate); break;
+      case 1: panel_block<1>(C + row * ldc, ldc, A + row * lda, lda, panels, k_, n_, accumulate); break;
+      default: break;
+    }
+  }
+
+ private:
+  const int64_t k_, n_;
+  at::Tensor panels_;
+};
 #endif
 
 template <typename T>
@@ -91,6 +195,12 @@ class StepProduct {
   StepProduct(const at::Tensor& B, int64_t m)
       : B_(B.data_ptr<T>()), m_(m), k_(B.size(0)), n_(B.size(1)), threads_(m * k_ * n_) {
     if constexpr (std::is_same_v<T, float>) {
+#ifdef RNNKIT_PANEL_PRODUCTS
+      if (m * k_ * n_ < kParallelProductWork || at::get_num_threads() == 1) {
+        panels_.emplace(B_, k_, n_);
+        return;
+      }
+#endif
       if (m * k_ * n_ < kPackedProductWork || !at::globalContext().userEnabledMkldnn()) return;
       auto& dispatcher = c10::Dispatcher::singleton();
       const auto reorder = dispatcher.findSchema({"mkldnn::_reorder_linear_weight", ""});
@@ -105,6 +215,14 @@ class StepProduct {
 
   // C = A · B + beta C (beta 0 or 1), rows lda and ldc apart
   void operator()(T* C, int64_t ldc, const T* A, int64_t lda, T beta) const {
+#ifdef RNNKIT_PANEL_PRODUCTS
+    if constexpr (std::is_same_v<T, float>) {
+      if (panels_) {
+        (*panels_)(C, ldc, A, lda, m_, beta != T(0));
+        return;
+      }
+    }
+#endif
     if (!packed_.defined()) {
       product(C, ldc, A, lda, B_, n_, m_, n_, k_, beta);
       return;
@@ -133,6 +251,9 @@ class StepProduct {
   const SmallProductsOnOneThread threads_;
   std::optional<c10::OperatorHandle> linear_, add_linear_;
   at::Tensor packed_;
+#ifdef RNNKIT_PANEL_PRODUCTS
+  std::optional<PackedPanels> panels_;
+#endif
 };
 
 }  // namespace rnnkit
