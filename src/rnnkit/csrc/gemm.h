@@ -104,7 +104,7 @@ constexpr int64_t kPackedProductWork = int64_t(1) << 25;
 // PackedPanels), `Rows` rows of C at a time: 2·Rows accumulators and B's two vectors fill 14 of
 // the 16 AVX registers, and each multiply-add reads one broadcast value of A.
 constexpr int64_t kPanelWidth = 16;
-constexpr int kBlockRows = 6;
+constexpr int64_t kBlockRows = 6;
 
 template <int Rows>
 void panel_block(float* C, int64_t ldc, const float* A, int64_t lda, const float* panels, int64_t k, int64_t n,
@@ -166,19 +166,25 @@ class PackedPanels {
     }
   }
 
-  // C (m, n) = A (m, k) · B + beta C, rows lda and ldc apart
+  // C (m, n) = A (m, k) · B + beta C, rows lda and ldc apart, in as few blocks of rows as
+  // kBlockRows allows, of even sizes: a block of one or two rows keeps too few multiply-adds in
+  // flight to hide their latency (m = 32: 6, 6, 5, 5, 5, 5 rather than 6 × 5 and 2)
   void operator()(float* C, int64_t ldc, const float* A, int64_t lda, int64_t m, bool accumulate) const {
     const float* panels = panels_.data_ptr<float>();
-    int64_t row = 0;
-    for (; row + kBlockRows <= m; row += kBlockRows)
-      panel_block<kBlockRows>(C + row * ldc, ldc, A + row * lda, lda, panels, k_, n_, accumulate);
-    switch (m - row) {  // the last rows, fewer than kBlockRows
-      case 5: panel_block<5>(C + row * ldc, ldc, A + row * lda, lda, panels, k_, n_, accumulate); break;
-      case 4: panel_block<4>(C + row * ldc, ldc, A + row * lda, lda, panels, k_, n_, accumulate); break;
-      case 3: panel_block<3>(C + row * ldc, ldc, A + row * lda, lda, panels, k_, n_, accumulate); break;
-      case 2: panel_block<2>(C + row * ldc, ldc, A + row * lda, lda, panels, k_, n_, accumulate); break;
-      case 1: panel_block<1>(C + row * ldc, ldc, A + row * lda, lda, panels, k_, n_, accumulate); break;
-      default: break;
+    const int64_t blocks = (m + kBlockRows - 1) / kBlockRows;
+    for (int64_t block = 0, row = 0; block < blocks; ++block) {
+      const int64_t rows = (m - row) / (blocks - block);
+      float* c = C + row * ldc;
+      const float* a = A + row * lda;
+      switch (rows) {
+        case 6: panel_block<6>(c, ldc, a, lda, panels, k_, n_, accumulate); break;
+        case 5: panel_block<5>(c, ldc, a, lda, panels, k_, n_, accumulate); break;
+        case 4: panel_block<4>(c, ldc, a, lda, panels, k_, n_, accumulate); break;
+        case 3: panel_block<3>(c, ldc, a, lda, panels, k_, n_, accumulate); break;
+        case 2: panel_block<2>(c, ldc, a, lda, panels, k_, n_, accumulate); break;
+        default: panel_block<1>(c, ldc, a, lda, panels, k_, n_, accumulate); break;
+      }
+      row += rows;
     }
   }
 
