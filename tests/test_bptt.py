@@ -275,10 +275,10 @@ def test_compiled_loops_match_the_python_ones(monkeypatch, name, dtype, toleranc
 @pytest.mark.parametrize("name", ["elman-tanh", "multilag-2", "lstm"])
 @pytest.mark.parametrize("batch", [1, 2, 6, 7, 13])
 def test_compiled_float_loops_match_the_python_ones_at_every_block_of_rows(monkeypatch, name, batch):
-    """The AVX2 build's float step products (gemm.h's panels) take blocks of 1-6 rows of C (7 rows:
-    3 and 4; 13: 4, 4 and 5), and 16 columns at a time, the last panel masked (hidden 20: 20, 40 and 80
-    columns); Elman's rows lie T·K·H apart, multi-lag's product adds to its carry (beta 1). Any
-    batch: the Python loop's results within float rounding."""
+    """The AVX2 build's float step products (gemm.h's panels) take blocks of 1-6 rows of C (7
+    rows: 3 and 4; 13: 4, 4 and 5), and 16 columns at a time, the last panel masked (hidden 20:
+    20, 40 and 80 columns); Elman's rows lie T·K·H apart, multi-lag's product adds to its carry
+    (beta 1). Any batch: the Python loop's results within float rounding."""
     assert kernels.ops() is not None
     torch.manual_seed(batch)
     cell = CELLS[name](20).float()
