@@ -23,18 +23,24 @@ namespace {
 using rnnkit::check_buffers;
 
 // A row's sums (a layer norm's moments and its backward's) in vector registers, with GCC's vector
-// extension: 64 bytes of T, one AVX512 register where the build has them, two AVX2 or four SSE
-// ones otherwise. GCC compiles `#pragma omp simd reduction(+ : sum)` to one running vector, a chain
-// of dependent adds, whose 16 lanes it then adds one after the other (16 dependent scalar adds in
-// the disassembly). Here two vectors run side by side and the lanes fold pairwise.
-template <typename T, int Bytes = 64>
+// extension: one register of T, 64 bytes where the build has AVX512, else 32 (wider vectors than
+// the build's registers GCC keeps on the stack: on AVX2 the 64-byte sums of squares were added
+// through memory at every step). GCC compiles `#pragma omp simd reduction(+ : sum)` to one running
+// vector, a chain of dependent adds, whose lanes it then adds one after the other (16 dependent
+// scalar adds in the disassembly). Here two vectors run side by side and the lanes fold pairwise.
+#ifdef __AVX512F__
+constexpr int kVectorBytes = 64;
+#else
+constexpr int kVectorBytes = 32;
+#endif
+template <typename T, int Bytes = kVectorBytes>
 struct VectorOf {
   typedef T type __attribute__((vector_size(Bytes)));
 };
 template <typename T>
 using Vec = typename VectorOf<T>::type;
 template <typename T>
-constexpr int64_t kLanes = 64 / sizeof(T);
+constexpr int64_t kLanes = kVectorBytes / sizeof(T);
 
 template <typename T>
 inline Vec<T> load(const T* p) {
@@ -44,7 +50,7 @@ inline Vec<T> load(const T* p) {
 }
 
 // the sum of x's lanes: halves added until one lane is left
-template <typename T, int Bytes = 64>
+template <typename T, int Bytes = kVectorBytes>
 inline T fold(typename VectorOf<T, Bytes>::type x) {
   if constexpr (Bytes == sizeof(T)) {
     return x[0];
