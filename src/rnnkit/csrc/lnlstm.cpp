@@ -24,10 +24,11 @@ using rnnkit::check_buffers;
 
 // A row's sums (a layer norm's moments and its backward's) in vector registers, with GCC's vector
 // extension: one register of T, 64 bytes where the build has AVX512, 32 with AVX, else 16 (vectors
-// wider than the build's registers GCC keeps on the stack: on AVX2 the 64-byte sums of squares were
-// added through memory at every step). GCC compiles `#pragma omp simd reduction(+ : sum)` to one running
-// vector, a chain of dependent adds, whose lanes it then adds one after the other (16 dependent
-// scalar adds in the disassembly). Here two vectors run side by side and the lanes fold pairwise.
+// wider than the build's registers GCC keeps on the stack: on AVX2 the 64-byte sums of squares
+// were added through memory at every step). GCC compiles `#pragma omp simd reduction(+ : sum)` to
+// one running vector, a chain of dependent adds, whose lanes it then adds one after the other (16
+// dependent scalar adds in the disassembly). Here two vectors run side by side and the lanes fold
+// pairwise.
 #if defined(__AVX512F__)
 constexpr int kVectorBytes = 64;
 #elif defined(__AVX__)
