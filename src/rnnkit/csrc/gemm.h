@@ -159,8 +159,8 @@ class PackedPanels {
       : k_(k), n_(n), panels_(at::zeros({(n + kPanelWidth - 1) / kPanelWidth * k * kPanelWidth}, at::kFloat)) {
     float* packed = panels_.data_ptr<float>();
     for (int64_t first = 0; first < n; first += kPanelWidth) {
+      const int64_t columns = std::min(kPanelWidth, n - first);
       for (int64_t kk = 0; kk < k; ++kk) {
-        const int64_t columns = std::min(kPanelWidth, n - first);
         std::memcpy(packed + first * k + kk * kPanelWidth, B + kk * n + first, columns * sizeof(float));
       }
     }
