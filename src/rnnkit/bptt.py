@@ -396,12 +396,13 @@ class ElmanSequence(Function):
         hidden, width = weight_hh.shape
         xs = x.reshape(batch * steps, -1)
         s0 = state.contiguous()
-        S = x.new_empty(batch, steps, width)
-        # Every step's input part at once, written where h_t will be; the loop adds W_hh s_{t-1}.
+        # Every step's input part at once, where h_t will be; the loop adds W_hh s_{t-1}.
+        projected = _project(xs, weight_ih, bias_ih + bias_hh).view(batch, steps, hidden)
         if width == hidden:
-            _project(xs, weight_ih, bias_ih + bias_hh, out=S.view(-1, hidden))
+            S = projected
         else:
-            S[:, :, :hidden] = _project(xs, weight_ih, bias_ih + bias_hh).view(batch, steps, hidden)
+            S = x.new_empty(batch, steps, width)
+            S[:, :, :hidden] = projected
         valid = None if valid is None else valid.contiguous()
         forward_steps = _compiled("elman_forward", x) or _elman_forward_steps
         forward_steps(S, s0, weight_hh.t().contiguous(), valid, nonlinearity)

@@ -21,6 +21,7 @@
 namespace {
 
 using rnnkit::check_buffers;
+using rnnkit::prefetch;
 
 // A row's sums (a layer norm's moments and its backward's) in vector registers, with GCC's vector
 // extension: one register of T, 64 bytes where the build has AVX512, 32 with AVX, else 16 (vectors
@@ -63,14 +64,6 @@ inline T fold(typename VectorOf<T, Bytes>::type x) {
     std::memcpy(&high, reinterpret_cast<const char*>(&x) + Bytes / 2, Bytes / 2);
     return fold<T, Bytes / 2>(low + high);
   }
-}
-
-// Asks for v[0..n) to be brought into cache: the loops read each row of their (T, B, ·) buffers
-// once, long after the forward wrote it, and the rows of a step follow each other in memory but
-// the backward takes the steps from last to first.
-template <typename T>
-inline void prefetch(const T* v, int64_t n) {
-  for (int64_t j = 0; j < n; j += 64 / sizeof(T)) __builtin_prefetch(v + j, 0, 2);
 }
 
 // mean and 1/sqrt(var + eps) of v[0..n), the biased variance as torch.native_layer_norm takes it
