@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from rnnkit import bptt, kernels
 from rnnkit.bptt import ElmanSequence, GRUSequence, JordanSequence, LayerNormLSTMSequence, LSTMSequence, run_sequence
@@ -291,6 +292,31 @@ def test_compiled_float_loops_match_the_python_ones_at_every_block_of_rows(monke
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("rows, inner, outputs", [(1, 3, 5), (97, 20, 16), (203, 64, 45), (6000, 64, 100)])
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
+def test_the_panel_projection_is_nn_linear(rows, inner, outputs, with_bias, threads):
+    """The AVX2 build's whole-sequence products (_project through csrc/projection.cpp): X Wᵀ + b
+    as F.linear computes it, within float rounding, for rows that are not whole blocks of 6 or
+    tasks of 96, a masked last panel (5, 45 and 100 columns), and, at 6000 rows, the rows shared
+    between two threads."""
+    linear = bptt._panel_linear()
+    if linear is None:
+        pytest.skip("this build of rnnkit.kernels has no panel kernel (AVX512, or no AVX2)")
+    torch.manual_seed(rows)
+    x, weight = torch.randn(rows, inner, dtype=torch.float32), torch.randn(outputs, inner, dtype=torch.float32)
+    bias = torch.randn(outputs, dtype=torch.float32) if with_bias else None
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = bptt._project(x, weight, bias)
+    finally:
+        torch.set_num_threads(previous)
+    expected = F.linear(x.double(), weight.double(), None if bias is None else bias.double())
+    torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-5 * inner ** 0.5)
+    torch.testing.assert_close(bptt._project(x, weight.t().contiguous().t(), bias), got, rtol=0, atol=0)
+
+
 # cells whose every step's product at batch 8 reaches csrc/gemm.h's kPackedProductWork: 2^23
 # multiply-adds in the AVX512 build, 2^25 in the others (hidden sizes twice as wide)
 WIDER = 1 if torch.backends.cpu.get_cpu_capability() == "AVX512" else 2
@@ -336,9 +362,11 @@ def test_compiled_loops_take_large_step_products_through_onednn(monkeypatch, nam
 
 
 def test_large_projections_go_through_onednn(monkeypatch):
-    """From bptt.ONEDNN_PROJECTION_WORK multiply-adds a float32 projection over all steps (X W_ihᵀ + b,
-    and Δ W_ih as _project(Δ, W_ihᵀ)) is oneDNN's: equal to mm within float rounding, and not bit
-    for bit mm's (torch.backends.mkldnn off), which shows that the other path ran."""
+    """Where the build has no panel kernel (AVX512), from bptt.ONEDNN_PROJECTION_WORK multiply-adds
+    a float32 projection over all steps (X W_ihᵀ + b, and Δ W_ih as _project(Δ, W_ihᵀ)) is oneDNN's:
+    equal to mm within float rounding, and not bit for bit mm's (torch.backends.mkldnn off), which
+    shows that the other path ran."""
+    monkeypatch.setattr(bptt, "_panel_linear", lambda: None)
     torch.manual_seed(0)
     xs, weight, bias = (torch.randn(*shape, dtype=torch.float32) for shape in [(2048, 256), (256, 256), (256,)])
     assert xs.shape[0] * xs.shape[1] * weight.shape[0] >= bptt.ONEDNN_PROJECTION_WORK

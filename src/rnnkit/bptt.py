@@ -42,6 +42,7 @@ any cell of `rnnkit.cells`, the same result as `Recurrent._loop` for that cell.
 """
 
 import threading
+from functools import cache
 
 import torch
 from torch.autograd import Function
@@ -80,20 +81,30 @@ ONEDNN_PROJECTION_WORK = 1 << 26  # multiply-adds; the bench's small shape (2^24
 
 def _project(xs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, out=None) -> torch.Tensor:
     """xs Wᵀ + b for all steps at once, W (out, in) as nn.Linear holds it (∂L/∂X = Δ W is
-    _project(Δ, Wᵀ)). In float32 on the CPU, from ONEDNN_PROJECTION_WORK multiply-adds and with no
-    `out` buffer to fill, through oneDNN's matmul (torch.ops.mkldnn._linear_pointwise, the op
-    torch.compile's CPU backend calls; torch.backends.mkldnn.enabled = False turns it off). Alone,
-    one thread, at the bench's LSTM shapes, it took 0.70, 0.82, 0.98× the time of MKL's torch.mm
-    for X W_ihᵀ (small, medium, large) and 0.90, 0.86, 0.83× for Δ W_ih; for Δᵀ X, a long inner
-    dimension, it was slower (1.11–1.21×), so the weight gradients stay with mm. In training steps
-    it took 0.95× (LayerNorm-LSTM) and 0.97× (GRU) the time at the medium shape, 0.96×
-    (LayerNorm-LSTM) at the large one, and no less at the small one. Otherwise mm, then the bias
-    (addmm would first copy b into every row: one more pass over the largest buffer of the
-    forward)."""
-    work = xs.shape[0] * xs.shape[1] * weight.shape[0]
-    if (out is None and _ONEDNN_LINEAR and xs.dtype == torch.float32 and xs.device.type == "cpu"
-            and torch.backends.mkldnn.enabled and work >= ONEDNN_PROJECTION_WORK):
-        return torch.ops.mkldnn._linear_pointwise(xs, weight, bias, "none", [], "")
+    _project(Δ, Wᵀ)). In float32 on the CPU with no `out` buffer to fill:
+    - where the compiled loops' build has the panel kernel (csrc/gemm.h; AVX2 without AVX512),
+      through it (rnnkit.kernels' linear, the bias added in registers). Alone, one thread, on the
+      AVX2 EPYC, it took 0.89-0.96× the time of oneDNN's matmul at most of the bench's projection
+      shapes, 1.04-1.05× at two, and at 2 threads 0.79-1.05×; in training steps (hand BPTT, paired
+      medians, new ÷ old time) LSTM 0.99 / 0.87, LayerNorm-LSTM 0.92 / 0.92 at the medium / large
+      shape, Elman, GRU and Jordan 0.96-1.05;
+    - else from ONEDNN_PROJECTION_WORK multiply-adds through oneDNN's matmul
+      (torch.ops.mkldnn._linear_pointwise, the op torch.compile's CPU backend calls). Alone, one
+      thread, at the bench's LSTM shapes, it took 0.70, 0.82, 0.98× the time of MKL's torch.mm for
+      X W_ihᵀ (small, medium, large) and 0.90, 0.86, 0.83× for Δ W_ih; for Δᵀ X, a long inner
+      dimension, it was slower (1.11–1.21×), so the weight gradients stay with mm. In training
+      steps it took 0.95× (LayerNorm-LSTM) and 0.97× (GRU) the time at the medium shape, 0.96×
+      (LayerNorm-LSTM) at the large one, and no less at the small one.
+      torch.backends.mkldnn.enabled = False turns this off.
+    Otherwise mm, then the bias (addmm would first copy b into every row: one more pass over the
+    largest buffer of the forward)."""
+    if out is None and xs.dtype == torch.float32 and xs.device.type == "cpu":
+        panel_linear = _panel_linear()
+        if panel_linear is not None:
+            return panel_linear(xs, weight, bias)
+        if (_ONEDNN_LINEAR and torch.backends.mkldnn.enabled
+                and xs.shape[0] * xs.shape[1] * weight.shape[0] >= ONEDNN_PROJECTION_WORK):
+            return torch.ops.mkldnn._linear_pointwise(xs, weight, bias, "none", [], "")
     projected = torch.mm(xs, weight.t(), out=out)
     return projected if bias is None else projected.add_(bias)
 
@@ -164,6 +175,13 @@ def _lstm_step_backward(t, gates, kappa, cs, gamma, squashed, delta, Gh, Gc, kee
         delta[t].mul_(valid[t])
         torch.where(keep[t], Gc[t], kappa, out=Gc[t])
         Gh[t].addcmul_(gamma, 1 - valid[t])
+
+
+@cache
+def _panel_linear():
+    """rnnkit.kernels' linear (csrc/projection.cpp) where the build has it (AVX2 without AVX512), else None."""
+    compiled = kernels.ops()
+    return None if compiled is None else getattr(compiled, "linear", None)
 
 
 def _compiled(name: str, like: torch.Tensor):

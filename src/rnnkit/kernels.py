@@ -7,8 +7,10 @@ oneDNN's on a weight packed once where a step's product is large (csrc/gemm.h): 
 and Jordan (elman_jordan.cpp), LSTM (lstm.cpp) and GRU (gru.cpp) with one pass per batch row
 for each step's pointwise work, and LayerNorm-LSTM, whose step is a dozen
 pointwise operations (three layer norms, the activations, the cell update), the same way
-(lnlstm.cpp). They use their own activations (csrc/activations.h): ATen's, through MKL and
-ATen's parallel loop, wake a sleeping thread per call at 2 threads with passive waiting.
+(lnlstm.cpp). In the AVX2 build the whole-sequence products of hand BPTT take the same panel
+kernel as the loops' per-step ones (projection.cpp). The loops use their own activations
+(csrc/activations.h): ATen's, through MKL and ATen's parallel loop, wake a sleeping thread per
+call at 2 threads with passive waiting.
 The buffers and equations are those of the Functions in `rnnkit.bptt`, whose Python loops
 remain the fallback and the readable statement of each recursion. Generation writes one token
 per step; for a token-reading LSTM, GRU or Elman model, language_model_step.cpp runs the
@@ -30,7 +32,7 @@ from pathlib import Path
 import torch
 
 SOURCES = [Path(__file__).with_name("csrc") / name for name in (
-    "elman_jordan.cpp", "lstm.cpp", "gru.cpp", "lnlstm.cpp", "language_model_step.cpp")]
+    "elman_jordan.cpp", "lstm.cpp", "gru.cpp", "lnlstm.cpp", "language_model_step.cpp", "projection.cpp")]
 # Vector instructions for the pointwise loops, by the capability ATen itself dispatches to on this
 # CPU; the build is named after it, so a home directory shared by different CPUs keeps one per kind.
 VECTOR_FLAGS = {
@@ -52,8 +54,11 @@ def ops():
         os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
         log.info("rnnkit: loading the compiled loops (built the first time on a machine: about 20 s)")
         capability = torch.backends.cpu.get_cpu_capability()
+        # -fopenmp: ATen's parallel_for, inlined from its headers, runs its threads only where the
+        # extension is built with OpenMP (it then shares libtorch's OpenMP runtime, already loaded)
         load(f"rnnkit_kernels_{capability.lower()}", sources=[str(path) for path in SOURCES],
-             extra_cflags=["-O3", "-fopenmp-simd", *VECTOR_FLAGS.get(capability, [])], is_python_module=False)
+             extra_cflags=["-O3", "-fopenmp", *VECTOR_FLAGS.get(capability, [])], extra_ldflags=["-fopenmp"],
+             is_python_module=False)
     except Exception as error:  # no compiler, no ninja, a failed build: the Python loops do the work
         log.warning("rnnkit: compiled loops unavailable, running the Python ones (%s)", error)
         return None

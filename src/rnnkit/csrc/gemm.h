@@ -108,12 +108,22 @@ constexpr int64_t kBlockRows = 6;
 
 template <int Rows>
 void panel_block(float* C, int64_t ldc, const float* A, int64_t lda, const float* panels, int64_t k, int64_t n,
-                 bool accumulate) {
+                 bool accumulate, const float* bias) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   for (int64_t first = 0; first < n; first += kPanelWidth) {
     const float* panel = panels + first * k;  // (k, kPanelWidth), zero beyond column n
+    // the last panel's columns beyond n are masked off (every loop unrolled, so that the sums stay in registers)
+    const int64_t columns = std::min(kPanelWidth, n - first);
+    const __m256i left_mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(columns)), lane);
+    const __m256i right_mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(columns) - 8), lane);
+    const __m256 start_left = bias ? _mm256_maskload_ps(bias + first, left_mask) : _mm256_setzero_ps();
+    const __m256 start_right = bias ? _mm256_maskload_ps(bias + first + 8, right_mask) : _mm256_setzero_ps();
     __m256 sum[Rows][2];
 #pragma GCC unroll 8
-    for (int r = 0; r < Rows; ++r) sum[r][0] = sum[r][1] = _mm256_setzero_ps();
+    for (int r = 0; r < Rows; ++r) {
+      sum[r][0] = start_left;
+      sum[r][1] = start_right;
+    }
     for (int64_t kk = 0; kk < k; ++kk) {
       const __m256 left = _mm256_load_ps(panel + kk * kPanelWidth), right = _mm256_load_ps(panel + kk * kPanelWidth + 8);
 #pragma GCC unroll 8
@@ -123,11 +133,6 @@ void panel_block(float* C, int64_t ldc, const float* A, int64_t lda, const float
         sum[r][1] = _mm256_fmadd_ps(a, right, sum[r][1]);
       }
     }
-    // the last panel's columns beyond n are masked off (every loop unrolled, so that the sums stay in registers)
-    const int64_t columns = std::min(kPanelWidth, n - first);
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256i left_mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(columns)), lane);
-    const __m256i right_mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(columns) - 8), lane);
 #pragma GCC unroll 8
     for (int r = 0; r < Rows; ++r) {
       float* c = C + r * ldc + first;
@@ -166,10 +171,11 @@ class PackedPanels {
     }
   }
 
-  // C (m, n) = A (m, k) · B + beta C, rows lda and ldc apart, in as few blocks of rows as
-  // kBlockRows allows, of even sizes: a block of one or two rows keeps too few multiply-adds in
-  // flight to hide their latency (m = 32: 6, 6, 5, 5, 5, 5 rather than 6 × 5 and 2)
-  void operator()(float* C, int64_t ldc, const float* A, int64_t lda, int64_t m, bool accumulate) const {
+  // C (m, n) = A (m, k) · B + beta C, or + bias (n) in every row, rows lda and ldc apart, in as
+  // few blocks of rows as kBlockRows allows, of even sizes: a block of one or two rows keeps too
+  // few multiply-adds in flight to hide their latency (m = 32: 6, 6, 5, 5, 5, 5 rather than 6 × 5 and 2)
+  void operator()(float* C, int64_t ldc, const float* A, int64_t lda, int64_t m, bool accumulate,
+                  const float* bias = nullptr) const {
     const float* panels = panels_.data_ptr<float>();
     const int64_t blocks = (m + kBlockRows - 1) / kBlockRows;
     for (int64_t block = 0, row = 0; block < blocks; ++block) {
@@ -177,12 +183,12 @@ class PackedPanels {
       float* c = C + row * ldc;
       const float* a = A + row * lda;
       switch (rows) {
-        case 6: panel_block<6>(c, ldc, a, lda, panels, k_, n_, accumulate); break;
-        case 5: panel_block<5>(c, ldc, a, lda, panels, k_, n_, accumulate); break;
-        case 4: panel_block<4>(c, ldc, a, lda, panels, k_, n_, accumulate); break;
-        case 3: panel_block<3>(c, ldc, a, lda, panels, k_, n_, accumulate); break;
-        case 2: panel_block<2>(c, ldc, a, lda, panels, k_, n_, accumulate); break;
-        default: panel_block<1>(c, ldc, a, lda, panels, k_, n_, accumulate); break;
+        case 6: panel_block<6>(c, ldc, a, lda, panels, k_, n_, accumulate, bias); break;
+        case 5: panel_block<5>(c, ldc, a, lda, panels, k_, n_, accumulate, bias); break;
+        case 4: panel_block<4>(c, ldc, a, lda, panels, k_, n_, accumulate, bias); break;
+        case 3: panel_block<3>(c, ldc, a, lda, panels, k_, n_, accumulate, bias); break;
+        case 2: panel_block<2>(c, ldc, a, lda, panels, k_, n_, accumulate, bias); break;
+        default: panel_block<1>(c, ldc, a, lda, panels, k_, n_, accumulate, bias); break;
       }
       row += rows;
     }
