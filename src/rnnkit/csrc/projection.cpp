@@ -32,7 +32,7 @@ at::Tensor linear(const at::Tensor& x_given, const at::Tensor& weight, const c10
   // a thread takes whole tasks of 96 rows, and at least 2^23 multiply-adds (~100 µs) of them: waking
   // a sleeping thread costs about as much (OpenMP's passive waiting, which the rnnkit command sets)
   constexpr int64_t kTaskRows = 16 * rnnkit::kBlockRows;
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 23) / (kTaskRows * k * n));
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 23) / std::max<int64_t>(1, kTaskRows * k * n));
   at::parallel_for(0, (m + kTaskRows - 1) / kTaskRows, grain, [&](int64_t first, int64_t last) {
     const int64_t row = first * kTaskRows;
     panels(c + row * n, n, a + row * k, k, std::min(m, last * kTaskRows) - row, false, b);
