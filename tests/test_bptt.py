@@ -295,7 +295,7 @@ def test_compiled_float_loops_match_the_python_ones_at_every_block_of_rows(monke
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("rows, inner, outputs", [(1, 3, 5), (97, 20, 16), (203, 64, 45), (6000, 64, 100)])
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
-def test_the_panel_projection_is_nn_linear(rows, inner, outputs, with_bias, threads):
+def test_the_panel_projection_is_nn_linear(torch_threads, rows, inner, outputs, with_bias, threads):
     """The AVX2 build's whole-sequence products (_project through csrc/projection.cpp): X Wᵀ + b
     as F.linear computes it, within float rounding, for rows that are not whole blocks of 6 or
     tasks of 96, a masked last panel (5, 45 and 100 columns), and, at 6000 rows, the rows shared
@@ -306,12 +306,8 @@ def test_the_panel_projection_is_nn_linear(rows, inner, outputs, with_bias, thre
     torch.manual_seed(rows)
     x, weight = torch.randn(rows, inner, dtype=torch.float32), torch.randn(outputs, inner, dtype=torch.float32)
     bias = torch.randn(outputs, dtype=torch.float32) if with_bias else None
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        got = bptt._project(x, weight, bias)
-    finally:
-        torch.set_num_threads(previous)
+    torch_threads(threads)
+    got = bptt._project(x, weight, bias)
     expected = F.linear(x.double(), weight.double(), None if bias is None else bias.double())
     torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-5 * inner ** 0.5)
     torch.testing.assert_close(bptt._project(x, weight.t().contiguous().t(), bias), got, rtol=0, atol=0)
@@ -331,7 +327,7 @@ LARGE_STEP_CELLS = {
 
 
 @pytest.mark.parametrize("name", LARGE_STEP_CELLS)
-def test_compiled_loops_take_large_step_products_through_onednn(monkeypatch, name):
+def test_compiled_loops_take_large_step_products_through_onednn(monkeypatch, torch_threads, name):
     """From kPackedProductWork multiply-adds a step (here 8 rows) the float loops' products run
     through oneDNN with the weight packed once (csrc/gemm.h's StepProduct), Elman's on rows T·K·H
     apart: the same results and gradients as the Python loop within float rounding (the
@@ -346,13 +342,11 @@ def test_compiled_loops_take_large_step_products_through_onednn(monkeypatch, nam
     valid = torch.tensor([[1, 1, 1, 1], [1, 0, 1, 1], [0, 0, 0, 0], [1, 1, 0, 0]] * 2, dtype=torch.bool)
     run = lambda *a: run_sequence(*a, valid=valid)
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(threads, 2))
-    try:
-        onednn = results_and_gradients(run, cell, x, state)
-        monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
-        sgemm = results_and_gradients(run, cell, x, state)
-    finally:
-        torch.set_num_threads(threads)
+    torch_threads(max(threads, 2))
+    onednn = results_and_gradients(run, cell, x, state)
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    sgemm = results_and_gradients(run, cell, x, state)
+    torch_threads(threads)
     monkeypatch.setattr(bptt, "_compiled", lambda name, like: None)
     python = results_and_gradients(run, cell, x, state)
     for a, b, c in zip(onednn, sgemm, python):  # within 1e-5 of each tensor's largest entry

@@ -125,22 +125,18 @@ def test_compiled_writer_draws_as_sample_and_steps_as_forward(cell, options, dty
 
 
 @pytest.mark.parametrize("half_weights", [False, True])
-def test_compiled_writer_with_a_helper_thread_writes_what_one_thread_writes(half_weights):
+def test_compiled_writer_with_a_helper_thread_writes_what_one_thread_writes(torch_threads, half_weights):
     """With two torch threads, a single sequence's large products are split by rows between two
     threads (language_model_step.cpp's Helper): the same sums, so the same characters and state."""
     torch.manual_seed(3)
     model = SequenceModel(16, 40, 192, cell="lstm", vocab_size=40, num_layers=2).eval()  # 4·192² rows·columns
     noise = torch.empty(300, 1, 40).exponential_(generator=torch.Generator().manual_seed(0))
-    threads = torch.get_num_threads()
     written = []
     with torch.no_grad():
         logits, state = model(torch.randint(0, 40, (1, 5)))
         for count in (1, 2):
-            torch.set_num_threads(count)
-            try:
-                written.append(model.writer(half_weights)(logits[:, -1], state, noise, 300))
-            finally:
-                torch.set_num_threads(threads)
+            torch_threads(count)
+            written.append(model.writer(half_weights)(logits[:, -1], state, noise, 300))
     (tokens_1, logits_1, state_1), (tokens_2, logits_2, state_2) = written
     assert torch.equal(tokens_1, tokens_2) and torch.equal(logits_1, logits_2)
     assert all(torch.equal(a, b) for a, b in zip(state_1, state_2))
