@@ -77,32 +77,40 @@ void add_matrix_vector(T* out, const T* W, const T* v, int64_t rows, int64_t n) 
   }
 }
 
-// The same for float16 weights, converted as they are read: eight rows at a time with F16C (eight
-// sums in flight hide the multiply-adds' latency), else one element at a time.
-void add_matrix_vector(float* out, const at::Half* W, const float* v, int64_t rows, int64_t n) {
-  int64_t r = 0;
 #if defined(__F16C__)
-  const auto sum_of = [](__m256 x) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+// out[q] += W[q] · v for Rows float16 rows of length n (a multiple of 8), one sum of eight lanes
+// per row, so a row's sum is the same whichever block it is in
+template <int Rows>
+void add_half_rows(float* out, const at::Half* W, const float* v, int64_t n) {
+  __m256 sums[Rows];
+  for (__m256& s : sums) s = _mm256_setzero_ps();
+  for (int64_t j = 0; j < n; j += 8) {
+    const __m256 x = _mm256_loadu_ps(v + j);
+    for (int q = 0; q < Rows; ++q)
+      sums[q] = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(W + q * n + j))), x,
+                                sums[q]);
+  }
+  for (int q = 0; q < Rows; ++q) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(sums[q]), _mm256_extractf128_ps(sums[q], 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-  };
+    out[q] += _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+  }
+}
+#endif
+
+// The same for float16 weights, converted as they are read: eight rows at a time with F16C (eight
+// sums in flight hide the multiply-adds' latency) and the rest one at a time, else one element at
+// a time.
+void add_matrix_vector(float* out, const at::Half* W, const float* v, int64_t rows, int64_t n) {
+#if defined(__F16C__)
   if (n % 8 == 0) {
-    for (; r + 8 <= rows; r += 8) {
-      __m256 sums[8];
-      for (__m256& s : sums) s = _mm256_setzero_ps();
-      const at::Half* w = W + r * n;
-      for (int64_t j = 0; j < n; j += 8) {
-        const __m256 x = _mm256_loadu_ps(v + j);
-        for (int q = 0; q < 8; ++q)
-          sums[q] = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + q * n + j))),
-                                    x, sums[q]);
-      }
-      for (int q = 0; q < 8; ++q) out[r + q] += sum_of(sums[q]);
-    }
+    int64_t r = 0;
+    for (; r + 8 <= rows; r += 8) add_half_rows<8>(out + r, W + r * n, v, n);
+    for (; r < rows; ++r) add_half_rows<1>(out + r, W + r * n, v, n);
+    return;
   }
 #endif
-  for (; r < rows; ++r) {
+  for (int64_t r = 0; r < rows; ++r) {
     const at::Half* w = W + r * n;
     float s = 0;
     for (int64_t j = 0; j < n; ++j) s += static_cast<float>(w[j]) * v[j];
@@ -117,6 +125,12 @@ void add_matrix_vector(float* out, const at::Half* W, const float* v, int64_t ro
 // (OpenMP's passive waiting, which the rnnkit command sets, makes torch's own threads useless at
 // this grain). Where the helper keeps falling behind (the machine's other core is busy), the caller
 // does every product alone for the rest of the call, and no helper is started for a second after.
+//
+// The two threads do not read rows at the same rate: timed inside the loop, the helper's half of
+// W_hh took 1.25-1.35× as long as the caller's (float16 and float32 alike). So the split is not
+// fixed at half: after every product, each matrix's share of rows for the caller moves a quarter
+// of the way toward the share at which both would have finished together, by the rows per second
+// each thread just did.
 class Helper {
  public:
   Helper() : thread_([this] { serve(); }) {}
@@ -127,11 +141,14 @@ class Helper {
   bool active() const { return active_; }
   static bool worth_starting() { return Clock::now() - last_lag_.load() > kPause; }
 
-  // out[r] += W[r] · v for r < rows (add_matrix_vector): the helper takes the rows from `split` on
+  // out[r] += W[r] · v for r < rows (add_matrix_vector), the helper taking the last rows
   template <typename T, typename Weight>
-  void split_rows(T* out, const Weight* W, const T* v, int64_t rows, int64_t n, int64_t split) {
+  void split_rows(T* out, const Weight* W, const T* v, int64_t rows, int64_t n) {
+    double& share = share_of(W);
+    const int64_t split = std::clamp<int64_t>(std::lround(share * rows / 8) * 8, 0, rows);
     job_ = {&run<T, Weight>, out + split, W + split * n, v, rows - split, n};
     const int64_t number = posted_.load(std::memory_order_relaxed) + 1;
+    const auto posted = Clock::now();
     posted_.store(number, std::memory_order_release);
     add_matrix_vector(out, W, v, split, n);
     const auto start = Clock::now();
@@ -146,28 +163,43 @@ class Helper {
         lagged_at_ = number;
       }
     }
+    // rows per second: split / caller's time, the rest / helper's (from the post to its finish)
+    const double caller_time = std::chrono::duration<double>(start - posted).count();
+    const double helper_time = std::chrono::duration<double>(job_.finished - posted).count();
+    if (split > 0 && split < rows && caller_time > 0 && helper_time > 0) {
+      const double caller_rate = split / caller_time, helper_rate = (rows - split) / helper_time;
+      share = std::clamp(share + (caller_rate / (caller_rate + helper_rate) - share) / 4, kLeastShare, 1 - kLeastShare);
+    }
   }
 
  private:
+  using Clock = std::chrono::steady_clock;
   struct Job {
     void (*run)(const Job&);
     void* out;
     const void* W;
     const void* v;
     int64_t rows, n;
+    Clock::time_point finished;  // set by the helper
   };
+  // The caller's share of the rows of the product by W, the same for every W at first
+  double& share_of(const void* W) {
+    for (auto& [matrix, share] : shares_)
+      if (matrix == W) return share;
+    return shares_.emplace_back(W, 0.5).second;
+  }
   template <typename T, typename Weight>
   static void run(const Job& job) {
     add_matrix_vector(static_cast<T*>(job.out), static_cast<const Weight*>(job.W), static_cast<const T*>(job.v),
                       job.rows, job.n);
   }
-  using Clock = std::chrono::steady_clock;
   // A product the helper has not finished 2 ms after the caller finished its half is late. With
   // a busy loop on the other core the helper waited 4–8 ms for its turn, every few products; on
   // the idle (virtual) machine waits over 0.5 ms came every few hundred products, rarely over 1 ms.
   static constexpr std::chrono::microseconds kLagLimit{2000};
   static constexpr int64_t kLagsApart = 100;
   static constexpr std::chrono::seconds kPause{1};
+  static constexpr double kLeastShare = 0.125;  // of the rows, for either thread
   static inline std::atomic<Clock::time_point> last_lag_{};
 
   void serve() {
@@ -182,11 +214,13 @@ class Helper {
         continue;
       }
       job_.run(job_);
+      job_.finished = Clock::now();
       finished_.store(done = number, std::memory_order_release);
     }
   }
 
   Job job_{};
+  std::vector<std::pair<const void*, double>> shares_;
   std::atomic<int64_t> posted_{0}, finished_{0};
   std::atomic<bool> stop_{false};
   bool active_ = true;
@@ -205,7 +239,7 @@ void add_product(T* out, const T* x, const at::Tensor& W, int64_t batch, Helper*
   const int64_t rows = W.size(0), n = W.size(1);
   const auto single = [&](const auto* weights) {
     if (helper != nullptr && helper->active() && rows * n >= kHelperWork) {
-      helper->split_rows(out, weights, x, rows, n, rows / 16 * 8);
+      helper->split_rows(out, weights, x, rows, n);
     } else {
       add_matrix_vector(out, weights, x, rows, n);
     }
