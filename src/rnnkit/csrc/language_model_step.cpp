@@ -29,7 +29,7 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__F16C__)
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 #endif
 
@@ -77,18 +77,20 @@ void add_matrix_vector(T* out, const T* W, const T* v, int64_t rows, int64_t n) 
   }
 }
 
-#if defined(__F16C__)
-// out[q] += W[q] · v for Rows float16 rows of length n (a multiple of 8), one sum of eight lanes
-// per row, so a row's sum is the same whichever block it is in
-template <int Rows>
-void add_half_rows(float* out, const at::Half* W, const float* v, int64_t n) {
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+inline __m256 load_eight(const float* w) { return _mm256_loadu_ps(w); }
+inline __m256 load_eight(const at::Half* w) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w))); }
+
+// out[q] += W[q] · v for Rows rows of length n (a multiple of 8), float32 or float16 weights (F16C
+// converts these as they are read): one sum of eight lanes per row, so a row's sum is the same
+// whichever block it is in
+template <int Rows, typename Weight>
+void add_rows(float* out, const Weight* W, const float* v, int64_t n) {
   __m256 sums[Rows];
   for (__m256& s : sums) s = _mm256_setzero_ps();
   for (int64_t j = 0; j < n; j += 8) {
     const __m256 x = _mm256_loadu_ps(v + j);
-    for (int q = 0; q < Rows; ++q)
-      sums[q] = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(W + q * n + j))), x,
-                                sums[q]);
+    for (int q = 0; q < Rows; ++q) sums[q] = _mm256_fmadd_ps(load_eight(W + q * n + j), x, sums[q]);
   }
   for (int q = 0; q < Rows; ++q) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(sums[q]), _mm256_extractf128_ps(sums[q], 1));
@@ -96,19 +98,33 @@ void add_half_rows(float* out, const at::Half* W, const float* v, int64_t n) {
     out[q] += _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
   }
 }
+
+// add_matrix_vector for float32 state, eight rows at a time (eight sums in flight hide the
+// multiply-adds' latency) and the rest one at a time; false, doing nothing, where n is not a
+// multiple of 8. On the AVX2 EPYC one core read a 2 MB float32 matrix so at 65 GB/s, against 55 GB/s
+// for the generic loop's four rows at a time (its one sum per row waits on the multiply-adds).
+template <typename Weight>
+bool add_matrix_vector_by_eights(float* out, const Weight* W, const float* v, int64_t rows, int64_t n) {
+  if (n % 8 != 0) return false;
+  int64_t r = 0;
+  for (; r + 8 <= rows; r += 8) add_rows<8>(out + r, W + r * n, v, n);
+  for (; r < rows; ++r) add_rows<1>(out + r, W + r * n, v, n);
+  return true;
+}
 #endif
 
-// The same for float16 weights, converted as they are read: eight rows at a time with F16C (eight
-// sums in flight hide the multiply-adds' latency) and the rest one at a time, else one element at
-// a time.
+void add_matrix_vector(float* out, const float* W, const float* v, int64_t rows, int64_t n) {
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+  if (add_matrix_vector_by_eights(out, W, v, rows, n)) return;
+#endif
+  add_matrix_vector<float>(out, W, v, rows, n);
+}
+
+// The same for float16 weights, converted as they are read: by eights with F16C, else one element
+// at a time
 void add_matrix_vector(float* out, const at::Half* W, const float* v, int64_t rows, int64_t n) {
-#if defined(__F16C__)
-  if (n % 8 == 0) {
-    int64_t r = 0;
-    for (; r + 8 <= rows; r += 8) add_half_rows<8>(out + r, W + r * n, v, n);
-    for (; r < rows; ++r) add_half_rows<1>(out + r, W + r * n, v, n);
-    return;
-  }
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+  if (add_matrix_vector_by_eights(out, W, v, rows, n)) return;
 #endif
   for (int64_t r = 0; r < rows; ++r) {
     const at::Half* w = W + r * n;
