@@ -125,13 +125,15 @@ def test_compiled_writer_draws_as_sample_and_steps_as_forward(cell, options, dty
 
 
 @pytest.mark.parametrize("half_weights", [False, True])
-def test_compiled_writer_with_a_helper_thread_writes_what_one_thread_writes(torch_threads, half_weights):
+@pytest.mark.parametrize("cell, layers", [("lstm", 2), ("lstm", 1), ("gru", 1), ("elman", 1)])
+def test_compiled_writer_with_a_helper_thread_writes_what_one_thread_writes(torch_threads, half_weights, cell, layers):
     """With two torch threads, a single sequence's large products are split by rows between two
     threads (language_model_step.cpp's Helper), at a split that moves with their speeds: the same
-    sums, so the same characters and state. The head's 203 rows (203 · 192 multiply-adds, split
-    too) end in rows outside the float16 loop's blocks of eight."""
+    sums, so the same characters and state. One layer's W_hh h for the next token starts before
+    that token is drawn (overlapped_step). In the two-layer model the head's 203 rows (203 · 192
+    multiply-adds) are split too, and end in rows outside the blocks of eight."""
     torch.manual_seed(3)
-    model = SequenceModel(16, 203, 192, cell="lstm", vocab_size=203, num_layers=2).eval()  # 4·192² rows·columns
+    model = SequenceModel(16, 203, 192, cell=cell, vocab_size=203, num_layers=layers).eval()  # ≥ 192² rows·columns
     noise = torch.empty(300, 1, 203).exponential_(generator=torch.Generator().manual_seed(0))
     written = []
     with torch.no_grad():

@@ -134,7 +134,7 @@ void add_matrix_vector(float* out, const at::Half* W, const float* v, int64_t ro
   }
 }
 
-// A second thread that takes half the rows of each large product of a single sequence's steps,
+// A second thread that takes a share of the rows of each large product of a single sequence's steps,
 // for one call of the writing loop. At 512 LSTM units the W_hh product reads 4 MB a step, which
 // one core streams from the shared cache at ~60 GB/s: two cores halve that time. The threads wait
 // by spinning, because a product takes tens of µs and a sleeping thread takes as long to wake
@@ -157,20 +157,31 @@ class Helper {
   bool active() const { return active_; }
   static bool worth_starting() { return Clock::now() - last_lag_.load() > kPause; }
 
-  // out[r] += W[r] · v for r < rows (add_matrix_vector), the helper taking the last rows
+  // Starts out[r] += W[r] · v for r < rows (add_matrix_vector): the helper takes the last rows
+  // now, the caller the first ones in finish(), which must come before the next post.
   template <typename T, typename Weight>
-  void split_rows(T* out, const Weight* W, const T* v, int64_t rows, int64_t n) {
-    double& share = share_of(W);
-    const int64_t split = std::clamp<int64_t>(std::lround(share * rows / 8) * 8, 0, rows);
-    job_ = {&run<T, Weight>, out + split, W + split * n, v, rows - split, n};
-    const int64_t number = posted_.load(std::memory_order_relaxed) + 1;
-    const auto posted = Clock::now();
-    posted_.store(number, std::memory_order_release);
-    add_matrix_vector(out, W, v, split, n);
+  void post(T* out, const Weight* W, const T* v, int64_t rows, int64_t n) {
+    share_ = &share_of(W);
+    const int64_t split = active_ ? std::clamp<int64_t>(std::lround(*share_ * rows / 8) * 8, 0, rows) : rows;
+    mine_ = {&run<T, Weight>, out, W, v, split, n};
+    rows_ = rows;
+    posted_at_ = Clock::now();
+    if (split < rows) {
+      job_ = {&run<T, Weight>, out + split, W + split * n, v, rows - split, n};
+      posted_.store(posted_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+    }
+  }
+
+  // The caller's rows of the posted product, then the wait for the helper's
+  void finish() {
     const auto start = Clock::now();
+    mine_.run(mine_);
+    const auto end = Clock::now();
+    const int64_t split = mine_.rows, number = posted_.load(std::memory_order_relaxed);
+    if (split == rows_) return;  // the helper had no part
     for (int64_t spins = 0; finished_.load(std::memory_order_acquire) != number; ++spins) {
       relax();
-      if (spins % 1024 == 1023 && lagged_at_ != number && Clock::now() - start > kLagLimit) {
+      if (spins % 1024 == 1023 && lagged_at_ != number && Clock::now() - end > kLagLimit) {
         if (number - lagged_at_ < kLagsApart) {  // not a hiccup: the helper's core is shared
           active_ = false;  // and the helper stops spinning once this product is done
           stop_.store(true, std::memory_order_release);
@@ -179,13 +190,22 @@ class Helper {
         lagged_at_ = number;
       }
     }
-    // rows per second: split / caller's time, the rest / helper's (from the post to its finish)
-    const double caller_time = std::chrono::duration<double>(start - posted).count();
-    const double helper_time = std::chrono::duration<double>(job_.finished - posted).count();
-    if (split > 0 && split < rows && caller_time > 0 && helper_time > 0) {
-      const double caller_rate = split / caller_time, helper_rate = (rows - split) / helper_time;
-      share = std::clamp(share + (caller_rate / (caller_rate + helper_rate) - share) / 4, kLeastShare, 1 - kLeastShare);
+    // Each thread's time for the whole matrix at the rate it just did its rows, the helper's from
+    // the post to its finish; the caller started its rows `delay` after the post.
+    const auto seconds = [](Clock::duration d) { return std::chrono::duration<double>(d).count(); };
+    const double delay = seconds(start - posted_at_), caller_time = seconds(end - start);
+    const double helper_time = seconds(job_.finished - posted_at_);
+    if (split > 0 && caller_time > 0 && helper_time > 0) {
+      const double caller_whole = caller_time * rows_ / split, helper_whole = helper_time * rows_ / (rows_ - split);
+      const double even = (helper_whole - delay) / (caller_whole + helper_whole);  // both would end together
+      *share_ = std::clamp(*share_ + (even - *share_) / 4, kLeastShare, 1 - kLeastShare);
     }
+  }
+
+  template <typename T, typename Weight>
+  void split_rows(T* out, const Weight* W, const T* v, int64_t rows, int64_t n) {
+    post(out, W, v, rows, n);
+    finish();
   }
 
  private:
@@ -235,7 +255,11 @@ class Helper {
     }
   }
 
-  Job job_{};
+  Job job_{};   // the helper's rows of the posted product
+  Job mine_{};  // the caller's
+  int64_t rows_ = 0;
+  Clock::time_point posted_at_;
+  double* share_ = nullptr;  // the posted matrix's
   std::vector<std::pair<const void*, double>> shares_;
   std::atomic<int64_t> posted_{0}, finished_{0};
   std::atomic<bool> stop_{false};
@@ -423,6 +447,43 @@ void model_step(const LanguageModel& m, const int64_t* ids, const at::Tensor& h_
   add_product(out, h_out + (m.layers - 1) * layer_size, m.head_weight, batch, helper);
 }
 
+// The writing loop's step for one sequence through one layer, with the helper, split around the
+// draw: W_hh h for the next token does not depend on that token, so start_recurrent_product posts
+// it as soon as the cell has made h, and the helper does its rows while the caller computes the
+// logits (alone) and draws; overlapped_step finishes it after the draw and does the rest of the
+// step. The product's sums land in the gates (the GRU's hidden part) before the input's gates are
+// added to them: addition commutes, so the sums are model_step's.
+template <typename T>
+void start_recurrent_product(const LanguageModel& m, Scratch& s, const T* h, Helper& helper) {
+  const at::Tensor& W = m.weights[1];
+  const int64_t rows = W.size(0), n = W.size(1);
+  T* out = (m.gru ? s.hidden_gates : s.gates).data_ptr<T>();
+  if (m.gru) std::copy_n(m.weights[3].data_ptr<T>(), rows, out);  // b_hn stays with W_hn h
+  else std::fill_n(out, rows, T(0));
+  if constexpr (std::is_same_v<T, float>) {
+    if (W.scalar_type() == at::kHalf) return helper.post(out, W.data_ptr<at::Half>(), h, rows, n);
+  }
+  helper.post(out, W.data_ptr<T>(), h, rows, n);
+}
+
+template <typename T>
+void overlapped_step(const LanguageModel& m, int64_t id, const at::Tensor& h_old, const at::Tensor& c_old,
+                     at::Tensor& h_new, at::Tensor& c_new, at::Tensor& logits, Scratch& s, Helper& helper) {
+  helper.finish();
+  const int64_t G = m.gates * m.hidden;
+  T* a = s.gates.data_ptr<T>();
+  const T* input = m.input_table.data_ptr<T>() + id * G;
+  if (m.gru) std::copy_n(input, G, a);
+  else
+    for (int64_t r = 0; r < G; ++r) a[r] += input[r];
+  cell_update<T>(m, s, h_old.data_ptr<T>(), m.lstm ? c_old.data_ptr<T>() : nullptr, h_new.data_ptr<T>(),
+                 m.lstm ? c_new.data_ptr<T>() : nullptr);
+  start_recurrent_product(m, s, h_new.data_ptr<T>(), helper);
+  T* out = logits.data_ptr<T>();
+  std::copy_n(m.head_bias.data_ptr<T>(), m.vocab, out);
+  add_product(out, h_new.data_ptr<T>(), m.head_weight, 1, nullptr);
+}
+
 void check_ids(const int64_t* ids, int64_t count, int64_t vocab) {
   for (int64_t b = 0; b < count; ++b)
     TORCH_CHECK(ids[b] >= 0 && ids[b] < vocab, "token ids must lie in 0..", vocab - 1, ", got ", ids[b]);
@@ -524,16 +585,20 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> language_model_write
     const scalar_t* row = current.data_ptr<scalar_t>();
     const scalar_t* noise_rows = greedy ? nullptr : draws.data_ptr<scalar_t>();
     int64_t* written = tokens.data_ptr<int64_t>();
+    const bool overlapped = helper && m.layers == 1;
+    if (overlapped) start_recurrent_product(m, scratch, h.data_ptr<scalar_t>(), *helper);
     for (int64_t t = 0; t < length; ++t) {
       for (int64_t b = 0; b < m.batch; ++b) {
         const scalar_t* e = greedy ? nullptr : noise_rows + (t * m.batch + b) * m.vocab;
         ids[b] = draw(row + b * m.vocab, e, m.vocab, temperature, top_k, top_p, greedy, p, sorted, order);
         written[b * length + t] = ids[b];
       }
-      model_step<scalar_t>(m, ids.data(), h, c, h_next, c_next, current, scratch, helper ? &*helper : nullptr);
+      if (overlapped) overlapped_step<scalar_t>(m, ids[0], h, c, h_next, c_next, current, scratch, *helper);
+      else model_step<scalar_t>(m, ids.data(), h, c, h_next, c_next, current, scratch, helper ? &*helper : nullptr);
       std::swap(h, h_next);
       if (m.lstm) std::swap(c, c_next);
     }
+    if (overlapped) helper->finish();  // the product for a token not drawn: done before its buffers go
   });
   std::vector<at::Tensor> new_state{h};
   if (m.lstm) new_state.push_back(c);
