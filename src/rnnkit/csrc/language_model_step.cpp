@@ -140,7 +140,9 @@ void add_matrix_vector(float* out, const at::Half* W, const float* v, int64_t ro
 // by spinning, because a product takes tens of µs and a sleeping thread takes as long to wake
 // (OpenMP's passive waiting, which the rnnkit command sets, makes torch's own threads useless at
 // this grain). Where the helper keeps falling behind (the machine's other core is busy), the caller
-// does every product alone for the rest of the call, and no helper is started for a second after.
+// does every product alone for the rest of the call, and no helper is started for a pause after:
+// 20 ms, doubling up to 1 s while the helper keeps being switched off. A virtual machine's core
+// stalls for a few ms at times, a few products in a row; that passes, a busy core does not.
 //
 // The two threads do not finish a half each at the same time: the helper starts later, and on a
 // shared machine one core is often slower for a while. So the split is not fixed at half: after
@@ -155,7 +157,7 @@ class Helper {
     thread_.join();
   }
   bool active() const { return active_; }
-  static bool worth_starting() { return Clock::now() - last_lag_.load() > kPause; }
+  static bool worth_starting() { return Clock::now() - last_lag_.load() > pause_.load(); }
 
   // Starts out[r] += W[r] · v for r < rows (add_matrix_vector): the helper takes the last rows
   // now, the caller the first ones in finish(), which must come before the next post.
@@ -185,7 +187,11 @@ class Helper {
         if (number - lagged_at_ < kLagsApart) {  // not a hiccup: the helper's core is shared
           active_ = false;  // and the helper stops spinning once this product is done
           stop_.store(true, std::memory_order_release);
-          last_lag_.store(Clock::now());
+          const auto now = Clock::now();
+          const Clock::duration pause = pause_.load();  // doubled where the last one ended a second ago or less
+          pause_.store(now - last_lag_.load() < pause + kLongestPause ? std::min(2 * pause, Clock::duration(kLongestPause))
+                                                                      : Clock::duration(kFirstPause));
+          last_lag_.store(now);
         }
         lagged_at_ = number;
       }
@@ -234,9 +240,10 @@ class Helper {
   // the idle (virtual) machine waits over 0.5 ms came every few hundred products, rarely over 1 ms.
   static constexpr std::chrono::microseconds kLagLimit{2000};
   static constexpr int64_t kLagsApart = 100;
-  static constexpr std::chrono::seconds kPause{1};
+  static constexpr std::chrono::milliseconds kFirstPause{20}, kLongestPause{1000};
   static constexpr double kLeastShare = 0.125;  // of the rows, for either thread
-  static inline std::atomic<Clock::time_point> last_lag_{};
+  static inline std::atomic<Clock::time_point> last_lag_{};  // when a helper was last switched off
+  static inline std::atomic<Clock::duration> pause_{kFirstPause};
 
   void serve() {
     int64_t done = 0;
