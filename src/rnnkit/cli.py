@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--skip-unknown", action="store_true", help="drop prime characters the model never saw")
     gen.add_argument("--half-weights", action="store_true",
                      help="read float16 copies of the weight matrices while writing (float32 arithmetic): "
-                          "1.35-1.45× faster for one sample at 512 LSTM units, probabilities equal to about 5 digits")
+                          "1.2-1.7× faster for one sample at 512 LSTM units, probabilities equal to about 5 digits")
     gen.set_defaults(handler=run_generate)
 
     evaluate = commands.add_parser("eval", help="bits per character of a trained model on any text")

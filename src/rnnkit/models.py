@@ -238,7 +238,7 @@ class SequenceModel(nn.Module):
         half_weights: the loop reads float16 copies of the weight matrices of a float32 model
         (arithmetic and state stay float32; other dtypes keep their weights). A single sequence's
         step reads every weight once, so it is bound by the bytes read: half of them make the loop
-        1.35-1.45× faster at 512 LSTM units (benchmarks/RESULTS.md). Rounding the matrices to
+        1.2-1.7× faster at 512 LSTM units (benchmarks/RESULTS.md). Rounding the matrices to
         float16 moved a trained model's bits per character by 3e-6.
         """
         compiled = self._compiled_generation(half_weights)
