@@ -203,6 +203,7 @@ def test_statistical_fits_in_the_background_process_equal_fits_here():
     forecast.start_statistical("ets", 12, values, 6)
     if (os.cpu_count() or 1) > 1 and sys.platform == "linux":  # sent to the other core, not fitted here
         assert forecast._key("ets", 12, values, 6) in forecast._WORKER[0].pending
+        assert forecast._WORKER[0].results.poll(60)  # fitted there, not taken back by collect
     background = forecast.statistical_forecast("ets", 12, values, 6)
     for ours, theirs in zip(here[:3], background[:3]):
         np.testing.assert_allclose(ours, theirs)
@@ -211,6 +212,46 @@ def test_statistical_fits_in_the_background_process_equal_fits_here():
     forecast.start_statistical("theta", 1, values[:1], 6)
     with pytest.raises(NotImplementedError, match="tiny datasets"):
         forecast.statistical_forecast("theta", 1, values[:1], 6)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the background process is forked on Linux only")
+def test_a_fit_still_queued_is_taken_back_rather_than_waited_for(monkeypatch):
+    """While the background process is busy with a long fit, the fits queued behind it are done
+    here when asked for, each equal to its fit here, and the process's next result still answers
+    its own key."""
+    import signal
+    import threading
+    import time
+
+    from rnnkit.tasks import forecast
+
+    monkeypatch.setattr(forecast, "_FITS", {})
+    monkeypatch.setattr(forecast, "_WORKER", [forecast._Worker()])
+    worker = forecast._WORKER[0]
+    resume = threading.Timer(60, os.kill, (worker.process.pid, signal.SIGCONT))  # a failure, not a hang
+    try:
+        rng = np.random.default_rng(0)
+        long = np.sin(np.arange(1000) * 2 * np.pi / 52) * 5 + np.cumsum(rng.normal(size=1000)) * 0.3
+        worker.submit(forecast._key("arima", 52, long, 52))  # about 20 s
+        deadline = time.monotonic() + 30
+        while not worker.tasks.empty() and time.monotonic() < deadline:  # until the process has taken it
+            time.sleep(0.05)
+        time.sleep(0.2)
+        os.kill(worker.process.pid, signal.SIGSTOP)  # mid-fit: it cannot take anything more
+        resume.start()
+        queued = [(method, seasonal(60, seed=seed).values) for method, seed in (("ets", 1), ("naive", 2), ("drift", 3))]
+        for method, values in queued:
+            forecast.start_statistical(method, 12, values, 6)
+        last = forecast.statistical_forecast("drift", 12, queued[-1][1], 6)
+        assert worker.pending == [forecast._key("arima", 52, long, 52)]  # the three were taken back
+        for method, values in queued:
+            here = forecast._fit_statistical(*forecast._key(method, 12, values, 6))
+            for ours, taken in zip(here[:3], forecast._FITS[forecast._key(method, 12, values, 6)][:3]):
+                np.testing.assert_allclose(ours, taken)
+        assert last[3] > 0
+    finally:
+        resume.cancel()
+        worker.process.kill()
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the background process is forked on Linux only")
