@@ -217,8 +217,7 @@ def test_statistical_fits_in_the_background_process_equal_fits_here():
 @pytest.mark.skipif(sys.platform != "linux", reason="the background process is forked on Linux only")
 def test_a_fit_still_queued_is_taken_back_rather_than_waited_for(monkeypatch):
     """While the background process is busy with a long fit, the fits queued behind it are done
-    here when asked for, each equal to its fit here, and the process's next result still answers
-    its own key."""
+    here when asked for, each equal to its fit here; the long fit stays the process's."""
     import signal
     import threading
     import time
