@@ -278,34 +278,37 @@ class Helper {
 // The helper pays from this many multiply-adds a product (a 128 × 256 matrix) on.
 constexpr int64_t kHelperWork = 1 << 15;
 
+// use(W's data): as float16 where a float32 loop was given float16 weight matrices, else as T
+template <typename T, typename Use>
+void with_matrix(const at::Tensor& W, Use&& use) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (W.scalar_type() == at::kHalf) return use(W.data_ptr<at::Half>());
+  }
+  use(W.data_ptr<T>());
+}
+
 // out (batch, rows) += x (batch, n) · Wᵀ, W (rows, n), all row-major: one pass over W for a single
 // row (shared with the helper, if any, where the product is large), ATen's product for a batch of
 // T weights, a pass per row for float16 ones
 template <typename T>
 void add_product(T* out, const T* x, const at::Tensor& W, int64_t batch, Helper* helper) {
   const int64_t rows = W.size(0), n = W.size(1);
-  const auto single = [&](const auto* weights) {
-    if (helper != nullptr && helper->active() && rows * n >= kHelperWork) {
-      helper->split_rows(out, weights, x, rows, n);
-    } else {
-      add_matrix_vector(out, weights, x, rows, n);
-    }
-  };
+  if (batch == 1) {
+    return with_matrix<T>(W, [&](const auto* weights) {
+      if (helper != nullptr && helper->active() && rows * n >= kHelperWork) {
+        helper->split_rows(out, weights, x, rows, n);
+      } else {
+        add_matrix_vector(out, weights, x, rows, n);
+      }
+    });
+  }
   if constexpr (std::is_same_v<T, float>) {
     if (W.scalar_type() == at::kHalf) {
-      if (batch == 1) {
-        single(W.data_ptr<at::Half>());
-      } else {
-        for (int64_t b = 0; b < batch; ++b) add_matrix_vector(out + b * rows, W.data_ptr<at::Half>(), x + b * n, rows, n);
-      }
+      for (int64_t b = 0; b < batch; ++b) add_matrix_vector(out + b * rows, W.data_ptr<at::Half>(), x + b * n, rows, n);
       return;
     }
   }
-  if (batch != 1) {
-    at::from_blob(out, {batch, rows}, W.options()).addmm_(at::from_blob(const_cast<T*>(x), {batch, n}, W.options()), W.t());
-  } else {
-    single(W.data_ptr<T>());
-  }
+  at::from_blob(out, {batch, rows}, W.options()).addmm_(at::from_blob(const_cast<T*>(x), {batch, n}, W.options()), W.t());
 }
 
 // A language model's weights, checked once per call. Per layer l, weights[4l..4l+3] are W_ih,
@@ -421,6 +424,14 @@ void cell_update(const LanguageModel& m, Scratch& s, const T* h, const T* c, T* 
   }
 }
 
+// logits (batch, vocab) = head_bias + h W_headᵀ for the last layer's h (batch, hidden)
+template <typename T>
+void write_logits(const LanguageModel& m, const T* h, at::Tensor& logits, Helper* helper) {
+  T* out = logits.data_ptr<T>();
+  for (int64_t b = 0; b < m.batch; ++b) std::copy_n(m.head_bias.data_ptr<T>(), m.vocab, out + b * m.vocab);
+  add_product(out, h, m.head_weight, m.batch, helper);
+}
+
 // One step of every layer and the head for a batch of token ids: the state (h, c: each (layers,
 // batch, hidden), c only for the LSTM) is read from the `old` tensors and written to the `new`
 // ones, the logits (batch, vocab) to `logits`.
@@ -449,9 +460,7 @@ void model_step(const LanguageModel& m, const int64_t* ids, const at::Tensor& h_
     cell_update<T>(m, s, h, m.lstm ? c_old.data_ptr<T>() + l * layer_size : nullptr, h_out + l * layer_size,
                    m.lstm ? c_new.data_ptr<T>() + l * layer_size : nullptr);
   }
-  T* out = logits.data_ptr<T>();
-  for (int64_t b = 0; b < batch; ++b) std::copy_n(m.head_bias.data_ptr<T>(), m.vocab, out + b * m.vocab);
-  add_product(out, h_out + (m.layers - 1) * layer_size, m.head_weight, batch, helper);
+  write_logits(m, h_out + (m.layers - 1) * layer_size, logits, helper);
 }
 
 // The writing loop's step for one sequence through one layer, with the helper, split around the
@@ -467,10 +476,7 @@ void start_recurrent_product(const LanguageModel& m, Scratch& s, const T* h, Hel
   T* out = (m.gru ? s.hidden_gates : s.gates).data_ptr<T>();
   if (m.gru) std::copy_n(m.weights[3].data_ptr<T>(), rows, out);  // b_hn stays with W_hn h
   else std::fill_n(out, rows, T(0));
-  if constexpr (std::is_same_v<T, float>) {
-    if (W.scalar_type() == at::kHalf) return helper.post(out, W.data_ptr<at::Half>(), h, rows, n);
-  }
-  helper.post(out, W.data_ptr<T>(), h, rows, n);
+  with_matrix<T>(W, [&](const auto* weights) { helper.post(out, weights, h, rows, n); });
 }
 
 template <typename T>
@@ -486,9 +492,7 @@ void overlapped_step(const LanguageModel& m, int64_t id, const at::Tensor& h_old
   cell_update<T>(m, s, h_old.data_ptr<T>(), m.lstm ? c_old.data_ptr<T>() : nullptr, h_new.data_ptr<T>(),
                  m.lstm ? c_new.data_ptr<T>() : nullptr);
   start_recurrent_product(m, s, h_new.data_ptr<T>(), helper);
-  T* out = logits.data_ptr<T>();
-  std::copy_n(m.head_bias.data_ptr<T>(), m.vocab, out);
-  add_product(out, h_new.data_ptr<T>(), m.head_weight, 1, nullptr);
+  write_logits(m, h_new.data_ptr<T>(), logits, nullptr);  // the helper is busy with W_hh
 }
 
 void check_ids(const int64_t* ids, int64_t count, int64_t vocab) {
