@@ -228,28 +228,28 @@ def test_conditioned_generator_writes_the_sequence_its_vector_names():
     assert (written[[0, 2], 3:] == 2).all()  # after the end token, only end tokens
 
 
+START, END = 0, 1  # the reversal tasks' start and end tokens; 2–6 are the symbols
+
+
+def reversal_batch(n, length):
+    """n random sources of `length` symbols and their targets: the source reversed, then END."""
+    source = torch.randint(2, 7, (n, length))
+    return source, torch.cat([source.flip(1), torch.full((n, 1), END)], 1)
+
+
+def teacher_forced_loss(model, source, target):
+    decoder_input = torch.cat([torch.full((len(source), 1), START), target[:, :-1]], 1)
+    return F.cross_entropy(model(source, decoder_input).transpose(1, 2), target)
+
+
 @pytest.mark.parametrize("bidirectional_encoder", [False, True])
 def test_seq2seq_learns_to_reverse(bidirectional_encoder):
     """Encoder–decoder with free-running greedy decoding on held-out sequences."""
     torch.manual_seed(0)
-    start, end = 0, 1
-
-    def batch(n):
-        source = torch.randint(2, 7, (n, 5))
-        target = torch.cat([source.flip(1), torch.full((n, 1), end)], 1)
-        return source, target
-
     model = Seq2Seq(7, 7, 64, cell="lstm", embedding_size=16, bidirectional_encoder=bidirectional_encoder)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    for _ in range(300):
-        source, target = batch(64)
-        decoder_input = torch.cat([torch.full((64, 1), start), target[:, :-1]], 1)
-        loss = F.cross_entropy(model(source, decoder_input).transpose(1, 2), target)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    source, target = batch(200)
-    written = model.generate(source, start, max_length=8, end_token=end)
+    train(model, lambda: teacher_forced_loss(model, *reversal_batch(64, 5)), steps=300, lr=0.01)
+    source, target = reversal_batch(200, 5)
+    written = model.generate(source, START, max_length=8, end_token=END)
     exact = (written[:, :6] == target).all(1).float().mean()
     assert exact > 0.9
 
@@ -301,34 +301,21 @@ def test_beam_search_finds_the_likelier_output_that_greedy_misses():
 @pytest.mark.parametrize("attention", ["additive", "dot"])
 def test_attention_seq2seq_learns_to_reverse_and_ignores_padding(attention):
     torch.manual_seed(0)
-    start, end = 0, 1
-
-    def batch(n):
-        source = torch.randint(2, 7, (n, 6))
-        return source, torch.cat([source.flip(1), torch.full((n, 1), end)], 1)
-
     model = Seq2Seq(7, 7, 32, cell="gru", embedding_size=16, attention=attention)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
     # 250 steps were enough on one CPU and left dot attention at 67% on another (AMD EPYC):
     # 400 reach 100% there for seeds 0-3, both attentions.
-    for _ in range(400):
-        source, target = batch(64)
-        decoder_input = torch.cat([torch.full((64, 1), start), target[:, :-1]], 1)
-        loss = F.cross_entropy(model(source, decoder_input).transpose(1, 2), target)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    source, target = batch(200)
+    train(model, lambda: teacher_forced_loss(model, *reversal_batch(64, 6)), steps=400, lr=0.02)
+    source, target = reversal_batch(200, 6)
     for beam_width in (1, 3):
-        written = model.generate(source, start, max_length=9, end_token=end, beam_width=beam_width)
+        written = model.generate(source, START, max_length=9, end_token=END, beam_width=beam_width)
         assert (written[:, :7] == target).all(1).float().mean() > 0.95
-    weights = model.attention_weights(source, torch.cat([torch.full((200, 1), start), target[:, :-1]], 1))
+    weights = model.attention_weights(source, torch.cat([torch.full((200, 1), START), target[:, :-1]], 1))
     torch.testing.assert_close(weights.sum(-1), torch.ones(200, 7))
     reads_its_mirror = weights[:, :6].argmax(-1) == torch.arange(5, -1, -1)  # output t copies source 5 − t
     assert reads_its_mirror.float().mean() > 0.6
     padded = torch.cat([source[:2], torch.full((2, 3), 2)], 1)  # padding that would change the output if read
-    torch.testing.assert_close(model.generate(padded, start, 9, end, source_lengths=torch.tensor([6, 6])),
-                               model.generate(source[:2], start, 9, end))
+    torch.testing.assert_close(model.generate(padded, START, 9, END, source_lengths=torch.tensor([6, 6])),
+                               model.generate(source[:2], START, 9, END))
 
 
 @pytest.mark.parametrize("build, argument", [
