@@ -1,10 +1,11 @@
+import gc
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from rnnkit.cli import main, set_threads
+from rnnkit.cli import main, run, set_threads
 
 
 def rnnkit(*args):
@@ -31,6 +32,23 @@ def test_nonsense_flags_exit_2_with_one_message(args, capsys):
         main(args)
     assert exit_info.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_the_program_freezes_the_collector_on_its_way_out(monkeypatch, capsys):
+    """run(), the `rnnkit` program, leaves the objects alive at its end to the exit alone (gc.freeze),
+    even when the command fails; main(), which the tests call, does not."""
+    assert gc.get_freeze_count() == 0
+    monkeypatch.setattr(sys, "argv", ["rnnkit", "namaskar", "--steps", "0"])
+    try:
+        with pytest.raises(SystemExit):
+            main(sys.argv[1:])
+        assert gc.get_freeze_count() == 0
+        with pytest.raises(SystemExit) as exit_info:
+            run()
+        assert exit_info.value.code == 2
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
 
 
 def test_small_model_commands_default_to_one_thread_and_threads_overrides(monkeypatch):

@@ -4,6 +4,7 @@ Bad input ends with one line `rnnkit: error: …` and exit status 2, never a tra
 """
 
 import argparse
+import gc
 import math
 import os
 import sys
@@ -375,5 +376,18 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
 
 
+def run() -> None:
+    """The `rnnkit` program (the console script, `python -m rnnkit`): main(), then the garbage
+    collector told to leave every object alive at that point alone. Python's exit walks all the
+    objects the collector tracks several times over (torch alone leaves about 165k): on the AVX2
+    EPYC the exit after importing torch and the text task took 1.1-1.2 s, 0.2-0.3 s frozen, and
+    `rnnkit namaskar` 2.9-4.0 s against 3.8-4.4 s without. The command's work is done by then,
+    its files written and closed."""
+    try:
+        main()
+    finally:
+        gc.freeze()
+
+
 if __name__ == "__main__":
-    main()
+    run()
