@@ -1,4 +1,5 @@
-// Pieces shared by the compiled BPTT loops (elman_jordan.cpp, lstm.cpp, gru.cpp, lnlstm.cpp).
+// Pieces shared by the compiled BPTT loops (elman_jordan.cpp, lstm.cpp, gru.cpp, lnlstm.cpp);
+// language_model_step.cpp's writing loop uses prefetch too.
 #pragma once
 #include <ATen/ATen.h>
 #include <cstdint>

@@ -34,9 +34,11 @@
 #endif
 
 #include "activations.h"
+#include "bptt.h"
 
 namespace {
 
+using rnnkit::prefetch;
 using rnnkit::sigmoid_inplace;
 using rnnkit::tanh_inplace;
 
@@ -482,10 +484,14 @@ void start_recurrent_product(const LanguageModel& m, Scratch& s, const T* h, Hel
 template <typename T>
 void overlapped_step(const LanguageModel& m, int64_t id, const at::Tensor& h_old, const at::Tensor& c_old,
                      at::Tensor& h_new, at::Tensor& c_new, at::Tensor& logits, Scratch& s, Helper& helper) {
-  helper.finish();
   const int64_t G = m.gates * m.hidden;
-  T* a = s.gates.data_ptr<T>();
   const T* input = m.input_table.data_ptr<T>() + id * G;
+  // The drawn token's row of the input table (8 KB at 512 LSTM units), out of cache after a step's
+  // products: asked for now, it comes in while this thread does its rows. Paired, 2 threads, three
+  // order-balanced pairs: 0.977-0.993 the time a character in float32, no change in float16.
+  prefetch(input, G);
+  helper.finish();
+  T* a = s.gates.data_ptr<T>();
   if (m.gru) std::copy_n(input, G, a);
   else
     for (int64_t r = 0; r < G; ++r) a[r] += input[r];
