@@ -313,6 +313,41 @@ def test_the_panel_projection_is_nn_linear(torch_threads, rows, inner, outputs, 
     torch.testing.assert_close(bptt._project(x, weight.t().contiguous().t(), bias), got, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("rows, columns, inputs", [(0, 16, 3), (1, 16, 3), (255, 1024, 7), (513, 1030, 9),
+                                                   (600, 2048, 64)])
+def test_the_panel_weight_gradient_is_delta_transposed_times_x(torch_threads, rows, columns, inputs, threads):
+    """The AVX2 build's weight gradients (csrc/projection.cpp's weight_gradient): deltaᵀ x within
+    float rounding, for rows that are not whole blocks of 256 (nor of the 8 × 8 transposes), a masked
+    last panel (1030 columns), inputs not a multiple of 8, no rows at all, and at two threads each
+    thread's share of delta's columns."""
+    weight_gradient = bptt._panel_weight_gradient()
+    if weight_gradient is None:
+        pytest.skip("this build of rnnkit.kernels has no panel kernel (AVX512, or no AVX2)")
+    torch.manual_seed(rows)
+    delta, x = torch.randn(rows, columns, dtype=torch.float32), torch.randn(rows, inputs, dtype=torch.float32)
+    torch_threads(threads)
+    got = weight_gradient(delta, x)
+    expected = (delta.double().t() @ x.double()).float()
+    assert got.shape == (columns, inputs) and got.is_contiguous()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * max(rows, 1) ** 0.5)
+
+
+def test_weight_gradients_take_the_panel_kernel_on_one_thread_from_1024_columns(monkeypatch, torch_threads):
+    """_weight_gradient hands deltaᵀ x to the panel kernel where it was measured faster than MKL
+    (one thread, delta at least bptt.PANEL_GRADIENT_COLUMNS wide), and to torch.mm elsewhere."""
+    calls = []
+    monkeypatch.setattr(bptt, "_panel_weight_gradient", lambda: lambda delta, x: calls.append(delta.shape) or delta.t() @ x)
+    x = torch.randn(50, 8, dtype=torch.float32)
+    for threads, columns in [(1, bptt.PANEL_GRADIENT_COLUMNS), (1, bptt.PANEL_GRADIENT_COLUMNS - 1),
+                             (2, bptt.PANEL_GRADIENT_COLUMNS)]:
+        torch_threads(threads)
+        delta = torch.randn(50, columns, dtype=torch.float32)
+        torch.testing.assert_close(bptt._weight_gradient(delta, x), delta.t() @ x)
+        torch.testing.assert_close(bptt._weight_gradient(delta.double(), x.double()), delta.double().t() @ x.double())
+    assert calls == [(50, bptt.PANEL_GRADIENT_COLUMNS)]
+
+
 # cells whose every step's product at batch 8 reaches csrc/gemm.h's kPackedProductWork: 2^23
 # multiply-adds in the AVX512 build, 2^25 in the others (hidden sizes twice as wide)
 WIDER = 1 if torch.backends.cpu.get_cpu_capability() == "AVX512" else 2

@@ -177,11 +177,41 @@ def _lstm_step_backward(t, gates, kappa, cs, gamma, squashed, delta, Gh, Gc, kee
         Gh[t].addcmul_(gamma, 1 - valid[t])
 
 
+# The panel kernel's weight gradient against MKL's torch.mm(deltaᵀ, x), alone, paired medians of
+# 15 rounds on the AVX2 EPYC (time ÷ mm's), delta (6400, M), x (6400, N): M = 1024, N = 256 (the
+# LSTMs' gates at the bench's medium shape) 0.84-0.99 at one thread, 0.99 at two; M = 2048, N = 512
+# 0.84-0.99 and 0.83; but M = N = 256 (Elman) 1.02-1.06 and 1.09-1.16, and (1600, 256) × (1600, 64)
+# 0.99-1.04 and 1.14-1.32. In training steps (one thread, hand BPTT, both orders of a paired A/B):
+# medium LSTM 0.949 / 0.959, LayerNorm-LSTM 0.954 / 0.937 and 0.958 / 1.002; large LSTM 0.985 / 0.904.
+# At two threads (each thread packing its own columns of delta) the medium LSTM's step took 1.014 /
+# 1.043 the time: MKL's own threads keep those products.
+PANEL_GRADIENT_COLUMNS = 1024
+
+
 @cache
 def _panel_linear():
     """rnnkit.kernels' linear (csrc/projection.cpp) where the build has it (AVX2 without AVX512), else None."""
     compiled = kernels.ops()
     return None if compiled is None else getattr(compiled, "linear", None)
+
+
+def _weight_gradient(delta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """deltaᵀ x: a weight gradient, summed over every step and sequence (the rows). In float32 on the
+    CPU on one thread, for a delta of PANEL_GRADIENT_COLUMNS columns or more, through the panel kernel
+    where the build has it (rnnkit.kernels' weight_gradient, csrc/projection.cpp), else torch.mm."""
+    if (delta.dtype == torch.float32 and delta.device.type == "cpu" and delta.shape[1] >= PANEL_GRADIENT_COLUMNS
+            and torch.get_num_threads() == 1):
+        panel_weight_gradient = _panel_weight_gradient()
+        if panel_weight_gradient is not None:
+            return panel_weight_gradient(delta, x)
+    return delta.t() @ x
+
+
+@cache
+def _panel_weight_gradient():
+    """rnnkit.kernels' weight_gradient where the build has it (AVX2 without AVX512), else None."""
+    compiled = kernels.ops()
+    return None if compiled is None else getattr(compiled, "weight_gradient", None)
 
 
 def _compiled(name: str, like: torch.Tensor):
@@ -442,11 +472,11 @@ class ElmanSequence(Function):
                        None if valid is None else valid.to(S.dtype), ctx.nonlinearity)
         deltas = delta.view(-1, hidden)
         grad_x = _project(deltas, weight_ih.t()).view(batch, steps, -1) if ctx.needs_input_grad[0] else None
-        grad_weight_hh = deltas[1:].t() @ S.view(-1, width)[:-1]  # right for every row but the t = 1 ones:
+        grad_weight_hh = _weight_gradient(deltas[1:], S.view(-1, width)[:-1])  # right for every row but the t = 1 ones:
         grad_weight_hh.addmm_(delta[:, 0].t(), s0)
         grad_weight_hh.addmm_(delta[1:, 0].t(), S[:-1, -1], alpha=-1)
         grad_bias = deltas.sum(0)
-        return grad_x, carry, deltas.t() @ xs, grad_weight_hh, grad_bias, grad_bias, None, None
+        return grad_x, carry, _weight_gradient(deltas, xs), grad_weight_hh, grad_bias, grad_bias, None, None
 
 
 MultiLagSequence = ElmanSequence  # the same Function: K = weight_hh.shape[1] // weight_hh.shape[0]
@@ -497,8 +527,9 @@ class JordanSequence(Function):
         gamma, delta = gamma.reshape(steps * batch, -1), delta.view(-1, hidden)
         grad_x = (_project(delta, weight_ih.t()).view(steps, batch, -1).transpose(0, 1)
                   if ctx.needs_input_grad[0] else None)
-        return (grad_x, G[0], delta.t() @ xs, delta.sum(0), delta.t() @ ys[:-1].view(steps * batch, -1),
-                gamma.t() @ hs.view(-1, hidden), gamma.sum(0), None, None)
+        return (grad_x, G[0], _weight_gradient(delta, xs), delta.sum(0),
+                _weight_gradient(delta, ys[:-1].view(steps * batch, -1)), _weight_gradient(gamma, hs.view(-1, hidden)),
+                gamma.sum(0), None, None)
 
 
 class LSTMSequence(Function):
@@ -550,7 +581,7 @@ class LSTMSequence(Function):
         grad_x = (_project(delta, weight_ih.t()).view(steps, batch, -1).transpose(0, 1)
                   if ctx.needs_input_grad[0] else None)
         grad_bias = delta.sum(0)
-        return (grad_x, Gh[0], Gc[0], delta.t() @ xs, delta.t() @ hs[:-1].view(-1, hidden),
+        return (grad_x, Gh[0], Gc[0], _weight_gradient(delta, xs), _weight_gradient(delta, hs[:-1].view(-1, hidden)),
                 grad_bias, grad_bias, None)
 
 
@@ -622,10 +653,10 @@ class LayerNormLSTMSequence(Function):
                        ln_ih_weight, ln_hh_weight, ln_c_weight, keep, Gh, Gc, grad_u, grad_v, grad_ln_ih_weight,
                        grad_bias, grad_ln_hh_weight, grad_ln_c_weight, grad_ln_c_bias)
         grad_u, grad_v = grad_u.view(-1, 4 * hidden), grad_v.view(-1, 4 * hidden)
-        grad_weight_hh = grad_v.t() @ hs[:-1].view(-1, hidden)
+        grad_weight_hh = _weight_gradient(grad_v, hs[:-1].view(-1, hidden))
         grad_x = (_project(grad_u, weight_ih.t()).view(steps, batch, -1).transpose(0, 1)
                   if ctx.needs_input_grad[0] else None)
-        return (grad_x, Gh[0], Gc[0], grad_u.t() @ xs, grad_weight_hh, grad_bias,
+        return (grad_x, Gh[0], Gc[0], _weight_gradient(grad_u, xs), grad_weight_hh, grad_bias,
                 grad_ln_ih_weight, grad_bias, grad_ln_hh_weight, grad_bias, grad_ln_c_weight, grad_ln_c_bias,
                 None, None)
 
@@ -679,12 +710,12 @@ class GRUSequence(Function):
         backward_steps = _compiled("gru_backward", n) or _gru_backward_steps
         backward_steps(m_n, rz, n, hs, weight_hh, keep, G, delta, delta_x_n)
         delta = delta.view(-1, 3 * hidden)
-        grad_weight_hh, grad_bias_hh = delta.t() @ hs[:-1].view(-1, hidden), delta.sum(0)
+        grad_weight_hh, grad_bias_hh = _weight_gradient(delta, hs[:-1].view(-1, hidden)), delta.sum(0)
         delta_x = delta  # δ becomes δˣ: only their last blocks differ
         delta_x[:, 2 * hidden:] = delta_x_n.view(-1, hidden)
         grad_x = (_project(delta_x, weight_ih.t()).view(steps, batch, -1).transpose(0, 1)
                   if ctx.needs_input_grad[0] else None)
-        return grad_x, G[0], delta_x.t() @ xs, grad_weight_hh, delta_x.sum(0), grad_bias_hh, None
+        return grad_x, G[0], _weight_gradient(delta_x, xs), grad_weight_hh, delta_x.sum(0), grad_bias_hh, None
 
 
 def _run_elman(cell, x, state, valid):

@@ -155,18 +155,35 @@ void panel_block(float* C, int64_t ldc, const float* A, int64_t lda, const float
   }
 }
 
-// B (k, n) copied once into panels of kPanelWidth columns, each (k, kPanelWidth) row-major and
-// 64-byte aligned, the last one zero-padded: a step's product then reads B in the order it is
-// used, which MKL's sgemm arranges anew (packs) at every call.
+// B (k, n) copied into panels of kPanelWidth columns, each (k, kPanelWidth) row-major and 64-byte
+// aligned, the last one zero-padded: a step's product then reads B in the order it is used, which
+// MKL's sgemm arranges anew (packs) at every call. A loop's weight is packed once; a weight
+// gradient packs its blocks of rows one after the other into the same room.
 class PackedPanels {
  public:
-  PackedPanels(const float* B, int64_t k, int64_t n)
-      : k_(k), n_(n), panels_(at::zeros({(n + kPanelWidth - 1) / kPanelWidth * k * kPanelWidth}, at::kFloat)) {
+  // room for B of up to `capacity` rows (pack() fills it)
+  PackedPanels(int64_t capacity, int64_t n)
+      : capacity_(capacity), n_(n), panels_(at::empty({(n + kPanelWidth - 1) / kPanelWidth * capacity * kPanelWidth},
+                                                      at::TensorOptions().dtype(at::kFloat))) {}
+  PackedPanels(const float* B, int64_t k, int64_t n) : PackedPanels(k, n) { pack(B, n, k); }
+
+  // B (k, n), rows ldb apart
+  void pack(const float* B, int64_t ldb, int64_t k) {
+    TORCH_CHECK(k <= capacity_, "PackedPanels: ", k, " rows, room for ", capacity_);
+    k_ = k;
     float* packed = panels_.data_ptr<float>();
-    for (int64_t first = 0; first < n; first += kPanelWidth) {
-      const int64_t columns = std::min(kPanelWidth, n - first);
-      for (int64_t kk = 0; kk < k; ++kk) {
-        std::memcpy(packed + first * k + kk * kPanelWidth, B + kk * n + first, columns * sizeof(float));
+    for (int64_t kk = 0; kk < k; ++kk) {  // B row by row, read in order
+      const float* from = B + kk * ldb;
+      int64_t first = 0;
+      for (; first + kPanelWidth <= n_; first += kPanelWidth) {
+        float* to = packed + first * k + kk * kPanelWidth;
+        _mm256_store_ps(to, _mm256_loadu_ps(from + first));
+        _mm256_store_ps(to + 8, _mm256_loadu_ps(from + first + 8));
+      }
+      if (first < n_) {
+        float* to = packed + first * k + kk * kPanelWidth;
+        std::memcpy(to, from + first, (n_ - first) * sizeof(float));
+        std::fill(to + (n_ - first), to + kPanelWidth, 0.0f);
       }
     }
   }
@@ -195,7 +212,8 @@ class PackedPanels {
   }
 
  private:
-  const int64_t k_, n_;
+  const int64_t capacity_, n_;
+  int64_t k_ = 0;
   at::Tensor panels_;
 };
 #endif
