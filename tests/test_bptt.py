@@ -314,13 +314,13 @@ def test_the_panel_projection_is_nn_linear(torch_threads, rows, inner, outputs, 
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("rows, columns, inputs", [(0, 16, 3), (1, 16, 3), (255, 1024, 7), (513, 1030, 9),
+@pytest.mark.parametrize("rows, columns, inputs", [(0, 16, 3), (7, 16, 0), (1, 16, 3), (255, 1024, 7), (513, 1030, 9),
                                                    (600, 2048, 64)])
 def test_the_panel_weight_gradient_is_delta_transposed_times_x(torch_threads, rows, columns, inputs, threads):
     """The AVX2 build's weight gradients (csrc/projection.cpp's weight_gradient): deltaᵀ x within
-    float rounding, for rows that are not whole blocks of 256 (nor of the 8 × 8 transposes), a masked
-    last panel (1030 columns), inputs not a multiple of 8, no rows at all, and at two threads each
-    thread's share of delta's columns."""
+    float rounding, for rows that are not whole blocks of 256 (nor of the 8 × 8 transposes), a
+    masked last panel (1030 columns), inputs not a multiple of 8, no rows or no inputs at all, and
+    at two threads each thread's share of delta's columns."""
     weight_gradient = bptt._panel_weight_gradient()
     if weight_gradient is None:
         pytest.skip("this build of rnnkit.kernels has no panel kernel (AVX512, or no AVX2)")
@@ -337,7 +337,11 @@ def test_weight_gradients_take_the_panel_kernel_on_one_thread_from_1024_columns(
     """_weight_gradient hands deltaᵀ x to the panel kernel where it was measured faster than MKL
     (one thread, delta at least bptt.PANEL_GRADIENT_COLUMNS wide), and to torch.mm elsewhere."""
     calls = []
-    monkeypatch.setattr(bptt, "_panel_weight_gradient", lambda: lambda delta, x: calls.append(delta.shape) or delta.t() @ x)
+
+    def recorded(delta, x):
+        calls.append(delta.shape)
+        return delta.t() @ x
+    monkeypatch.setattr(bptt, "_panel_weight_gradient", lambda: recorded)
     x = torch.randn(50, 8, dtype=torch.float32)
     for threads, columns in [(1, bptt.PANEL_GRADIENT_COLUMNS), (1, bptt.PANEL_GRADIENT_COLUMNS - 1),
                              (2, bptt.PANEL_GRADIENT_COLUMNS)]:

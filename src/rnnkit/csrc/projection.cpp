@@ -72,8 +72,8 @@ void transpose(float* to, int64_t ldt, const float* from, int64_t ldf, int64_t k
     for (int64_t j = 0; j < n; ++j) to[j * ldt + i] = from[i * ldf + j];
 }
 
-// deltaᵀ (K, M)ᵀ · x (K, N): a weight gradient, summed over K = every step's rows, float32 on the
-// CPU. Computed as its transpose, xᵀ · delta, kGradientBlock rows at a time: each block of delta
+// deltaᵀ · x for delta (K, M) and x (K, N): a weight gradient, summed over the K rows of every step,
+// float32 on the CPU. Computed as its transpose, xᵀ · delta, kGradientBlock rows at a time: each block of delta
 // packed into panels (read row by row, in order), each block of x transposed, the panel kernel
 // accumulating. ATen's threads share delta's columns, each packing its own panels.
 at::Tensor weight_gradient(const at::Tensor& delta_given, const at::Tensor& x_given) {
@@ -91,7 +91,7 @@ at::Tensor weight_gradient(const at::Tensor& delta_given, const at::Tensor& x_gi
   float* c = gradient_t.data_ptr<float>();
   // a thread takes whole panels, and at least 2^23 multiply-adds (~100 µs) of them (as linear's tasks)
   const int64_t panel_count = (m + rnnkit::kPanelWidth - 1) / rnnkit::kPanelWidth;
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 23) / (rows * rnnkit::kPanelWidth * n));
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 23) / std::max<int64_t>(1, rows * rnnkit::kPanelWidth * n));
   at::parallel_for(0, panel_count, grain, [&](int64_t begin, int64_t end) {
     const int64_t column = begin * rnnkit::kPanelWidth, width = std::min(m, end * rnnkit::kPanelWidth) - column;
     std::vector<float> x_block_t(n * kGradientBlock);  // (n, kGradientBlock)
