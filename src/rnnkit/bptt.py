@@ -179,7 +179,7 @@ def _lstm_step_backward(t, gates, kappa, cs, gamma, squashed, delta, Gh, Gc, kee
 
 # The panel kernel's weight gradient against MKL's torch.mm(deltaᵀ, x), alone, paired medians of
 # 15 rounds on the AVX2 EPYC (time ÷ mm's), delta (6400, M), x (6400, N): M = 1024, N = 256 (the
-# LSTMs' gates at the bench's medium shape) 0.84-0.99 at one thread, 0.99 at two; M = 2048, N = 512
+# LSTMs' gates at the bench's medium shape) 0.84-0.88 at one thread, 0.99 at two; M = 2048, N = 512
 # 0.84-0.99 and 0.83; but M = N = 256 (Elman) 1.02-1.06 and 1.09-1.16, and (1600, 256) × (1600, 64)
 # 0.99-1.04 and 1.14-1.32. In training steps (one thread, hand BPTT, both orders of a paired A/B):
 # medium LSTM 0.949 / 0.959, LayerNorm-LSTM 0.954 / 0.937 and 0.958 / 1.002; large LSTM 0.985 / 0.904.
