@@ -73,9 +73,9 @@ void transpose(float* to, int64_t ldt, const float* from, int64_t ldf, int64_t k
 }
 
 // deltaᵀ · x for delta (K, M) and x (K, N): a weight gradient, summed over the K rows of every step,
-// float32 on the CPU. Computed as its transpose, xᵀ · delta, kGradientBlock rows at a time: each block of delta
-// packed into panels (read row by row, in order), each block of x transposed, the panel kernel
-// accumulating. ATen's threads share delta's columns, each packing its own panels.
+// float32 on the CPU. Computed as its transpose, xᵀ · delta, kGradientBlock rows at a time: each
+// block of delta packed into panels (read row by row, in order), each block of x transposed, the
+// panel kernel accumulating. ATen's threads share delta's columns, each packing its own panels.
 at::Tensor weight_gradient(const at::Tensor& delta_given, const at::Tensor& x_given) {
   TORCH_CHECK(delta_given.dim() == 2 && x_given.dim() == 2 && delta_given.size(0) == x_given.size(0),
               "rnnkit weight_gradient: delta (K, M) and x (K, N), got ", delta_given.sizes(), " and ", x_given.sizes());
