@@ -299,7 +299,7 @@ def test_the_panel_projection_is_nn_linear(torch_threads, rows, inner, outputs, 
     """The AVX2 build's whole-sequence products (_project through csrc/projection.cpp): X Wᵀ + b
     as F.linear computes it, within float rounding, for rows that are not whole blocks of 6 or
     tasks of 96, a masked last panel (5, 45 and 100 columns), and, at 6000 rows, the rows shared
-    between two threads."""
+    between two threads; into a given `out` the same values, and an `out` of the wrong shape refused."""
     linear = bptt._panel_linear()
     if linear is None:
         pytest.skip("this build of rnnkit.kernels has no panel kernel (AVX512, or no AVX2)")
@@ -311,6 +311,11 @@ def test_the_panel_projection_is_nn_linear(torch_threads, rows, inner, outputs, 
     expected = F.linear(x.double(), weight.double(), None if bias is None else bias.double())
     torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-5 * inner ** 0.5)
     torch.testing.assert_close(bptt._project(x, weight.t().contiguous().t(), bias), got, rtol=0, atol=0)
+    out = torch.full((rows, outputs), float("nan"), dtype=torch.float32)
+    assert bptt._project(x, weight, bias, out=out).data_ptr() == out.data_ptr()
+    torch.testing.assert_close(out, got, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="out must be a contiguous float32"):
+        bptt._project(x, weight, bias, out=torch.empty(rows, outputs + 1, dtype=torch.float32))
 
 
 @pytest.mark.parametrize("threads", [1, 2])

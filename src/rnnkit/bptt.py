@@ -81,14 +81,14 @@ ONEDNN_PROJECTION_WORK = 1 << 26  # multiply-adds; the bench's small shape (2^24
 
 def _project(xs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, out=None) -> torch.Tensor:
     """xs Wᵀ + b for all steps at once, W (out, in) as nn.Linear holds it (∂L/∂X = Δ W is
-    _project(Δ, Wᵀ)). In float32 on the CPU with no `out` buffer to fill:
+    _project(Δ, Wᵀ)), into `out` where given. In float32 on the CPU:
     - where the compiled loops' build has the panel kernel (csrc/gemm.h; AVX2 without AVX512),
       through it (rnnkit.kernels' linear, the bias added in registers). Alone, one thread, on the
       AVX2 EPYC, it took 0.89-0.96× the time of oneDNN's matmul at most of the bench's projection
       shapes, 1.04-1.05× at two, and at 2 threads 0.79-1.05×; in training steps (hand BPTT, paired
       medians, new ÷ old time) LSTM 0.99 / 0.87, LayerNorm-LSTM 0.92 / 0.92 at the medium / large
       shape, Elman, GRU and Jordan 0.96-1.05;
-    - else from ONEDNN_PROJECTION_WORK multiply-adds through oneDNN's matmul
+    - else, with no `out` to fill, from ONEDNN_PROJECTION_WORK multiply-adds through oneDNN's matmul
       (torch.ops.mkldnn._linear_pointwise, the op torch.compile's CPU backend calls). Alone, one
       thread, at the bench's LSTM shapes, it took 0.70, 0.82, 0.98× the time of MKL's torch.mm for
       X W_ihᵀ (small, medium, large) and 0.90, 0.86, 0.83× for Δ W_ih; for Δᵀ X, a long inner
@@ -98,11 +98,11 @@ def _project(xs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
       torch.backends.mkldnn.enabled = False turns this off.
     Otherwise mm, then the bias (addmm would first copy b into every row: one more pass over the
     largest buffer of the forward)."""
-    if out is None and xs.dtype == torch.float32 and xs.device.type == "cpu":
+    if xs.dtype == torch.float32 and xs.device.type == "cpu":
         panel_linear = _panel_linear()
         if panel_linear is not None:
-            return panel_linear(xs, weight, bias)
-        if (_ONEDNN_LINEAR and torch.backends.mkldnn.enabled
+            return panel_linear(xs, weight, bias, out)
+        if (out is None and _ONEDNN_LINEAR and torch.backends.mkldnn.enabled
                 and xs.shape[0] * xs.shape[1] * weight.shape[0] >= ONEDNN_PROJECTION_WORK):
             return torch.ops.mkldnn._linear_pointwise(xs, weight, bias, "none", [], "")
     projected = torch.mm(xs, weight.t(), out=out)
@@ -322,9 +322,10 @@ def _gru_forward_steps(from_x, m_n, rz, n, hs, weight_hh_t, bias_hh, keep) -> No
             torch.where(keep[t], hs[t + 1], hs[t], out=hs[t + 1])
 
 
-def _gru_backward_steps(m_n, rz, n, hs, weight_hh, keep, G, delta, delta_x_n) -> None:
+def _gru_backward_steps(m_n, rz, n, hs, weight_hh, keep, G, delta, delta_x_n, sums) -> None:
     """GRUSequence's backward recursion, steps t = T … 1: G[t] ends as γ_t (G[0] as ∂L/∂h_0), delta[t − 1]
-    as δ_t and delta_x_n[t − 1] as γ_t ⊙ ν_t (rnnkit/csrc/gru.cpp in C++)."""
+    as δ_t, delta_x_n[t − 1] as γ_t ⊙ ν_t and sums (4H) as [Σ_t δ_t, Σ_t γ_t ⊙ ν_t], the bias gradients'
+    parts (rnnkit/csrc/gru.cpp in C++, which adds each row while it is in cache)."""
     hidden = n.shape[2]
     valid = None if keep is None else keep.to(n.dtype)
     for t in reversed(range(n.shape[0])):
@@ -339,6 +340,8 @@ def _gru_backward_steps(m_n, rz, n, hs, weight_hh, keep, G, delta, delta_x_n) ->
         G[t].addcmul_(gamma, z).addmm_(delta[t], weight_hh)
         if valid is not None:  # a padded step keeps h: its gradient passes through
             G[t].addcmul_(G[t + 1], 1 - valid[t])
+    torch.sum(delta, (0, 1), out=sums[:3 * hidden])
+    torch.sum(delta_x_n, (0, 1), out=sums[3 * hidden:])
 
 
 def _layer_norm_backward_rows(delta, us, mean, rstd, weight, grad_u, grad_weight, grad_bias) -> None:
@@ -707,15 +710,17 @@ class GRUSequence(Function):
         G = _grad_buffer(grad_outputs, grad_final, valid, hidden)  # G[t] ends as γ_t
         delta = _scratch("gru delta", n, (steps, batch, 3 * hidden))  # δ_t
         delta_x_n = _scratch("gru delta_x_n", n)  # γ_t ⊙ ν_t, the last block of δˣ_t
+        sums = n.new_empty(4 * hidden)  # [Σ δ_t, Σ γ_t ⊙ ν_t]
         backward_steps = _compiled("gru_backward", n) or _gru_backward_steps
-        backward_steps(m_n, rz, n, hs, weight_hh, keep, G, delta, delta_x_n)
+        backward_steps(m_n, rz, n, hs, weight_hh, keep, G, delta, delta_x_n, sums)
         delta = delta.view(-1, 3 * hidden)
-        grad_weight_hh, grad_bias_hh = _weight_gradient(delta, hs[:-1].view(-1, hidden)), delta.sum(0)
+        grad_weight_hh = _weight_gradient(delta, hs[:-1].view(-1, hidden))
         delta_x = delta  # δ becomes δˣ: only their last blocks differ
         delta_x[:, 2 * hidden:] = delta_x_n.view(-1, hidden)
         grad_x = (_project(delta_x, weight_ih.t()).view(steps, batch, -1).transpose(0, 1)
                   if ctx.needs_input_grad[0] else None)
-        return grad_x, G[0], _weight_gradient(delta_x, xs), grad_weight_hh, delta_x.sum(0), grad_bias_hh, None
+        grad_bias_ih = torch.cat((sums[:2 * hidden], sums[3 * hidden:]))
+        return grad_x, G[0], _weight_gradient(delta_x, xs), grad_weight_hh, grad_bias_ih, sums[:3 * hidden], None
 
 
 def _run_elman(cell, x, state, valid):

@@ -73,8 +73,10 @@ void forward_loop(const T* from_x, T* m, T* m_n, T* rz, T* n, T* hs, const StepP
 
 template <typename T>
 void backward_loop(const T* m_n, const T* rz, const T* n, const T* hs, const StepProduct<T>& step_product,
-                   const bool* keep, T* G, T* delta, T* delta_x_n, int64_t steps, int64_t batch, int64_t hidden) {
+                   const bool* keep, T* G, T* delta, T* delta_x_n, T* sums, int64_t steps, int64_t batch,
+                   int64_t hidden) {
   const int64_t width = 3 * hidden;
+  std::fill_n(sums, 4 * hidden, T(0));
   for (int64_t t = steps - 1; t >= 0; --t) {
     for (int64_t b = 0; b < batch; ++b) {
       const int64_t row = t * batch + b;
@@ -91,6 +93,10 @@ void backward_loop(const T* m_n, const T* rz, const T* n, const T* hs, const Ste
         d[j] = gamma_nu[j] * m_n_t[j] * (r[j] * (T(1) - r[j]));
         d[hidden + j] = (h_prev[j] - n_t[j]) * gamma * (z[j] * (T(1) - z[j]));
         now[j] += gamma * z[j];
+        sums[j] += d[j];
+        sums[hidden + j] += d[hidden + j];
+        sums[2 * hidden + j] += d[2 * hidden + j];
+        sums[3 * hidden + j] += gamma_nu[j];
       }
     }
     step_product(G + t * batch * hidden, hidden, delta + t * batch * width, width, T(1));  // + δ_t W_hh
@@ -126,22 +132,25 @@ void gru_forward(const at::Tensor& from_x, at::Tensor m_n, at::Tensor rz, at::Te
 }
 
 // G (T+1, B, H) with the gradients from outside: ends with γ_t in G[t] (∂L/∂h_0 in G[0]), δ_t in
-// delta[t − 1] (T, B, 3H) and the last block of δˣ_t, γ_t ⊙ ν_t, in delta_x_n[t − 1] (T, B, H).
+// delta[t − 1] (T, B, 3H), the last block of δˣ_t, γ_t ⊙ ν_t, in delta_x_n[t − 1] (T, B, H), and their
+// sums over every step and row, the bias gradients' parts, in sums (4H) = [Σ δ_t, Σ γ_t ⊙ ν_t]: added
+// while each row is in cache, where torch.sum afterwards read δ (T, B, 3H) twice from memory.
 void gru_backward(const at::Tensor& m_n, const at::Tensor& rz, const at::Tensor& n, const at::Tensor& hs,
                   const at::Tensor& weight_hh_given, const c10::optional<at::Tensor>& keep, at::Tensor G,
-                  at::Tensor delta, at::Tensor delta_x_n) {
+                  at::Tensor delta, at::Tensor delta_x_n, at::Tensor sums) {
   const at::Tensor weight_hh = weight_hh_given.contiguous();  // a parameter: no copy unless it is a view
-  check_buffers("gru_backward", {&m_n, &rz, &n, &hs, &weight_hh, &G, &delta, &delta_x_n});
+  check_buffers("gru_backward", {&m_n, &rz, &n, &hs, &weight_hh, &G, &delta, &delta_x_n, &sums});
   const at::Tensor kept = keep ? keep->to(at::kBool).contiguous() : at::Tensor();
   const int64_t steps = n.size(0), batch = n.size(1), hidden = n.size(2);
   TORCH_CHECK(weight_hh.size(0) == 3 * hidden && weight_hh.size(1) == hidden && m_n.sizes() == n.sizes() &&
-                  delta.size(0) == steps && delta.size(1) == batch && delta.size(2) == 3 * hidden,
-              "gru_backward: weight_hh (3H, H), m_n shaped as n (T, B, H), delta (T, B, 3H)");
+                  delta.size(0) == steps && delta.size(1) == batch && delta.size(2) == 3 * hidden &&
+                  sums.numel() == 4 * hidden,
+              "gru_backward: weight_hh (3H, H), m_n shaped as n (T, B, H), delta (T, B, 3H), sums (4H)");
   AT_DISPATCH_FLOATING_TYPES(n.scalar_type(), "gru_backward", [&] {
     backward_loop<scalar_t>(m_n.data_ptr<scalar_t>(), rz.data_ptr<scalar_t>(), n.data_ptr<scalar_t>(),
                             hs.data_ptr<scalar_t>(), StepProduct<scalar_t>(weight_hh, batch),
                             keep ? kept.data_ptr<bool>() : nullptr, G.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(),
-                            delta_x_n.data_ptr<scalar_t>(), steps, batch, hidden);
+                            delta_x_n.data_ptr<scalar_t>(), sums.data_ptr<scalar_t>(), steps, batch, hidden);
   });
 }
 
@@ -151,7 +160,7 @@ TORCH_LIBRARY_FRAGMENT(rnnkit_kernels, m) {
   m.def("gru_forward(Tensor from_x, Tensor(a!) m_n, Tensor(b!) rz, Tensor(c!) n, Tensor(d!) hs, "
         "Tensor weight_hh_t, Tensor bias_hh, Tensor? keep) -> ()");
   m.def("gru_backward(Tensor m_n, Tensor rz, Tensor n, Tensor hs, Tensor weight_hh, Tensor? keep, "
-        "Tensor(a!) G, Tensor(b!) delta, Tensor(c!) delta_x_n) -> ()");
+        "Tensor(a!) G, Tensor(b!) delta, Tensor(c!) delta_x_n, Tensor(d!) sums) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(rnnkit_kernels, CPU, m) {

@@ -11,9 +11,11 @@
 #ifdef RNNKIT_PANEL_PRODUCTS
 namespace {
 
-// x (M, K) · weight (N, K)ᵀ + bias (N), float32 on the CPU, as torch.nn.functional.linear. W is packed
-// once per call (a copy of its size); ATen's threads share the rows of x.
-at::Tensor linear(const at::Tensor& x_given, const at::Tensor& weight, const c10::optional<at::Tensor>& bias_given) {
+// x (M, K) · weight (N, K)ᵀ + bias (N), float32 on the CPU, as torch.nn.functional.linear, into `out`
+// (M, N) where given (contiguous), else a new tensor. W is packed once per call (a copy of its size);
+// ATen's threads share the rows of x.
+at::Tensor linear(const at::Tensor& x_given, const at::Tensor& weight, const c10::optional<at::Tensor>& bias_given,
+                  const c10::optional<at::Tensor>& out_given) {
   TORCH_CHECK(x_given.dim() == 2 && weight.dim() == 2 && x_given.size(1) == weight.size(1), "rnnkit linear: x (M, K) "
               "and weight (N, K), got ", x_given.sizes(), " and ", weight.sizes());
   const at::Tensor x = x_given.contiguous(), packed_from = weight.t().contiguous();  // (K, N)
@@ -25,7 +27,10 @@ at::Tensor linear(const at::Tensor& x_given, const at::Tensor& weight, const c10
   const int64_t m = x.size(0), k = x.size(1), n = weight.size(0);
   TORCH_CHECK(!bias.defined() || bias.numel() == n, "rnnkit linear: the bias needs ", n, " values");
   const rnnkit::PackedPanels panels(packed_from.data_ptr<float>(), k, n);
-  at::Tensor out = at::empty({m, n}, x.options());
+  at::Tensor out = out_given ? *out_given : at::empty({m, n}, x.options());
+  TORCH_CHECK(out.scalar_type() == at::kFloat && out.device().is_cpu() && out.is_contiguous() &&
+                  out.dim() == 2 && out.size(0) == m && out.size(1) == n,
+              "rnnkit linear: out must be a contiguous float32 (", m, ", ", n, ") tensor on the CPU, got ", out.sizes());
   const float* a = x.data_ptr<float>();
   const float* b = bias.defined() ? bias.data_ptr<float>() : nullptr;
   float* c = out.data_ptr<float>();
@@ -109,7 +114,7 @@ at::Tensor weight_gradient(const at::Tensor& delta_given, const at::Tensor& x_gi
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(rnnkit_kernels, m) {
-  m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("linear(Tensor x, Tensor weight, Tensor? bias, Tensor(a!)? out=None) -> Tensor");
   m.def("weight_gradient(Tensor delta, Tensor x) -> Tensor");
 }
 
