@@ -235,11 +235,11 @@ def _elman_forward_steps(S, s0, weight_hh_t, valid, nonlinearity) -> None:
         before = after
 
 
-def _elman_backward_steps(grad_outputs, carry, delta, S, weight_hh, valid, nonlinearity) -> None:
+def _elman_backward_steps(grad_outputs, carry, delta, sums, S, weight_hh, valid, nonlinearity) -> None:
     """ElmanSequence's backward recursion, t = T … 1, batch-major: carry holds the part of ∂L/∂s_t that
     comes from later steps (at first the final state's gradient) and ends as ∂L/∂s_0; delta[:, t] = δ_t,
-    f'(a_t) read off h_t in S[:, t] (0 on a padded step, which has no a_t) (rnnkit/csrc/elman_jordan.cpp
-    in C++)."""
+    f'(a_t) read off h_t in S[:, t] (0 on a padded step, which has no a_t); sums = Σ_t δ_t, the biases'
+    gradient (rnnkit/csrc/elman_jordan.cpp in C++, which adds each row while it is in cache)."""
     hidden = delta.shape[2]
     later = carry.clone()
     for t in reversed(range(S.shape[1])):
@@ -256,6 +256,7 @@ def _elman_backward_steps(grad_outputs, carry, delta, S, weight_hh, valid, nonli
             earlier.addcmul_(later, 1 - kept)
         later = earlier
     carry.copy_(later)
+    torch.sum(delta, (0, 1), out=sums)
 
 
 def _jordan_forward_steps(hs, ys, weight_yh_t, weight_hy_t, bias_hy, keep, nonlinearity) -> None:
@@ -268,9 +269,10 @@ def _jordan_forward_steps(hs, ys, weight_yh_t, weight_hy_t, bias_hy, keep, nonli
             torch.where(keep[t], ys[t + 1], ys[t], out=ys[t + 1])
 
 
-def _jordan_backward_steps(G, delta, hs, weight_yh, weight_hy, valid, nonlinearity) -> None:
+def _jordan_backward_steps(G, delta, sums, hs, weight_yh, weight_hy, valid, nonlinearity) -> None:
     """JordanSequence's backward recursion, t = T … 1: delta[t] = δ_t, f'(a_t) read off h_t = hs[t]
-    (0 on a padded step), and G[t] ends as γ_t (rnnkit/csrc/elman_jordan.cpp in C++)."""
+    (0 on a padded step), G[t] ends as γ_t, and sums (H + O) as the biases' gradients [Σ_t δ_t, Σ_t γ_t
+    over the steps that are not padded] (rnnkit/csrc/elman_jordan.cpp in C++)."""
     for t in reversed(range(delta.shape[0])):
         torch.mm(G[t + 1], weight_hy, out=delta[t]).mul_(DERIVATIVE[nonlinearity](hs[t]))
         if valid is not None:
@@ -278,6 +280,9 @@ def _jordan_backward_steps(G, delta, hs, weight_yh, weight_hy, valid, nonlineari
         G[t].addmm_(delta[t], weight_yh)
         if valid is not None:  # a padded step keeps y: its gradient passes through
             G[t].addcmul_(G[t + 1], 1 - valid[t])
+    hidden = delta.shape[2]
+    torch.sum(delta, (0, 1), out=sums[:hidden])
+    torch.sum(G[1:] if valid is None else G[1:] * valid, (0, 1), out=sums[hidden:])  # a padded step does not use b_hy
 
 
 def _lstm_forward_steps(gates, hs, cs, tanh_cs, weight_hh_t, keep) -> None:
@@ -470,15 +475,15 @@ class ElmanSequence(Function):
         hidden = weight_hh.shape[0]
         carry = grad_final.contiguous().clone()  # ends as ∂L/∂s_0
         delta = _scratch("elman delta", S, (batch, steps, hidden))  # δ_t, written by the recursion
+        grad_bias = S.new_empty(hidden)  # Σ_t δ_t, added up by the recursion
         backward_steps = _compiled("elman_backward", S) or _elman_backward_steps
-        backward_steps(grad_outputs.contiguous(), carry, delta, S, weight_hh,
+        backward_steps(grad_outputs.contiguous(), carry, delta, grad_bias, S, weight_hh,
                        None if valid is None else valid.to(S.dtype), ctx.nonlinearity)
         deltas = delta.view(-1, hidden)
         grad_x = _project(deltas, weight_ih.t()).view(batch, steps, -1) if ctx.needs_input_grad[0] else None
         grad_weight_hh = _weight_gradient(deltas[1:], S.view(-1, width)[:-1])  # right for every row but the t = 1 ones:
         grad_weight_hh.addmm_(delta[:, 0].t(), s0)
         grad_weight_hh.addmm_(delta[1:, 0].t(), S[:-1, -1], alpha=-1)
-        grad_bias = deltas.sum(0)
         return grad_x, carry, _weight_gradient(deltas, xs), grad_weight_hh, grad_bias, grad_bias, None, None
 
 
@@ -524,15 +529,16 @@ class JordanSequence(Function):
         valid = None if keep is None else keep.to(hs.dtype)
         G = _grad_buffer(grad_outputs, grad_final, valid, ys.shape[-1])  # G[t] ends as γ_t
         delta = _scratch("jordan delta", hs)
+        sums = hs.new_empty(hidden + ys.shape[-1])  # the biases' gradients, added up by the recursion
         backward_steps = _compiled("jordan_backward", hs) or _jordan_backward_steps
-        backward_steps(G, delta, hs, weight_yh, weight_hy, valid, ctx.nonlinearity)
+        backward_steps(G, delta, sums, hs, weight_yh, weight_hy, valid, ctx.nonlinearity)
         gamma = G[1:] if valid is None else G[1:] * valid  # a padded step does not use W_hy
         gamma, delta = gamma.reshape(steps * batch, -1), delta.view(-1, hidden)
         grad_x = (_project(delta, weight_ih.t()).view(steps, batch, -1).transpose(0, 1)
                   if ctx.needs_input_grad[0] else None)
-        return (grad_x, G[0], _weight_gradient(delta, xs), delta.sum(0),
+        return (grad_x, G[0], _weight_gradient(delta, xs), sums[:hidden],
                 _weight_gradient(delta, ys[:-1].view(steps * batch, -1)), _weight_gradient(gamma, hs.view(-1, hidden)),
-                gamma.sum(0), None, None)
+                sums[hidden:], None, None)
 
 
 class LSTMSequence(Function):

@@ -60,6 +60,14 @@ void times_slope(T* delta, const T* grad_h, const T* h, T valid, int64_t n, bool
   }
 }
 
+// sums += row, n values: a bias gradient added up while its rows are in cache (torch.sum afterwards
+// read all of δ again from memory)
+template <typename T>
+void add_row(T* sums, const T* row, int64_t n) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) sums[j] += row[j];
+}
+
 // What ∂L/∂s_t passes on to ∂L/∂s_{t-1} besides W_hhᵀ δ_t, for s_t = [h_t | s_{t-1} minus its
 // last block]: earlier ← the older lags' gradients one block back (kept = 1), or all of ∂L/∂s_t
 // on a padded step, which keeps the state (kept = 0)
@@ -100,17 +108,20 @@ void elman_forward(at::Tensor S, const at::Tensor& s0, const at::Tensor& weight_
 
 // grad_outputs (B, T, H); carry (B, K·H) holding the final state's gradient, which ends as
 // ∂L/∂s_0; S the forward's states; valid (B, T) floats or None. Fills delta (B, T, H) with
-// δ_t = (∂L/∂h_t) ⊙ f'(a_t), f' read off h_t (0 on padded steps). carry holds the part of ∂L/∂s_t
-// from later steps: step t adds its output's gradient, then passes W_hhᵀ δ_t, the older lags'
-// gradients (one block back) and, on a padded step, ∂L/∂s_t itself on to s_{t-1}.
-void elman_backward(const at::Tensor& grad_outputs_given, at::Tensor carry, at::Tensor delta, const at::Tensor& S,
-                    const at::Tensor& weight_hh_given, const c10::optional<at::Tensor>& valid,
+// δ_t = (∂L/∂h_t) ⊙ f'(a_t), f' read off h_t (0 on padded steps), and sums (H) with Σ_t δ_t, the
+// biases' gradient. carry holds the part of ∂L/∂s_t from later steps: step t adds its output's
+// gradient, then passes W_hhᵀ δ_t, the older lags' gradients (one block back) and, on a padded
+// step, ∂L/∂s_t itself on to s_{t-1}.
+void elman_backward(const at::Tensor& grad_outputs_given, at::Tensor carry, at::Tensor delta, at::Tensor sums,
+                    const at::Tensor& S, const at::Tensor& weight_hh_given, const c10::optional<at::Tensor>& valid,
                     c10::string_view nonlinearity) {
   const at::Tensor grad_outputs = grad_outputs_given.contiguous();
   const at::Tensor weight_hh = weight_hh_given.contiguous();  // a parameter: no copy unless it is a view
   const at::Tensor valid_steps = valid ? valid->contiguous() : at::Tensor();
-  check_buffers("elman_backward", {&grad_outputs, &carry, &delta, &S, &weight_hh});
+  check_buffers("elman_backward", {&grad_outputs, &carry, &delta, &sums, &S, &weight_hh});
   const int64_t batch = S.size(0), steps = S.size(1), width = S.size(2), hidden = delta.size(2);
+  TORCH_CHECK(sums.numel() == hidden, "elman_backward: sums needs ", hidden, " values");
+  sums.zero_();
   const bool tanh = nonlinearity == "tanh";
   // Without lags or padding the new carry is W_hhᵀ δ_t alone: the product overwrites it in place.
   const bool passes_on = width > hidden || valid;
@@ -121,6 +132,7 @@ void elman_backward(const at::Tensor& grad_outputs_given, at::Tensor carry, at::
     scalar_t *later = carry.data_ptr<scalar_t>(), *earlier = passes_on ? next.data_ptr<scalar_t>() : later;
     const scalar_t* grad_outputs_data = grad_outputs.data_ptr<scalar_t>();
     const scalar_t* S_data = S.data_ptr<scalar_t>();
+    scalar_t* sums_data = sums.data_ptr<scalar_t>();
     for (int64_t t = steps - 1; t >= 0; --t) {
       scalar_t* delta_t = delta.data_ptr<scalar_t>() + t * hidden;
       for (int64_t b = 0; b < batch; ++b) {
@@ -135,6 +147,7 @@ void elman_backward(const at::Tensor& grad_outputs_given, at::Tensor carry, at::
         const scalar_t* grad_h = grad_outputs_data + (b * steps + t) * hidden;
         for (int64_t j = 0; j < hidden; ++j) grad_s[j] += grad_h[j] * kept;
         times_slope(delta_t + b * steps * hidden, grad_s, S_data + b * steps * width + t * width, kept, hidden, tanh);
+        add_row(sums_data, delta_t + b * steps * hidden, hidden);
         if (passes_on) pass_on(earlier + b * width, grad_s, kept, width, hidden);
       }
       step_product(earlier, width, delta_t, steps * hidden, scalar_t(passes_on));
@@ -170,18 +183,22 @@ void jordan_forward(at::Tensor hs, at::Tensor ys, const at::Tensor& weight_yh_t,
 }
 
 // G (T+1, B, O) with the gradients from outside, hs (T, B, H) the forward's h_t, valid (T, B, 1)
-// floats or None: fills delta (T, B, H) with δ_t (0 on padded steps) and G[t] with γ_t.
-void jordan_backward(at::Tensor G, at::Tensor delta, const at::Tensor& hs, const at::Tensor& weight_yh_given,
-                     const at::Tensor& weight_hy_given, const c10::optional<at::Tensor>& valid,
-                     c10::string_view nonlinearity) {
+// floats or None: fills delta (T, B, H) with δ_t (0 on padded steps), G[t] with γ_t, and sums
+// (H + O) with the biases' gradients [Σ_t δ_t, Σ_t γ_t over the steps that are not padded].
+void jordan_backward(at::Tensor G, at::Tensor delta, at::Tensor sums, const at::Tensor& hs,
+                     const at::Tensor& weight_yh_given, const at::Tensor& weight_hy_given,
+                     const c10::optional<at::Tensor>& valid, c10::string_view nonlinearity) {
   // parameters: no copy unless they are views
   const at::Tensor weight_yh = weight_yh_given.contiguous(), weight_hy = weight_hy_given.contiguous();
   const at::Tensor valid_steps = valid ? valid->contiguous() : at::Tensor();
-  check_buffers("jordan_backward", {&G, &delta, &hs, &weight_yh, &weight_hy});
+  check_buffers("jordan_backward", {&G, &delta, &sums, &hs, &weight_yh, &weight_hy});
   const int64_t steps = delta.size(0), batch = delta.size(1), hidden = delta.size(2), outputs = G.size(2);
+  TORCH_CHECK(sums.numel() == hidden + outputs, "jordan_backward: sums needs ", hidden + outputs, " values");
+  sums.zero_();
   const bool tanh = nonlinearity == "tanh";
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "jordan_backward", [&] {
     const StepProduct<scalar_t> through_output(weight_hy, batch), through_state(weight_yh, batch);
+    scalar_t *delta_sums = sums.data_ptr<scalar_t>(), *gamma_sums = delta_sums + hidden;
     for (int64_t t = steps - 1; t >= 0; --t) {
       const scalar_t* later = G.data_ptr<scalar_t>() + (t + 1) * batch * outputs;
       scalar_t* now = G.data_ptr<scalar_t>() + t * batch * outputs;
@@ -191,6 +208,8 @@ void jordan_backward(at::Tensor G, at::Tensor delta, const at::Tensor& hs, const
       through_output(delta_t, hidden, later, outputs, scalar_t(0));  // ∂L/∂h_t = γ_t W_hy
       for (int64_t b = 0; b < batch; ++b) {
         times_slope(delta_t + b * hidden, delta_t + b * hidden, h + b * hidden, valid_t ? valid_t[b] : 1, hidden, tanh);
+        add_row(delta_sums, delta_t + b * hidden, hidden);
+        if (!valid_t || valid_t[b] != 0) add_row(gamma_sums, later + b * outputs, outputs);
       }
       through_state(now, outputs, delta_t, hidden, scalar_t(1));  // + δ_t W_yh
       if (valid_t) pass_gradient(now, later, valid_t, batch, outputs);
@@ -202,12 +221,12 @@ void jordan_backward(at::Tensor G, at::Tensor delta, const at::Tensor& hs, const
 
 TORCH_LIBRARY_FRAGMENT(rnnkit_kernels, m) {
   m.def("elman_forward(Tensor(a!) S, Tensor s0, Tensor weight_hh_t, Tensor? valid, str nonlinearity) -> ()");
-  m.def("elman_backward(Tensor grad_outputs, Tensor(a!) carry, Tensor(b!) delta, Tensor S, Tensor weight_hh, "
-        "Tensor? valid, str nonlinearity) -> ()");
+  m.def("elman_backward(Tensor grad_outputs, Tensor(a!) carry, Tensor(b!) delta, Tensor(c!) sums, Tensor S, "
+        "Tensor weight_hh, Tensor? valid, str nonlinearity) -> ()");
   m.def("jordan_forward(Tensor(a!) hs, Tensor(b!) ys, Tensor weight_yh_t, Tensor weight_hy_t, Tensor bias_hy, "
         "Tensor? keep, str nonlinearity) -> ()");
-  m.def("jordan_backward(Tensor(a!) G, Tensor(b!) delta, Tensor hs, Tensor weight_yh, Tensor weight_hy, "
-        "Tensor? valid, str nonlinearity) -> ()");
+  m.def("jordan_backward(Tensor(a!) G, Tensor(b!) delta, Tensor(c!) sums, Tensor hs, Tensor weight_yh, "
+        "Tensor weight_hy, Tensor? valid, str nonlinearity) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(rnnkit_kernels, CPU, m) {
