@@ -297,9 +297,10 @@ def _lstm_forward_steps(gates, hs, cs, tanh_cs, weight_hh_t, keep) -> None:
             torch.where(keep[t], hs[t + 1], hs[t], out=hs[t + 1])
 
 
-def _lstm_backward_steps(gates, cs, tanh_cs, weight_hh, keep, Gh, Gc, delta) -> None:
+def _lstm_backward_steps(gates, cs, tanh_cs, weight_hh, keep, Gh, Gc, delta, sums) -> None:
     """LSTMSequence's backward recursion, steps t = T … 1: Gh[t] ends as γ_t, Gc[t] as κ_t and delta[t − 1]
-    as δ_t; Gh[0] and Gc[0] as ∂L/∂h_0 and ∂L/∂c_0 = κ_1 ⊙ f_1 (rnnkit/csrc/lstm.cpp in C++)."""
+    as δ_t; Gh[0] and Gc[0] as ∂L/∂h_0 and ∂L/∂c_0 = κ_1 ⊙ f_1; sums = Σ_t δ_t, the biases' gradient
+    (rnnkit/csrc/lstm.cpp in C++, which adds each row while it is in cache)."""
     hidden = cs.shape[2]
     valid = None if keep is None else keep.to(cs.dtype)
     for t in reversed(range(gates.shape[0])):
@@ -309,6 +310,7 @@ def _lstm_backward_steps(gates, cs, tanh_cs, weight_hh, keep, Gh, Gc, delta) -> 
         kappa.addcmul_(gamma_o, 1 - tanh_c * tanh_c)  # κ_t
         _lstm_step_backward(t, gates, kappa, cs, gamma, tanh_c, delta, Gh, Gc, keep, valid)
         Gh[t].addmm_(delta[t], weight_hh)
+    torch.sum(delta, (0, 1), out=sums)
 
 
 def _gru_forward_steps(from_x, m_n, rz, n, hs, weight_hh_t, bias_hh, keep) -> None:
@@ -584,12 +586,12 @@ class LSTMSequence(Function):
         Gc = torch.zeros_like(Gh)  # Gc[t] ends as κ_t
         Gc[steps] = grad_c
         delta = torch.empty_like(gates)
+        grad_bias = gates.new_empty(4 * hidden)  # Σ_t δ_t, added up by the recursion
         backward_steps = _compiled("lstm_backward", gates) or _lstm_backward_steps
-        backward_steps(gates, cs, tanh_cs, weight_hh, keep, Gh, Gc, delta)
+        backward_steps(gates, cs, tanh_cs, weight_hh, keep, Gh, Gc, delta, grad_bias)
         delta = delta.view(-1, 4 * hidden)
         grad_x = (_project(delta, weight_ih.t()).view(steps, batch, -1).transpose(0, 1)
                   if ctx.needs_input_grad[0] else None)
-        grad_bias = delta.sum(0)
         return (grad_x, Gh[0], Gc[0], _weight_gradient(delta, xs), _weight_gradient(delta, hs[:-1].view(-1, hidden)),
                 grad_bias, grad_bias, None)
 

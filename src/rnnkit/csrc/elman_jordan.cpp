@@ -14,6 +14,7 @@
 
 namespace {
 
+using rnnkit::add_row;
 using rnnkit::check_buffers;
 using rnnkit::prefetch;
 using rnnkit::StepProduct;
@@ -58,14 +59,6 @@ void times_slope(T* delta, const T* grad_h, const T* h, T valid, int64_t n, bool
 #pragma omp simd
     for (int64_t j = 0; j < n; ++j) delta[j] = grad_h[j] * (h[j] > 0 ? valid : T(0));
   }
-}
-
-// sums += row, n values: a bias gradient added up while its rows are in cache (torch.sum afterwards
-// read all of δ again from memory)
-template <typename T>
-void add_row(T* sums, const T* row, int64_t n) {
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) sums[j] += row[j];
 }
 
 // What ∂L/∂s_t passes on to ∂L/∂s_{t-1} besides W_hhᵀ δ_t, for s_t = [h_t | s_{t-1} minus its

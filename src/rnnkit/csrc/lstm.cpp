@@ -48,8 +48,9 @@ void forward_loop(T* gates, T* hs, T* cs, T* tanh_cs, const StepProduct<T>& step
 
 template <typename T>
 void backward_loop(const T* gates, const T* cs, const T* tanh_cs, const StepProduct<T>& step_product,
-                   const bool* keep, T* Gh, T* Gc, T* delta, int64_t steps, int64_t batch, int64_t hidden) {
+                   const bool* keep, T* Gh, T* Gc, T* delta, T* sums, int64_t steps, int64_t batch, int64_t hidden) {
   const int64_t width = 4 * hidden;
+  std::fill_n(sums, width, T(0));
   for (int64_t t = steps - 1; t >= 0; --t) {
     for (int64_t b = 0; b < batch; ++b) {
       const int64_t row = t * batch + b;
@@ -61,6 +62,7 @@ void backward_loop(const T* gates, const T* cs, const T* tanh_cs, const StepProd
       for (int64_t j = 0; j < hidden; ++j) kappa[j] += gamma[j] * o[j] * valid * (T(1) - tanh_c[j] * tanh_c[j]);
       rnnkit::lstm_row_backward(z, kappa, cs + row * hidden, gamma, tanh_c, valid, hidden, delta + row * width,
                                 Gc + row * hidden, Gh + row * hidden);
+      rnnkit::add_row(sums, delta + row * width, width);
     }
     step_product(Gh + t * batch * hidden, hidden, delta + t * batch * width, width, T(1));  // + δ_t W_hh
   }
@@ -83,22 +85,23 @@ void lstm_forward(at::Tensor gates, at::Tensor hs, at::Tensor cs, at::Tensor tan
 }
 
 // Gh (T+1, B, H) with the gradients from outside, Gc (T+1, B, H) with ∂L/∂c_T in Gc[T]: for the
-// steps t = T … 1, ends with γ_t in Gh[t], κ_t in Gc[t] and δ_t in delta[t − 1]; Gh[0] and Gc[0]
-// end as ∂L/∂h_0 and ∂L/∂c_0 = κ_1 ⊙ f_1.
+// steps t = T … 1, ends with γ_t in Gh[t], κ_t in Gc[t] and δ_t in delta[t − 1], and Σ_t δ_t, the
+// biases' gradient, in sums (4H); Gh[0] and Gc[0] end as ∂L/∂h_0 and ∂L/∂c_0 = κ_1 ⊙ f_1.
 void lstm_backward(const at::Tensor& gates, const at::Tensor& cs, const at::Tensor& tanh_cs,
                    const at::Tensor& weight_hh_given, const c10::optional<at::Tensor>& keep, at::Tensor Gh,
-                   at::Tensor Gc, at::Tensor delta) {
+                   at::Tensor Gc, at::Tensor delta, at::Tensor sums) {
   const at::Tensor weight_hh = weight_hh_given.contiguous();  // a parameter: no copy unless it is a view
-  check_buffers("lstm_backward", {&gates, &cs, &tanh_cs, &weight_hh, &Gh, &Gc, &delta});
+  check_buffers("lstm_backward", {&gates, &cs, &tanh_cs, &weight_hh, &Gh, &Gc, &delta, &sums});
   const at::Tensor kept = keep ? keep->to(at::kBool).contiguous() : at::Tensor();
   const int64_t steps = gates.size(0), batch = gates.size(1), hidden = cs.size(2);
-  TORCH_CHECK(weight_hh.size(0) == 4 * hidden && weight_hh.size(1) == hidden && delta.sizes() == gates.sizes(),
-              "lstm_backward: weight_hh (4H, H) and delta shaped as gates");
+  TORCH_CHECK(weight_hh.size(0) == 4 * hidden && weight_hh.size(1) == hidden && delta.sizes() == gates.sizes() &&
+                  sums.numel() == 4 * hidden,
+              "lstm_backward: weight_hh (4H, H), delta shaped as gates, sums (4H)");
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_backward", [&] {
     backward_loop<scalar_t>(gates.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>(), tanh_cs.data_ptr<scalar_t>(),
                             StepProduct<scalar_t>(weight_hh, batch), keep ? kept.data_ptr<bool>() : nullptr,
-                            Gh.data_ptr<scalar_t>(), Gc.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(), steps, batch,
-                            hidden);
+                            Gh.data_ptr<scalar_t>(), Gc.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(),
+                            sums.data_ptr<scalar_t>(), steps, batch, hidden);
   });
 }
 
@@ -108,7 +111,7 @@ TORCH_LIBRARY_FRAGMENT(rnnkit_kernels, m) {
   m.def("lstm_forward(Tensor(a!) gates, Tensor(b!) hs, Tensor(c!) cs, Tensor(d!) tanh_cs, Tensor weight_hh_t, "
         "Tensor? keep) -> ()");
   m.def("lstm_backward(Tensor gates, Tensor cs, Tensor tanh_cs, Tensor weight_hh, Tensor? keep, Tensor(a!) Gh, "
-        "Tensor(b!) Gc, Tensor(c!) delta) -> ()");
+        "Tensor(b!) Gc, Tensor(c!) delta, Tensor(d!) sums) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(rnnkit_kernels, CPU, m) {
