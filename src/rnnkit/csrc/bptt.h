@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <cstdint>
 #include <initializer_list>
+#include <vector>
 
 namespace rnnkit {
 
@@ -16,13 +17,40 @@ inline void check_buffers(const char* name, std::initializer_list<const at::Tens
                 ": every buffer must be a contiguous CPU tensor of one floating dtype");
 }
 
-// sums += row, n values: the loops add a bias gradient up row by row while each row of δ is in
-// cache (torch.sum afterwards read all of δ again from memory)
+// Sums over every step and row of the backward's rows (a bias gradient Σ_t δ_t, a gain's), added
+// while each row is in cache (torch.sum afterwards read all of δ again from memory): a step's rows
+// in T (add, or step()[j] += in a loop of one's own), the steps in double (end_step), so that many
+// steps of a large batch lose no more than a few roundings.
 template <typename T>
-inline void add_row(T* sums, const T* row, int64_t n) {
+class StepSums {
+ public:
+  explicit StepSums(int64_t n) : step_(n, T(0)), total_(n, 0.0) {}
+
+  T* step() { return step_.data(); }
+
+  // step()[at + j] += row[j], j < n
+  void add(int64_t at, const T* row, int64_t n) {
+    T* sums = step_.data() + at;
 #pragma omp simd
-  for (int64_t j = 0; j < n; ++j) sums[j] += row[j];
-}
+    for (int64_t j = 0; j < n; ++j) sums[j] += row[j];
+  }
+
+  void end_step() {
+    for (size_t i = 0; i < step_.size(); ++i) {
+      total_[i] += step_[i];
+      step_[i] = T(0);
+    }
+  }
+
+  // the totals from `at` on, n of them, into out
+  void write(int64_t at, int64_t n, T* out) const {
+    for (int64_t i = 0; i < n; ++i) out[i] = T(total_[at + i]);
+  }
+
+ private:
+  std::vector<T> step_;
+  std::vector<double> total_;
+};
 
 // Asks for v[0..n) to be brought into cache ahead of its use: a backward loop reads each row of
 // the forward's buffers once, long after the forward wrote it, from the last step to the first,

@@ -14,10 +14,10 @@
 
 namespace {
 
-using rnnkit::add_row;
 using rnnkit::check_buffers;
 using rnnkit::prefetch;
 using rnnkit::StepProduct;
+using rnnkit::StepSums;
 
 // each of `rows` rows (row stride `stride`) ← f(its first n values)
 template <typename T>
@@ -114,7 +114,6 @@ void elman_backward(const at::Tensor& grad_outputs_given, at::Tensor carry, at::
   check_buffers("elman_backward", {&grad_outputs, &carry, &delta, &sums, &S, &weight_hh});
   const int64_t batch = S.size(0), steps = S.size(1), width = S.size(2), hidden = delta.size(2);
   TORCH_CHECK(sums.numel() == hidden, "elman_backward: sums needs ", hidden, " values");
-  sums.zero_();
   const bool tanh = nonlinearity == "tanh";
   // Without lags or padding the new carry is W_hhᵀ δ_t alone: the product overwrites it in place.
   const bool passes_on = width > hidden || valid;
@@ -125,7 +124,7 @@ void elman_backward(const at::Tensor& grad_outputs_given, at::Tensor carry, at::
     scalar_t *later = carry.data_ptr<scalar_t>(), *earlier = passes_on ? next.data_ptr<scalar_t>() : later;
     const scalar_t* grad_outputs_data = grad_outputs.data_ptr<scalar_t>();
     const scalar_t* S_data = S.data_ptr<scalar_t>();
-    scalar_t* sums_data = sums.data_ptr<scalar_t>();
+    StepSums<scalar_t> delta_sums(hidden);
     for (int64_t t = steps - 1; t >= 0; --t) {
       scalar_t* delta_t = delta.data_ptr<scalar_t>() + t * hidden;
       for (int64_t b = 0; b < batch; ++b) {
@@ -140,12 +139,14 @@ void elman_backward(const at::Tensor& grad_outputs_given, at::Tensor carry, at::
         const scalar_t* grad_h = grad_outputs_data + (b * steps + t) * hidden;
         for (int64_t j = 0; j < hidden; ++j) grad_s[j] += grad_h[j] * kept;
         times_slope(delta_t + b * steps * hidden, grad_s, S_data + b * steps * width + t * width, kept, hidden, tanh);
-        add_row(sums_data, delta_t + b * steps * hidden, hidden);
+        delta_sums.add(0, delta_t + b * steps * hidden, hidden);
         if (passes_on) pass_on(earlier + b * width, grad_s, kept, width, hidden);
       }
       step_product(earlier, width, delta_t, steps * hidden, scalar_t(passes_on));
       std::swap(later, earlier);
+      delta_sums.end_step();
     }
+    delta_sums.write(0, hidden, sums.data_ptr<scalar_t>());
     scalar_t* result = carry.data_ptr<scalar_t>();
     if (later != result) std::memcpy(result, later, carry.numel() * sizeof(scalar_t));
   });
@@ -187,11 +188,10 @@ void jordan_backward(at::Tensor G, at::Tensor delta, at::Tensor sums, const at::
   check_buffers("jordan_backward", {&G, &delta, &sums, &hs, &weight_yh, &weight_hy});
   const int64_t steps = delta.size(0), batch = delta.size(1), hidden = delta.size(2), outputs = G.size(2);
   TORCH_CHECK(sums.numel() == hidden + outputs, "jordan_backward: sums needs ", hidden + outputs, " values");
-  sums.zero_();
   const bool tanh = nonlinearity == "tanh";
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "jordan_backward", [&] {
     const StepProduct<scalar_t> through_output(weight_hy, batch), through_state(weight_yh, batch);
-    scalar_t *delta_sums = sums.data_ptr<scalar_t>(), *gamma_sums = delta_sums + hidden;
+    StepSums<scalar_t> bias_sums(hidden + outputs);  // [Σ δ_t, Σ γ_t]
     for (int64_t t = steps - 1; t >= 0; --t) {
       const scalar_t* later = G.data_ptr<scalar_t>() + (t + 1) * batch * outputs;
       scalar_t* now = G.data_ptr<scalar_t>() + t * batch * outputs;
@@ -201,12 +201,14 @@ void jordan_backward(at::Tensor G, at::Tensor delta, at::Tensor sums, const at::
       through_output(delta_t, hidden, later, outputs, scalar_t(0));  // ∂L/∂h_t = γ_t W_hy
       for (int64_t b = 0; b < batch; ++b) {
         times_slope(delta_t + b * hidden, delta_t + b * hidden, h + b * hidden, valid_t ? valid_t[b] : 1, hidden, tanh);
-        add_row(delta_sums, delta_t + b * hidden, hidden);
-        if (!valid_t || valid_t[b] != 0) add_row(gamma_sums, later + b * outputs, outputs);
+        bias_sums.add(0, delta_t + b * hidden, hidden);
+        if (!valid_t || valid_t[b] != 0) bias_sums.add(hidden, later + b * outputs, outputs);
       }
       through_state(now, outputs, delta_t, hidden, scalar_t(1));  // + δ_t W_yh
       if (valid_t) pass_gradient(now, later, valid_t, batch, outputs);
+      bias_sums.end_step();
     }
+    bias_sums.write(0, hidden + outputs, sums.data_ptr<scalar_t>());
   });
 }
 

@@ -76,8 +76,9 @@ void backward_loop(const T* m_n, const T* rz, const T* n, const T* hs, const Ste
                    const bool* keep, T* G, T* delta, T* delta_x_n, T* sums, int64_t steps, int64_t batch,
                    int64_t hidden) {
   const int64_t width = 3 * hidden;
-  std::fill_n(sums, 4 * hidden, T(0));
+  rnnkit::StepSums<T> bias_sums(4 * hidden);  // [Σ δ_t, Σ γ_t ⊙ ν_t]
   for (int64_t t = steps - 1; t >= 0; --t) {
+    T* step_sums = bias_sums.step();
     for (int64_t b = 0; b < batch; ++b) {
       const int64_t row = t * batch + b;
       const T valid = (keep && !keep[row]) ? T(0) : T(1);
@@ -93,10 +94,10 @@ void backward_loop(const T* m_n, const T* rz, const T* n, const T* hs, const Ste
         d[j] = gamma_nu[j] * m_n_t[j] * (r[j] * (T(1) - r[j]));
         d[hidden + j] = (h_prev[j] - n_t[j]) * gamma * (z[j] * (T(1) - z[j]));
         now[j] += gamma * z[j];
-        sums[j] += d[j];
-        sums[hidden + j] += d[hidden + j];
-        sums[2 * hidden + j] += d[2 * hidden + j];
-        sums[3 * hidden + j] += gamma_nu[j];
+        step_sums[j] += d[j];
+        step_sums[hidden + j] += d[hidden + j];
+        step_sums[2 * hidden + j] += d[2 * hidden + j];
+        step_sums[3 * hidden + j] += gamma_nu[j];
       }
     }
     step_product(G + t * batch * hidden, hidden, delta + t * batch * width, width, T(1));  // + δ_t W_hh
@@ -105,7 +106,9 @@ void backward_loop(const T* m_n, const T* rz, const T* n, const T* hs, const Ste
       if (keep[row]) continue;
       for (int64_t j = 0; j < hidden; ++j) G[row * hidden + j] += G[(row + batch) * hidden + j];
     }
+    bias_sums.end_step();
   }
+  bias_sums.write(0, 4 * hidden, sums);
 }
 
 // from_x (T, B, 3H) = W_ih x_t + b_ih, hs (T+1, B, H) holding h_0: fills in m_n (T, B, H), the last

@@ -160,10 +160,9 @@ void backward_loop(const at::Tensor& us, const at::Tensor& u_mean, const at::Ten
                    at::Tensor& grad_bias, at::Tensor& grad_ln_hh_weight, at::Tensor& grad_ln_c_weight,
                    at::Tensor& grad_ln_c_bias) {
   const int64_t steps = gates.size(0), batch = gates.size(1), hidden = cs.size(2), width = 4 * hidden;
-  // Σ δ ⊙ û, Σ δ, Σ δ ⊙ v̂, Σ ∂L/∂ℓ ⊙ ĉ and Σ ∂L/∂ℓ: a step's rows summed in T, the steps in double
-  std::vector<T> step_sums(3 * width + 2 * hidden);
-  std::vector<double> sums(step_sums.size(), 0.0);
-  T *sum_w_ih = step_sums.data(), *sum_bias = sum_w_ih + width, *sum_w_hh = sum_bias + width;
+  // Σ δ ⊙ û, Σ δ, Σ δ ⊙ v̂, Σ ∂L/∂ℓ ⊙ ĉ and Σ ∂L/∂ℓ
+  rnnkit::StepSums<T> sums(3 * width + 2 * hidden);
+  T *sum_w_ih = sums.step(), *sum_bias = sum_w_ih + width, *sum_w_hh = sum_bias + width;
   T *sum_w_c = sum_w_hh + width, *sum_b_c = sum_w_c + hidden;
   std::vector<T> row_scratch(width + hidden);
   T *d = row_scratch.data(), *dl = d + width;  // δ_t and ∂L/∂ℓ_t of the row at hand
@@ -175,7 +174,6 @@ void backward_loop(const at::Tensor& us, const at::Tensor& u_mean, const at::Ten
   T *gh0 = Gh.data_ptr<T>(), *gc0 = Gc.data_ptr<T>(), *du0 = grad_u.data_ptr<T>(), *dv0 = grad_v.data_ptr<T>();
   const rnnkit::StepProduct<T> step_product(weight_hh, batch);  // γ_{t-1} += ∂L/∂v_t W_hh
   for (int64_t t = steps - 1; t >= 0; --t) {
-    std::fill(step_sums.begin(), step_sums.end(), T(0));
     for (int64_t row = t * batch; row < (t + 1) * batch; ++row) {
       const int64_t next = row + 1 < (t + 1) * batch ? row + 1 : row + 1 - 2 * batch;  // the row after this one
       if (next >= 0) {
@@ -234,12 +232,12 @@ void backward_loop(const at::Tensor& us, const at::Tensor& u_mean, const at::Ten
       }
     }
     step_product(gh0 + t * batch * hidden, hidden, dv0 + t * batch * width, width, T(1));
-    for (size_t i = 0; i < sums.size(); ++i) sums[i] += step_sums[i];
+    sums.end_step();
   }
-  const double* sum = sums.data();
+  int64_t at = 0;
   for (at::Tensor* gradient : {&grad_ln_ih_weight, &grad_bias, &grad_ln_hh_weight, &grad_ln_c_weight, &grad_ln_c_bias}) {
-    std::copy_n(sum, gradient->numel(), gradient->data_ptr<T>());
-    sum += gradient->numel();
+    sums.write(at, gradient->numel(), gradient->data_ptr<T>());
+    at += gradient->numel();
   }
 }
 

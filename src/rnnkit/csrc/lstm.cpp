@@ -50,7 +50,7 @@ template <typename T>
 void backward_loop(const T* gates, const T* cs, const T* tanh_cs, const StepProduct<T>& step_product,
                    const bool* keep, T* Gh, T* Gc, T* delta, T* sums, int64_t steps, int64_t batch, int64_t hidden) {
   const int64_t width = 4 * hidden;
-  std::fill_n(sums, width, T(0));
+  rnnkit::StepSums<T> delta_sums(width);
   for (int64_t t = steps - 1; t >= 0; --t) {
     for (int64_t b = 0; b < batch; ++b) {
       const int64_t row = t * batch + b;
@@ -62,10 +62,12 @@ void backward_loop(const T* gates, const T* cs, const T* tanh_cs, const StepProd
       for (int64_t j = 0; j < hidden; ++j) kappa[j] += gamma[j] * o[j] * valid * (T(1) - tanh_c[j] * tanh_c[j]);
       rnnkit::lstm_row_backward(z, kappa, cs + row * hidden, gamma, tanh_c, valid, hidden, delta + row * width,
                                 Gc + row * hidden, Gh + row * hidden);
-      rnnkit::add_row(sums, delta + row * width, width);
+      delta_sums.add(0, delta + row * width, width);
     }
     step_product(Gh + t * batch * hidden, hidden, delta + t * batch * width, width, T(1));  // + δ_t W_hh
+    delta_sums.end_step();
   }
+  delta_sums.write(0, width, sums);
 }
 
 // gates (T, B, 4H) holding W_ih x_t + biases, hs and cs (T+1, B, H) holding h_0 and c_0: fills
