@@ -26,11 +26,11 @@ at::Tensor linear(const at::Tensor& x_given, const at::Tensor& weight, const c10
               "rnnkit linear: the bias must be float32 on the CPU");
   const int64_t m = x.size(0), k = x.size(1), n = weight.size(0);
   TORCH_CHECK(!bias.defined() || bias.numel() == n, "rnnkit linear: the bias needs ", n, " values");
-  const rnnkit::PackedPanels panels(packed_from.data_ptr<float>(), k, n);
   at::Tensor out = out_given ? *out_given : at::empty({m, n}, x.options());
   TORCH_CHECK(out.scalar_type() == at::kFloat && out.device().is_cpu() && out.is_contiguous() &&
                   out.dim() == 2 && out.size(0) == m && out.size(1) == n,
               "rnnkit linear: out must be a contiguous float32 (", m, ", ", n, ") tensor on the CPU, got ", out.sizes());
+  const rnnkit::PackedPanels panels(packed_from.data_ptr<float>(), k, n);
   const float* a = x.data_ptr<float>();
   const float* b = bias.defined() ? bias.data_ptr<float>() : nullptr;
   float* c = out.data_ptr<float>();
