@@ -24,7 +24,7 @@ differentiable (no double backward).
 
 Layout: time-major inside, (T, B, ·), so each step is a contiguous block of rows; state
 buffers hold the initial state at index 0 and the state after step t at index t + 1. The
-Elman Function is the exception: batch-major, see its docstring. The recurrent weights are
+Elman and Jordan Functions are the exceptions: batch-major, see ElmanSequence's docstring. The recurrent weights are
 transposed once per call into row-major copies: the per-step products run faster on those
 than on transposed views.
 
@@ -259,30 +259,37 @@ def _elman_backward_steps(grad_outputs, carry, delta, sums, S, weight_hh, valid,
     torch.sum(delta, (0, 1), out=sums)
 
 
-def _jordan_forward_steps(hs, ys, weight_yh_t, weight_hy_t, bias_hy, keep, nonlinearity) -> None:
-    """JordanSequence's forward recursion: hs[t] turns from W_ih x_t + b_ih into h_t, and ys[t + 1]
-    is y_t (rnnkit/csrc/elman_jordan.cpp in C++)."""
-    for t in range(hs.shape[0]):
-        h = ACTIVATE_[nonlinearity](hs[t].addmm_(ys[t], weight_yh_t))
-        torch.addmm(bias_hy, h, weight_hy_t, out=ys[t + 1])
-        if keep is not None:
-            torch.where(keep[t], ys[t + 1], ys[t], out=ys[t + 1])
+def _jordan_forward_steps(hs, ys, y0, weight_yh_t, weight_hy_t, bias_hy, valid, nonlinearity) -> None:
+    """JordanSequence's forward recursion, batch-major: hs[:, t] turns from W_ih x_t + b_ih into h_t, and
+    ys[:, t] is y_t (rnnkit/csrc/elman_jordan.cpp in C++)."""
+    before = y0
+    for t in range(hs.shape[1]):
+        h = ACTIVATE_[nonlinearity](hs[:, t].addmm_(before, weight_yh_t))
+        ys[:, t] = torch.addmm(bias_hy, h, weight_hy_t)
+        if valid is not None:  # a padded step keeps y
+            torch.where(valid[:, t, None], ys[:, t], before, out=ys[:, t])
+        before = ys[:, t]
 
 
-def _jordan_backward_steps(G, delta, sums, hs, weight_yh, weight_hy, valid, nonlinearity) -> None:
-    """JordanSequence's backward recursion, t = T … 1: delta[t] = δ_t, f'(a_t) read off h_t = hs[t]
-    (0 on a padded step), G[t] ends as γ_t, and sums (H + O) as the biases' gradients [Σ_t δ_t, Σ_t γ_t
-    over the steps that are not padded] (rnnkit/csrc/elman_jordan.cpp in C++)."""
-    for t in reversed(range(delta.shape[0])):
-        torch.mm(G[t + 1], weight_hy, out=delta[t]).mul_(DERIVATIVE[nonlinearity](hs[t]))
-        if valid is not None:
-            delta[t].mul_(valid[t])
-        G[t].addmm_(delta[t], weight_yh)
-        if valid is not None:  # a padded step keeps y: its gradient passes through
-            G[t].addcmul_(G[t + 1], 1 - valid[t])
+def _jordan_backward_steps(grad_outputs, carry, G, delta, sums, hs, weight_yh, weight_hy, valid, nonlinearity) -> None:
+    """JordanSequence's backward recursion, t = T … 1, batch-major: carry holds the part of ∂L/∂y_t that comes
+    from later steps (at first the final output's gradient) and ends as ∂L/∂y_0; G[:, t] = γ_t and
+    delta[:, t] = δ_t, both 0 on a padded step, f'(a_t) read off h_t = hs[:, t]; sums (H + O) the biases'
+    gradients [Σ_t δ_t, Σ_t γ_t] (rnnkit/csrc/elman_jordan.cpp in C++, which adds each row while it is in cache)."""
+    later = carry.clone()
+    for t in reversed(range(hs.shape[1])):
+        kept = None if valid is None else valid[:, t, None]
+        gamma = later + (grad_outputs[:, t] if kept is None else grad_outputs[:, t] * kept)
+        G[:, t] = gamma if kept is None else gamma * kept  # a padded step does not use W_hy
+        delta[:, t] = (G[:, t] @ weight_hy) * DERIVATIVE[nonlinearity](hs[:, t])
+        earlier = delta[:, t] @ weight_yh
+        if kept is not None:  # a padded step keeps y: its gradient passes through
+            earlier.addcmul_(gamma, 1 - kept)
+        later = earlier
+    carry.copy_(later)
     hidden = delta.shape[2]
     torch.sum(delta, (0, 1), out=sums[:hidden])
-    torch.sum(G[1:] if valid is None else G[1:] * valid, (0, 1), out=sums[hidden:])  # a padded step does not use b_hy
+    torch.sum(G, (0, 1), out=sums[hidden:])
 
 
 def _lstm_forward_steps(gates, hs, cs, tanh_cs, weight_hh_t, keep) -> None:
@@ -505,6 +512,10 @@ class JordanSequence(Function):
         ∂L/∂y_0  = W_yhᵀ δ_1
     Each step is two matrix products each way (y_{t-1} → h_t → y_t).
 
+    Batch-major, like ElmanSequence and for the same reason: x, the outputs and ∂L/∂x keep the
+    caller's (B, T, ·) layout, uncopied. In the (B·T, ·) rows y_{t-1} is the row before δ_t's, except
+    at t = 1: ∂L/∂W_yh is one product over the shifted rows, with those B rows' terms swapped for y_0's.
+
     apply(x (B, T, I), y0 (B, O), weight_ih, bias_ih, weight_yh, weight_hy, bias_hy, valid, nonlinearity)
       -> outputs (B, T, O), final y (B, O)
     """
@@ -512,35 +523,37 @@ class JordanSequence(Function):
     @staticmethod
     def forward(ctx, x, y0, weight_ih, bias_ih, weight_yh, weight_hy, bias_hy, valid=None, nonlinearity="tanh"):
         batch, steps, _ = x.shape
-        keep = _step_mask(valid)
-        xs = _time_major(x)
-        hs = _project(xs, weight_ih, bias_ih).view(steps, batch, -1)  # a_t less W_yh y_{t-1}
-        ys = x.new_empty(steps + 1, batch, weight_hy.shape[0])
-        ys[0] = y0
+        xs = x.reshape(batch * steps, -1)
+        y0 = y0.contiguous()
+        hs = _project(xs, weight_ih, bias_ih).view(batch, steps, -1)  # a_t less W_yh y_{t-1}
+        ys = x.new_empty(batch, steps, weight_hy.shape[0])
+        valid = None if valid is None else valid.contiguous()
         forward_steps = _compiled("jordan_forward", x) or _jordan_forward_steps
-        forward_steps(hs, ys, weight_yh.t().contiguous(), weight_hy.t().contiguous(), bias_hy, keep, nonlinearity)
-        ctx.save_for_backward(xs, hs, ys, weight_ih, weight_yh, weight_hy, keep)
+        forward_steps(hs, ys, y0, weight_yh.t().contiguous(), weight_hy.t().contiguous(), bias_hy, valid, nonlinearity)
+        ctx.save_for_backward(xs, y0, hs, ys, weight_ih, weight_yh, weight_hy, valid)
         ctx.nonlinearity = nonlinearity
-        return _outputs(ys[1:], keep), ys[steps]
+        return (ys if valid is None else ys * valid[..., None]), ys[:, -1]
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_outputs, grad_final):
-        xs, hs, ys, weight_ih, weight_yh, weight_hy, keep = ctx.saved_tensors
-        steps, batch, hidden = hs.shape
-        valid = None if keep is None else keep.to(hs.dtype)
-        G = _grad_buffer(grad_outputs, grad_final, valid, ys.shape[-1])  # G[t] ends as γ_t
-        delta = _scratch("jordan delta", hs)
-        sums = hs.new_empty(hidden + ys.shape[-1])  # the biases' gradients, added up by the recursion
+        xs, y0, hs, ys, weight_ih, weight_yh, weight_hy, valid = ctx.saved_tensors
+        batch, steps, hidden = hs.shape
+        outputs = ys.shape[2]
+        carry = grad_final.contiguous().clone()  # ends as ∂L/∂y_0
+        G = _scratch("jordan gamma", ys)  # γ_t, written by the recursion
+        delta = _scratch("jordan delta", hs)  # δ_t, likewise
+        sums = hs.new_empty(hidden + outputs)  # the biases' gradients, added up by the recursion
         backward_steps = _compiled("jordan_backward", hs) or _jordan_backward_steps
-        backward_steps(G, delta, sums, hs, weight_yh, weight_hy, valid, ctx.nonlinearity)
-        gamma = G[1:] if valid is None else G[1:] * valid  # a padded step does not use W_hy
-        gamma, delta = gamma.reshape(steps * batch, -1), delta.view(-1, hidden)
-        grad_x = (_project(delta, weight_ih.t()).view(steps, batch, -1).transpose(0, 1)
-                  if ctx.needs_input_grad[0] else None)
-        return (grad_x, G[0], _weight_gradient(delta, xs), sums[:hidden],
-                _weight_gradient(delta, ys[:-1].view(steps * batch, -1)), _weight_gradient(gamma, hs.view(-1, hidden)),
-                sums[hidden:], None, None)
+        backward_steps(grad_outputs.contiguous(), carry, G, delta, sums, hs, weight_yh, weight_hy,
+                       None if valid is None else valid.to(hs.dtype), ctx.nonlinearity)
+        deltas = delta.view(-1, hidden)
+        grad_x = _project(deltas, weight_ih.t()).view(batch, steps, -1) if ctx.needs_input_grad[0] else None
+        grad_weight_yh = _weight_gradient(deltas[1:], ys.view(-1, outputs)[:-1])  # right for every row but the t = 1 ones:
+        grad_weight_yh.addmm_(delta[:, 0].t(), y0)
+        grad_weight_yh.addmm_(delta[1:, 0].t(), ys[:-1, -1], alpha=-1)
+        return (grad_x, carry, _weight_gradient(deltas, xs), sums[:hidden], grad_weight_yh,
+                _weight_gradient(G.view(-1, outputs), hs.view(-1, hidden)), sums[hidden:], None, None)
 
 
 class LSTMSequence(Function):

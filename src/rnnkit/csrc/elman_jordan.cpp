@@ -1,5 +1,5 @@
 // The sequential parts of ElmanSequence (with K lags) and JordanSequence (rnnkit/bptt.py),
-// compiled: the same steps as the Python loops there, on raw pointers into the (time, batch,
+// compiled: the same steps as the Python loops there, on raw pointers into the (batch, time,
 // features) buffers, with gemm.h's products and activations.h's activations. At small sizes the
 // per-step cost of ATen calls (views, dispatch, TensorIterator set-up: about 2–5 µs each, a dozen
 // a step) is as large as the arithmetic.
@@ -29,23 +29,6 @@ void activate(T* a, int64_t rows, int64_t n, int64_t stride, c10::string_view no
     } else {
       for (int64_t j = 0; j < n; ++j) row[j] = std::max(row[j], T(0));
     }
-  }
-}
-
-// A padded step keeps the state: after[b] = before[b] where keep[b] is false (rows of `width`)
-template <typename T>
-void keep_state(T* after, const T* before, const bool* keep, int64_t batch, int64_t width) {
-  for (int64_t b = 0; b < batch; ++b) {
-    if (!keep[b]) std::memcpy(after + b * width, before + b * width, width * sizeof(T));
-  }
-}
-
-// A padded step's state gradient passes through: now[b] += later[b] where valid[b] is 0
-template <typename T>
-void pass_gradient(T* now, const T* later, const T* valid, int64_t batch, int64_t width) {
-  for (int64_t b = 0; b < batch; ++b) {
-    const T passed = 1 - valid[b];
-    for (int64_t j = 0; j < width; ++j) now[b * width + j] += later[b * width + j] * passed;
   }
 }
 
@@ -152,60 +135,92 @@ void elman_backward(const at::Tensor& grad_outputs_given, at::Tensor carry, at::
   });
 }
 
-// hs (T, B, H) holding W_ih x_t + b_ih, ys (T+1, B, O) with y_0: fills in h_t and y_t.
-void jordan_forward(at::Tensor hs, at::Tensor ys, const at::Tensor& weight_yh_t, const at::Tensor& weight_hy_t,
-                    const at::Tensor& bias_hy_given, const c10::optional<at::Tensor>& keep,
+// JordanSequence's buffers are batch-major too: hs (B, T, H) holding W_ih x_t + b_ih, ys (B, T, O), y0
+// (B, O) the initial output. Fills in h_t and y_t = W_hy h_t + b_hy (y_{t-1} on a padded step); step t's
+// B rows lie T·H (hs) and T·O (ys) apart.
+void jordan_forward(at::Tensor hs, at::Tensor ys, const at::Tensor& y0, const at::Tensor& weight_yh_t,
+                    const at::Tensor& weight_hy_t, const at::Tensor& bias_hy_given, const c10::optional<at::Tensor>& valid,
                     c10::string_view nonlinearity) {
   const at::Tensor bias_hy = bias_hy_given.contiguous();  // a parameter: no copy unless it is a view
-  const at::Tensor keep_steps = keep ? keep->contiguous() : at::Tensor();
-  check_buffers("jordan_forward", {&hs, &ys, &weight_yh_t, &weight_hy_t, &bias_hy});
-  const int64_t steps = hs.size(0), batch = hs.size(1), hidden = hs.size(2), outputs = ys.size(2);
+  const at::Tensor valid_steps = valid ? valid->contiguous() : at::Tensor();
+  check_buffers("jordan_forward", {&hs, &ys, &y0, &weight_yh_t, &weight_hy_t, &bias_hy});
+  const int64_t batch = hs.size(0), steps = hs.size(1), hidden = hs.size(2), outputs = ys.size(2);
+  const int64_t h_row = steps * hidden, y_row = steps * outputs;  // from one sequence's step t to the next one's
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "jordan_forward", [&] {
     const StepProduct<scalar_t> from_output(weight_yh_t, batch), to_output(weight_hy_t, batch);
     const scalar_t* bias = bias_hy.data_ptr<scalar_t>();
+    const bool* keep = valid ? valid_steps.data_ptr<bool>() : nullptr;
     for (int64_t t = 0; t < steps; ++t) {
-      scalar_t* h = hs.data_ptr<scalar_t>() + t * batch * hidden;
-      const scalar_t* before = ys.data_ptr<scalar_t>() + t * batch * outputs;
-      scalar_t* after = ys.data_ptr<scalar_t>() + (t + 1) * batch * outputs;
-      from_output(h, hidden, before, outputs, scalar_t(1));  // + y_{t-1} W_yhᵀ
-      activate(h, batch, hidden, hidden, nonlinearity);
-      for (int64_t b = 0; b < batch; ++b) std::memcpy(after + b * outputs, bias, outputs * sizeof(scalar_t));
-      to_output(after, outputs, h, hidden, scalar_t(1));  // + h_t W_hyᵀ
-      if (keep) keep_state(after, before, keep_steps.data_ptr<bool>() + t * batch, batch, outputs);
+      const scalar_t* before = t == 0 ? y0.data_ptr<scalar_t>() : ys.data_ptr<scalar_t>() + (t - 1) * outputs;
+      const int64_t before_row = t == 0 ? outputs : y_row;
+      scalar_t* h = hs.data_ptr<scalar_t>() + t * hidden;
+      scalar_t* after = ys.data_ptr<scalar_t>() + t * outputs;
+      // the next step's input parts, a whole sequence apart and unread since the projection wrote them,
+      // asked for a step ahead (a forward pass, projection included, took 0.94× the time at the large shape)
+      for (int64_t b = 0; t + 1 < steps && b < batch; ++b) prefetch(h + b * h_row + hidden, hidden);
+      from_output(h, h_row, before, before_row, scalar_t(1));  // + y_{t-1} W_yhᵀ
+      activate(h, batch, hidden, h_row, nonlinearity);
+      for (int64_t b = 0; b < batch; ++b) std::memcpy(after + b * y_row, bias, outputs * sizeof(scalar_t));
+      to_output(after, y_row, h, h_row, scalar_t(1));  // + h_t W_hyᵀ
+      for (int64_t b = 0; keep && b < batch; ++b) {
+        if (!keep[b * steps + t])  // a padded step keeps y
+          std::memcpy(after + b * y_row, before + b * before_row, outputs * sizeof(scalar_t));
+      }
     }
   });
 }
 
-// G (T+1, B, O) with the gradients from outside, hs (T, B, H) the forward's h_t, valid (T, B, 1)
-// floats or None: fills delta (T, B, H) with δ_t (0 on padded steps), G[t] with γ_t, and sums
-// (H + O) with the biases' gradients [Σ_t δ_t, Σ_t γ_t over the steps that are not padded].
-void jordan_backward(at::Tensor G, at::Tensor delta, at::Tensor sums, const at::Tensor& hs,
-                     const at::Tensor& weight_yh_given, const at::Tensor& weight_hy_given,
-                     const c10::optional<at::Tensor>& valid, c10::string_view nonlinearity) {
+// grad_outputs (B, T, O); carry (B, O) holding the final output's gradient, which ends as ∂L/∂y_0;
+// hs the forward's h_t (B, T, H); valid (B, T) floats or None. Fills G (B, T, O) with γ_t = ∂L/∂y_t
+// (0 on a padded step, which does not use W_hy), delta (B, T, H) with δ_t (0 on a padded step) and
+// sums (H + O) with the biases' gradients [Σ_t δ_t, Σ_t γ_t]. carry holds the part of ∂L/∂y_t from
+// later steps: step t adds its output's gradient, then passes W_yhᵀ δ_t (and, on a padded step, which
+// keeps y, γ_t itself) on to y_{t-1}.
+void jordan_backward(const at::Tensor& grad_outputs_given, at::Tensor carry, at::Tensor G, at::Tensor delta,
+                     at::Tensor sums, const at::Tensor& hs, const at::Tensor& weight_yh_given,
+                     const at::Tensor& weight_hy_given, const c10::optional<at::Tensor>& valid,
+                     c10::string_view nonlinearity) {
+  const at::Tensor grad_outputs = grad_outputs_given.contiguous();
   // parameters: no copy unless they are views
   const at::Tensor weight_yh = weight_yh_given.contiguous(), weight_hy = weight_hy_given.contiguous();
   const at::Tensor valid_steps = valid ? valid->contiguous() : at::Tensor();
-  check_buffers("jordan_backward", {&G, &delta, &sums, &hs, &weight_yh, &weight_hy});
-  const int64_t steps = delta.size(0), batch = delta.size(1), hidden = delta.size(2), outputs = G.size(2);
+  check_buffers("jordan_backward", {&grad_outputs, &carry, &G, &delta, &sums, &hs, &weight_yh, &weight_hy});
+  const int64_t batch = hs.size(0), steps = hs.size(1), hidden = hs.size(2), outputs = G.size(2);
+  const int64_t h_row = steps * hidden, y_row = steps * outputs;
   TORCH_CHECK(sums.numel() == hidden + outputs, "jordan_backward: sums needs ", hidden + outputs, " values");
   const bool tanh = nonlinearity == "tanh";
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "jordan_backward", [&] {
     const StepProduct<scalar_t> through_output(weight_hy, batch), through_state(weight_yh, batch);
+    const scalar_t* valid_rows = valid ? valid_steps.data_ptr<scalar_t>() : nullptr;
+    const scalar_t *grad_outputs_data = grad_outputs.data_ptr<scalar_t>(), *hs_data = hs.data_ptr<scalar_t>();
+    scalar_t* later = carry.data_ptr<scalar_t>();
     StepSums<scalar_t> bias_sums(hidden + outputs);  // [Σ δ_t, Σ γ_t]
     for (int64_t t = steps - 1; t >= 0; --t) {
-      const scalar_t* later = G.data_ptr<scalar_t>() + (t + 1) * batch * outputs;
-      scalar_t* now = G.data_ptr<scalar_t>() + t * batch * outputs;
-      scalar_t* delta_t = delta.data_ptr<scalar_t>() + t * batch * hidden;
-      const scalar_t* h = hs.data_ptr<scalar_t>() + t * batch * hidden;
-      const scalar_t* valid_t = valid ? valid_steps.data_ptr<scalar_t>() + t * batch : nullptr;
-      through_output(delta_t, hidden, later, outputs, scalar_t(0));  // ∂L/∂h_t = γ_t W_hy
-      for (int64_t b = 0; b < batch; ++b) {
-        times_slope(delta_t + b * hidden, delta_t + b * hidden, h + b * hidden, valid_t ? valid_t[b] : 1, hidden, tanh);
-        bias_sums.add(0, delta_t + b * hidden, hidden);
-        if (!valid_t || valid_t[b] != 0) bias_sums.add(hidden, later + b * outputs, outputs);
+      scalar_t* gamma_t = G.data_ptr<scalar_t>() + t * outputs;
+      scalar_t* delta_t = delta.data_ptr<scalar_t>() + t * hidden;
+      for (int64_t b = 0; t > 0 && b < batch; ++b) {  // the next step's rows, which lie a whole sequence apart
+        prefetch(grad_outputs_data + (b * steps + t - 1) * outputs, outputs);
+        prefetch(hs_data + b * h_row + (t - 1) * hidden, hidden);
       }
-      through_state(now, outputs, delta_t, hidden, scalar_t(1));  // + δ_t W_yh
-      if (valid_t) pass_gradient(now, later, valid_t, batch, outputs);
+      for (int64_t b = 0; b < batch; ++b) {
+        const scalar_t kept = valid_rows ? valid_rows[b * steps + t] : 1;
+        const scalar_t* grad_y = grad_outputs_data + (b * steps + t) * outputs;
+        scalar_t *gamma = gamma_t + b * y_row, *grad_later = later + b * outputs;
+        for (int64_t j = 0; j < outputs; ++j) {
+          const scalar_t grad = grad_later[j] + grad_y[j] * kept;  // a padded step's output is a constant 0
+          gamma[j] = grad * kept;
+          if (valid_rows) grad_later[j] = grad * (1 - kept);  // passed on whole by a padded step, then + δ_t W_yh
+        }
+        bias_sums.add(hidden, gamma, outputs);
+      }
+      through_output(delta_t, h_row, gamma_t, y_row, scalar_t(0));  // ∂L/∂h_t = γ_t W_hy
+      for (int64_t b = 0; b < batch; ++b) {
+        scalar_t* delta_row = delta_t + b * h_row;
+        times_slope(delta_row, delta_row, hs_data + b * h_row + t * hidden,
+                    valid_rows ? valid_rows[b * steps + t] : scalar_t(1), hidden, tanh);
+        bias_sums.add(0, delta_row, hidden);
+      }
+      through_state(later, outputs, delta_t, h_row, scalar_t(valid_rows != nullptr));  // ∂L/∂y_{t-1} (+)= δ_t W_yh
       bias_sums.end_step();
     }
     bias_sums.write(0, hidden + outputs, sums.data_ptr<scalar_t>());
@@ -218,10 +233,10 @@ TORCH_LIBRARY_FRAGMENT(rnnkit_kernels, m) {
   m.def("elman_forward(Tensor(a!) S, Tensor s0, Tensor weight_hh_t, Tensor? valid, str nonlinearity) -> ()");
   m.def("elman_backward(Tensor grad_outputs, Tensor(a!) carry, Tensor(b!) delta, Tensor(c!) sums, Tensor S, "
         "Tensor weight_hh, Tensor? valid, str nonlinearity) -> ()");
-  m.def("jordan_forward(Tensor(a!) hs, Tensor(b!) ys, Tensor weight_yh_t, Tensor weight_hy_t, Tensor bias_hy, "
-        "Tensor? keep, str nonlinearity) -> ()");
-  m.def("jordan_backward(Tensor(a!) G, Tensor(b!) delta, Tensor(c!) sums, Tensor hs, Tensor weight_yh, "
-        "Tensor weight_hy, Tensor? valid, str nonlinearity) -> ()");
+  m.def("jordan_forward(Tensor(a!) hs, Tensor(b!) ys, Tensor y0, Tensor weight_yh_t, Tensor weight_hy_t, "
+        "Tensor bias_hy, Tensor? valid, str nonlinearity) -> ()");
+  m.def("jordan_backward(Tensor grad_outputs, Tensor(a!) carry, Tensor(b!) G, Tensor(c!) delta, Tensor(d!) sums, "
+        "Tensor hs, Tensor weight_yh, Tensor weight_hy, Tensor? valid, str nonlinearity) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(rnnkit_kernels, CPU, m) {
