@@ -2,7 +2,7 @@
 
 1. Elman ≥ 1.25× nn.RNN. A step doing only the Elman step's matrix products (the bench's GEMM
    reference: each product shape by the faster of MKL's torch.mm and oneDNN's matmul), the
-   bench's loss forward and backward on an output of the step's shape, and the SGD update is what
+   bench's output gradient handed to an output of the step's shape, and the SGD update is what
    any Elman implementation must do at least. nn.RNN ÷ that step is the most any Elman can lead
    nn.RNN by. An Elman also applies f to every pre-activation and forms δ = ∂L/∂h ⊙ f'(a) and the
    bias gradient's sum over all of them; that pointwise work, one pass each (ATen's kernels),
@@ -28,10 +28,11 @@ import speed
 
 
 def _floor_step(batch: int, hidden: int, steps: int):
-    """The Elman step's products, the bench's loss and an SGD update of nn.RNN's parameters, nothing else."""
+    """The Elman step's products, the bench's backward from its output gradient and an SGD update of
+    nn.RNN's parameters, nothing else."""
     products = speed._products_step(speed.step_products(speed.SPEC_BY_LABEL["elman-tanh"], batch, hidden, steps))
     outputs = torch.randn(batch, steps, hidden, requires_grad=True)
-    weight = torch.randn(batch, steps, hidden)
+    grad_outputs = torch.randn(batch, steps, hidden) / (batch * steps * hidden)
     parameters = list(nn.RNN(hidden, hidden).parameters())
     for parameter in parameters:
         parameter.grad = torch.zeros_like(parameter)
@@ -39,7 +40,7 @@ def _floor_step(batch: int, hidden: int, steps: int):
 
     def step():
         products()
-        (outputs * weight).mean().backward()
+        outputs.backward(grad_outputs)
         optimizer.step()
         outputs.grad = None
     return step

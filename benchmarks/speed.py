@@ -8,9 +8,14 @@ peak is its own), with the same thread count (`--threads`, default 1). Run:
 
 1. Training throughput. Shapes small (B=32, H=64, T=50), medium (B=64, H=256, T=100), large
    (B=32, H=512, T=200); one layer, unidirectional, batch_first, input size = hidden size.
-   One measured step = forward over x (B, T, H) from a zero state, loss = mean(outputs ⊙ R)
-   for a fixed random R, backward to the parameters and to x (as for any layer but a model's
-   first), `torch.optim.SGD(lr=1e-3).step()`, zero_grad. Contenders
+   One measured step = forward over x (B, T, H) from a zero state, backward from the outputs'
+   gradient R / (B·T·H) for a fixed random R (the gradient of the loss mean(outputs ⊙ R), handed
+   to backward as PyTorch's own RNN benchmark, benchmarks/fastrnns, hands its outputs a fixed
+   random gradient) to the parameters and to x (as for any layer but a model's first),
+   `torch.optim.SGD(lr=1e-3).step()`, zero_grad. So a step times the layer, and not the two
+   elementwise passes of a loss over its outputs, each into a fresh (B, T, H) tensor, that every
+   contender would pay alike (without them a step took 0.88-0.96x the time at the medium shape, paired
+   rounds: Jordan, multi-lag, LayerNorm-LSTM, nn.RNN, nn.LSTM). Contenders
    per cell: rnnkit `Recurrent(path="auto")` for the custom cells; for Elman, LSTM and GRU both
    path="fused" and path="bptt", and the "auto" row repeats the one of them that "auto" picks
    when training at that shape; the torch module (nn.RNN tanh/relu for Elman, nn.RNN tanh for
@@ -189,14 +194,14 @@ def useful_flops(spec: CellSpec, batch: int, hidden: int, steps: int) -> int:
 
 
 def _training_step(forward, parameters, x: torch.Tensor, weight: torch.Tensor):
-    """forward(x) -> outputs; returns a function doing one full training step. x requires grad,
-    as the input of any layer but a model's first does: the backward forms ∂L/∂x, the product
-    that the useful FLOPs (3 × forward) count."""
+    """forward(x) -> outputs; returns a function doing one full training step, backward from the
+    gradient of mean(outputs ⊙ weight). x requires grad, as the input of any layer but a model's
+    first does: the backward forms ∂L/∂x, the product that the useful FLOPs (3 × forward) count."""
     optimizer = torch.optim.SGD(parameters, lr=1e-3)
+    grad_outputs = weight / weight.numel()
 
     def step():
-        loss = (forward(x) * weight).mean()
-        loss.backward()
+        forward(x).backward(grad_outputs)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         x.grad = None
@@ -865,8 +870,8 @@ def report(command: str, quick: bool, threads: int, shapes: dict, generation: di
              f"- machine: {machine()}; torch {torch.__version__}; **threads: {threads}**",
              f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; total time {seconds:.0f} s",
              "- method: one process, interleaved rounds (order shuffled each round); tokens/s from the median step time, "
-             "ratios = the median over rounds of the two step times of one round; a step = forward + loss + "
-             "backward (to the parameters and the input) + SGD step; efficiency = the time of the step's products alone (3 × the forward "
+             "ratios = the median over rounds of the two step times of one round; a step = forward + "
+             "backward from a fixed output gradient (to the parameters and the input) + SGD step; efficiency = the time of the step's products alone (3 × the forward "
              "GEMM FLOPs, each product shape by the faster of MKL's torch.mm and oneDNN's matmul, timed in the same rounds) ÷ the step's time, median over rounds (see benchmarks/speed.py)", "",
              "### Targets", ""]
     for title, met, text in targets(shapes, generation, memory):
