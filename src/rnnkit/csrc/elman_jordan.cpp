@@ -198,11 +198,9 @@ void jordan_backward(const at::Tensor& grad_outputs_given, at::Tensor carry, at:
     for (int64_t t = steps - 1; t >= 0; --t) {
       scalar_t* gamma_t = G.data_ptr<scalar_t>() + t * outputs;
       scalar_t* delta_t = delta.data_ptr<scalar_t>() + t * hidden;
-      for (int64_t b = 0; t > 0 && b < batch; ++b) {  // the next step's rows, which lie a whole sequence apart
-        prefetch(grad_outputs_data + (b * steps + t - 1) * outputs, outputs);
-        prefetch(hs_data + b * h_row + (t - 1) * hidden, hidden);
-      }
       for (int64_t b = 0; b < batch; ++b) {
+        // a step's rows lie a whole sequence apart: asked for two rows ahead, as in Elman's loop
+        if (b + 2 < batch) prefetch(grad_outputs_data + ((b + 2) * steps + t) * outputs, outputs);
         const scalar_t kept = valid_rows ? valid_rows[b * steps + t] : 1;
         const scalar_t* grad_y = grad_outputs_data + (b * steps + t) * outputs;
         scalar_t *gamma = gamma_t + b * y_row, *grad_later = later + b * outputs;
@@ -215,6 +213,7 @@ void jordan_backward(const at::Tensor& grad_outputs_given, at::Tensor carry, at:
       }
       through_output(delta_t, h_row, gamma_t, y_row, scalar_t(0));  // ∂L/∂h_t = γ_t W_hy
       for (int64_t b = 0; b < batch; ++b) {
+        if (b + 2 < batch) prefetch(hs_data + (b + 2) * h_row + t * hidden, hidden);
         scalar_t* delta_row = delta_t + b * h_row;
         times_slope(delta_row, delta_row, hs_data + b * h_row + t * hidden,
                     valid_rows ? valid_rows[b * steps + t] : scalar_t(1), hidden, tanh);
