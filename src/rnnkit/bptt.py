@@ -24,9 +24,9 @@ differentiable (no double backward).
 
 Layout: time-major inside, (T, B, ·), so each step is a contiguous block of rows; state
 buffers hold the initial state at index 0 and the state after step t at index t + 1. The
-Elman and Jordan Functions are the exceptions: batch-major, see ElmanSequence's docstring. The recurrent weights are
-transposed once per call into row-major copies: the per-step products run faster on those
-than on transposed views.
+Elman and Jordan Functions are the exceptions: batch-major, see ElmanSequence's docstring.
+The recurrent weights are transposed once per call into row-major copies: the per-step
+products run faster on those than on transposed views.
 
 Padding: `valid` (B, T) bool marks the steps that count (None: all). On any other step the
 state is kept and the output is zero, as in `Recurrent`'s loop path; in the backward such
@@ -549,7 +549,8 @@ class JordanSequence(Function):
                        None if valid is None else valid.to(hs.dtype), ctx.nonlinearity)
         deltas = delta.view(-1, hidden)
         grad_x = _project(deltas, weight_ih.t()).view(batch, steps, -1) if ctx.needs_input_grad[0] else None
-        grad_weight_yh = _weight_gradient(deltas[1:], ys.view(-1, outputs)[:-1])  # right for every row but the t = 1 ones:
+        # right for every row but the t = 1 ones:
+        grad_weight_yh = _weight_gradient(deltas[1:], ys.view(-1, outputs)[:-1])
         grad_weight_yh.addmm_(delta[:, 0].t(), y0)
         grad_weight_yh.addmm_(delta[1:, 0].t(), ys[:-1, -1], alpha=-1)
         return (grad_x, carry, _weight_gradient(deltas, xs), sums[:hidden], grad_weight_yh,

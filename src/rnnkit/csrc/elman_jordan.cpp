@@ -139,8 +139,8 @@ void elman_backward(const at::Tensor& grad_outputs_given, at::Tensor carry, at::
 // (B, O) the initial output. Fills in h_t and y_t = W_hy h_t + b_hy (y_{t-1} on a padded step); step t's
 // B rows lie T·H (hs) and T·O (ys) apart.
 void jordan_forward(at::Tensor hs, at::Tensor ys, const at::Tensor& y0, const at::Tensor& weight_yh_t,
-                    const at::Tensor& weight_hy_t, const at::Tensor& bias_hy_given, const c10::optional<at::Tensor>& valid,
-                    c10::string_view nonlinearity) {
+                    const at::Tensor& weight_hy_t, const at::Tensor& bias_hy_given,
+                    const c10::optional<at::Tensor>& valid, c10::string_view nonlinearity) {
   const at::Tensor bias_hy = bias_hy_given.contiguous();  // a parameter: no copy unless it is a view
   const at::Tensor valid_steps = valid ? valid->contiguous() : at::Tensor();
   check_buffers("jordan_forward", {&hs, &ys, &y0, &weight_yh_t, &weight_hy_t, &bias_hy});
