@@ -222,8 +222,7 @@ template <typename T>
 class StepProduct {
  public:
   // B (k, n), contiguous; m the rows of every A and C
-  StepProduct(const at::Tensor& B, int64_t m)
-      : B_(B.data_ptr<T>()), m_(m), k_(B.size(0)), n_(B.size(1)), threads_(m * k_ * n_) {
+  StepProduct(const at::Tensor& B, int64_t m) : B_(B.data_ptr<T>()), m_(m), k_(B.size(0)), n_(B.size(1)) {
     if constexpr (std::is_same_v<T, float>) {
 #ifdef RNNKIT_PANEL_PRODUCTS
       if (m * k_ * n_ < kParallelProductWork || at::get_num_threads() == 1) {
@@ -231,16 +230,20 @@ class StepProduct {
         return;
       }
 #endif
-      if (m * k_ * n_ < kPackedProductWork || !at::globalContext().userEnabledMkldnn()) return;
-      auto& dispatcher = c10::Dispatcher::singleton();
-      const auto reorder = dispatcher.findSchema({"mkldnn::_reorder_linear_weight", ""});
-      linear_ = dispatcher.findSchema({"mkldnn::_linear_pointwise", ""});
-      add_linear_ = dispatcher.findSchema({"mkldnn::_linear_pointwise", "binary"});
-      if (!reorder || !linear_ || !add_linear_) return;
-      std::vector<c10::IValue> stack{B.t(), m};  // linear's weight is (out, in): Bᵀ
-      reorder->callBoxed(stack);
-      packed_ = stack[0].toTensor();
+      if (m * k_ * n_ >= kPackedProductWork && at::globalContext().userEnabledMkldnn()) {
+        auto& dispatcher = c10::Dispatcher::singleton();
+        const auto reorder = dispatcher.findSchema({"mkldnn::_reorder_linear_weight", ""});
+        linear_ = dispatcher.findSchema({"mkldnn::_linear_pointwise", ""});
+        add_linear_ = dispatcher.findSchema({"mkldnn::_linear_pointwise", "binary"});
+        if (reorder && linear_ && add_linear_) {
+          std::vector<c10::IValue> stack{B.t(), m};  // linear's weight is (out, in): Bᵀ
+          reorder->callBoxed(stack);
+          packed_ = stack[0].toTensor();
+          return;
+        }
+      }
     }
+    blas_threads_.emplace(m * k_ * n_);  // the products go to BLAS
   }
 
   // C = A · B + beta C (beta 0 or 1), rows lda and ldc apart
@@ -278,7 +281,7 @@ class StepProduct {
  private:
   const T* B_;
   const int64_t m_, k_, n_;
-  const SmallProductsOnOneThread threads_;
+  std::optional<SmallProductsOnOneThread> blas_threads_;
   std::optional<c10::OperatorHandle> linear_, add_linear_;
   at::Tensor packed_;
 #ifdef RNNKIT_PANEL_PRODUCTS
