@@ -14,9 +14,9 @@ peak is its own), with the same thread count (`--threads`, default 1). Run:
    random gradient) to the parameters and to x (as for any layer but a model's first),
    `torch.optim.SGD(lr=1e-3).step()`, zero_grad. So a step times the layer, and not the two
    elementwise passes of a loss over its outputs, each into a fresh (B, T, H) tensor, that every
-   contender would pay alike (without them a step took 0.88-0.96x the time at the medium shape, paired
-   rounds: Jordan, multi-lag, LayerNorm-LSTM, nn.RNN, nn.LSTM). Contenders
-   per cell: rnnkit `Recurrent(path="auto")` for the custom cells; for Elman, LSTM and GRU both
+   contender would pay alike (without them, paired rounds at the medium shape, a step of Jordan,
+   multi-lag, nn.RNN or nn.LSTM took 0.88-0.96x the time, LayerNorm-LSTM 0.94-1.03x in five runs).
+   Contenders per cell: rnnkit `Recurrent(path="auto")` for the custom cells; for Elman, LSTM and GRU both
    path="fused" and path="bptt", and the "auto" row repeats the one of them that "auto" picks
    when training at that shape; the torch module (nn.RNN tanh/relu for Elman, nn.RNN tanh for
    Jordan and multi-lag, nn.LSTM for LSTM and LayerNorm-LSTM, nn.GRU for GRU); the Python loop
