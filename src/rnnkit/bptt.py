@@ -207,6 +207,17 @@ def _weight_gradient(delta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return delta.t() @ x
 
 
+def _recurrent_weight_gradient(delta: torch.Tensor, states: torch.Tensor, initial: torch.Tensor) -> torch.Tensor:
+    """Σ_t δ_t s_{t-1}ᵀ over every step and sequence, for batch-major delta (B, T, N) and states
+    (B, T, W) with s_0 = initial (B, W). In the (B·T, ·) rows s_{t-1} is the row before δ_t's, except
+    at t = 1, where the row before is the previous sequence's last state: one product over the
+    shifted rows, then those B rows' terms swapped for s_0's."""
+    gradient = _weight_gradient(delta.view(-1, delta.shape[2])[1:], states.view(-1, states.shape[2])[:-1])
+    gradient.addmm_(delta[:, 0].t(), initial)
+    gradient.addmm_(delta[1:, 0].t(), states[:-1, -1], alpha=-1)
+    return gradient
+
+
 @cache
 def _panel_weight_gradient():
     """rnnkit.kernels' weight_gradient where the build has it (AVX2 without AVX512), else None."""
@@ -447,9 +458,8 @@ class ElmanSequence(Function):
     are S itself (K = 1) and ∂L/∂x comes out as (B, T, I), so neither x, the output gradient nor
     ∂L/∂x is copied into another layout (up to 4% of a training step at the bench's shapes,
     measured against the time-major version it replaced; benchmarks/RESULTS.md).
-    In the (B·T, ·) rows s_{t-1} is the row before δ_t's, except at t = 1, where the row before
-    is the previous sequence's last state: ∂L/∂W_hh is one product over the shifted rows, with
-    those B rows' terms swapped for s_0's.
+    ∂L/∂W_hh is one product over the (B·T, ·) rows shifted by one, corrected at t = 1
+    (_recurrent_weight_gradient).
 
     apply(x (B, T, I), state (B, K·H), weight_ih, weight_hh, bias_ih, bias_hh, valid, nonlinearity)
       -> outputs (B, T, H), final state (B, K·H)
@@ -480,7 +490,7 @@ class ElmanSequence(Function):
     @once_differentiable
     def backward(ctx, grad_outputs, grad_final):
         xs, s0, S, weight_ih, weight_hh, valid = ctx.saved_tensors
-        batch, steps, width = S.shape
+        batch, steps, _ = S.shape
         hidden = weight_hh.shape[0]
         carry = grad_final.contiguous().clone()  # ends as ∂L/∂s_0
         delta = _scratch("elman delta", S, (batch, steps, hidden))  # δ_t, written by the recursion
@@ -490,10 +500,8 @@ class ElmanSequence(Function):
                        None if valid is None else valid.to(S.dtype), ctx.nonlinearity)
         deltas = delta.view(-1, hidden)
         grad_x = _project(deltas, weight_ih.t()).view(batch, steps, -1) if ctx.needs_input_grad[0] else None
-        grad_weight_hh = _weight_gradient(deltas[1:], S.view(-1, width)[:-1])  # right for every row but the t = 1 ones:
-        grad_weight_hh.addmm_(delta[:, 0].t(), s0)
-        grad_weight_hh.addmm_(delta[1:, 0].t(), S[:-1, -1], alpha=-1)
-        return grad_x, carry, _weight_gradient(deltas, xs), grad_weight_hh, grad_bias, grad_bias, None, None
+        return (grad_x, carry, _weight_gradient(deltas, xs), _recurrent_weight_gradient(delta, S, s0), grad_bias,
+                grad_bias, None, None)
 
 
 MultiLagSequence = ElmanSequence  # the same Function: K = weight_hh.shape[1] // weight_hh.shape[0]
@@ -513,8 +521,8 @@ class JordanSequence(Function):
     Each step is two matrix products each way (y_{t-1} → h_t → y_t).
 
     Batch-major, like ElmanSequence and for the same reason: x, the outputs and ∂L/∂x keep the
-    caller's (B, T, ·) layout, uncopied. In the (B·T, ·) rows y_{t-1} is the row before δ_t's, except
-    at t = 1: ∂L/∂W_yh is one product over the shifted rows, with those B rows' terms swapped for y_0's.
+    caller's (B, T, ·) layout, uncopied; ∂L/∂W_yh, like Elman's ∂L/∂W_hh, is one product over the
+    rows shifted by one, corrected at t = 1 (_recurrent_weight_gradient).
 
     apply(x (B, T, I), y0 (B, O), weight_ih, bias_ih, weight_yh, weight_hy, bias_hy, valid, nonlinearity)
       -> outputs (B, T, O), final y (B, O)
@@ -549,11 +557,7 @@ class JordanSequence(Function):
                        None if valid is None else valid.to(hs.dtype), ctx.nonlinearity)
         deltas = delta.view(-1, hidden)
         grad_x = _project(deltas, weight_ih.t()).view(batch, steps, -1) if ctx.needs_input_grad[0] else None
-        # right for every row but the t = 1 ones:
-        grad_weight_yh = _weight_gradient(deltas[1:], ys.view(-1, outputs)[:-1])
-        grad_weight_yh.addmm_(delta[:, 0].t(), y0)
-        grad_weight_yh.addmm_(delta[1:, 0].t(), ys[:-1, -1], alpha=-1)
-        return (grad_x, carry, _weight_gradient(deltas, xs), sums[:hidden], grad_weight_yh,
+        return (grad_x, carry, _weight_gradient(deltas, xs), sums[:hidden], _recurrent_weight_gradient(delta, ys, y0),
                 _weight_gradient(G.view(-1, outputs), hs.view(-1, hidden)), sums[hidden:], None, None)
 
 
