@@ -1,0 +1,57 @@
+"""benchmarks/forecast_variants.py: the origins it caches and the scores it prints, on hand-made caches."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def variants(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # it imports forecast_quality beside it, as a script does
+    spec = importlib.util.spec_from_file_location("forecast_variants_under_test", BENCHMARKS / "forecast_variants.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "CACHE", tmp_path)
+    yield module
+    sys.modules.pop("forecast_quality", None)
+
+
+def test_origins_are_one_horizon_apart_validation_before_test(variants):
+    # nile: 100 yearly values, horizon 10, 5 test origins; MIN_HISTORY 30 leaves 2 validation origins
+    assert variants.origins(100, 10, 5, 10) == [("validation", 30), ("validation", 40), ("test", 50), ("test", 60),
+                                                ("test", 70), ("test", 80), ("test", 90)]
+    assert [cut for split, cut in variants.origins(300, 8, 5, 10) if split == "validation"] == list(range(180, 260, 8))
+
+
+def write(variants, variant, **arrays):
+    path = variants.cache_path(variant, "toy")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+
+
+def test_score_computes_mase_alone_combined_and_wins_by_hand(variants):
+    write(variants, "statistical", split=["validation", "test"], cut=[10, 20], actual=[[1, 2], [3, 4]],
+          scale=[1, 2], ets=[[1, 1], [3, 3]], arima=[[2, 2], [4, 4]])
+    write(variants, "a", forecast=[[1, 2], [3, 5]], cut=[10, 20])
+    write(variants, "b", forecast=[[3, 2], [3, 3]], cut=[10, 20])
+    table = variants.score(["a", "a+b"], ["toy"], 0.35, ("arima",))
+    # a, validation: exact alone; combined 0.65·[1, 2] + 0.35·[2, 2] = [1.35, 2] errs 0.175; ETS and
+    # ARIMA both err 0.5, so a win. Test (scale 2): alone errs [0, 1] → 0.25; combined [3.35, 4.65]
+    # errs 0.5 / 2 = 0.25, equal to the best baseline's 0.25: no win.
+    assert table["a"]["validation"] == pytest.approx([0.0, 0.175, 1])
+    assert table["a"]["test"] == pytest.approx([0.25, 0.25, 0])
+    # a+b averages the networks: validation [2, 2] errs 0.5; test [3, 4] is exact
+    assert table["a+b"]["validation"][0] == pytest.approx(0.5)
+    assert table["a+b"]["test"][0] == pytest.approx(0.0)
+
+
+def test_score_refuses_forecasts_cached_at_other_origins(variants):
+    write(variants, "statistical", split=["test"], cut=[20], actual=[[1]], scale=[1], ets=[[1]], arima=[[1]])
+    write(variants, "a", forecast=[[1]], cut=[30])
+    with pytest.raises(SystemExit, match="other origins"):
+        variants.score(["a"], ["toy"], 0.35, ("arima",))
