@@ -11,8 +11,8 @@ prints each variant's MASE alone and combined, ŷ = (1 − λ)·ŷ_RNN + λ·ŷ_
 and partner unless --weight is given), per series and summed over the series every variant has,
 with the wins against the best of ETS and auto-ARIMA. 'a+b' averages the networks of a and b.
 Choose on the validation origins; the test origins are the table's. Sessions 11–24 compared
-recipes this way (benchmarks/forecast_notes.md); co2 is left out by default, its 15 origins
-taking about 12 minutes a variant.
+recipes this way (benchmarks/forecast_notes.md). co2 is left out by default: its network trains
+for about 15 s an origin and its auto-ARIMA fit takes about 28 s (session 19), at 15 origins.
 """
 
 import argparse
