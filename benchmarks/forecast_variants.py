@@ -111,8 +111,8 @@ def main() -> None:
     args = parser.parse_args()
     names = args.series.split(",")
     if args.command == "run":
-        if len(args.variants) != 1 or "+" in args.variants[0]:
-            parser.error("run takes one variant name, without '+'")
+        if len(args.variants) != 1 or "+" in args.variants[0] or args.variants[0] == "statistical":
+            parser.error("run takes one variant name, without '+' and other than 'statistical' (the baselines' cache)")
         torch.set_num_threads(1)
         run(args.variants[0], names, json.loads(args.set), args.origins, args.validation)
     else:
