@@ -31,6 +31,12 @@ EXACT_ARIMA = {"elnino": 0.807}
 MIN_HISTORY = 30  # values before the first validation origin (nile's 100 leave 2 validation origins)
 
 
+def validation_origins(history: int, horizon: int, wanted: int) -> int:
+    """How many of the `wanted` validation origins, one horizon apart and ending at a history of
+    `history` values (where the test origins begin), leave MIN_HISTORY values at the first."""
+    return min(wanted, (history - MIN_HISTORY) // horizon)
+
+
 def run(names, origins: int, validation: int, overrides: dict) -> list[dict]:
     """Backtest every model at the last `origins` origins of each series, or, with validation
     = K, at the K origins before those (as many as leave MIN_HISTORY values at the first)."""
@@ -40,7 +46,7 @@ def run(names, origins: int, validation: int, overrides: dict) -> list[dict]:
         backtested = origins
         if validation:  # the origins before the test ones: where recipes are compared
             series = series.head(len(series) - origins * series.horizon)
-            backtested = min(validation, (len(series) - MIN_HISTORY) // series.horizon)
+            backtested = validation_origins(len(series), series.horizon, validation)
         row = {"series": name, "m": series.season, "h": series.horizon, "n": len(series), "origins": backtested}
         for model in (Forecaster(**overrides), *(Baseline(b, series.season) for b in BASELINES)):
             started = time.perf_counter()

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from forecast_quality import MIN_HISTORY, SERIES
+from forecast_quality import SERIES, validation_origins
 from rnnkit.data.series import load_bundled
 from rnnkit.tasks.forecast import Baseline, ForecastConfig, Forecaster, series_scale
 
@@ -32,10 +32,10 @@ STATISTICAL = ("ets", "arima")  # the bar's baselines; the recipe's partner is a
 
 
 def origins(length: int, horizon: int, test: int, validation: int) -> list[tuple[str, int]]:
-    """(split, cut) of the validation origins (as many as leave MIN_HISTORY values at the first),
-    then the test origins, each one horizon after the one before."""
+    """(split, cut) of the validation origins (as many as forecast_quality.py backtests), then the
+    test origins, each one horizon after the one before."""
     first_test = length - test * horizon
-    before = min(validation, (first_test - MIN_HISTORY) // horizon)
+    before = validation_origins(first_test, horizon, validation)
     return ([("validation", first_test - k * horizon) for k in range(before, 0, -1)]
             + [("test", length - k * horizon) for k in range(test, 0, -1)])
 
@@ -49,19 +49,18 @@ def run(variant: str, names: list[str], overrides: dict, test: int, validation: 
     for name in names:
         series = load_bundled(name)
         horizon = series.horizon
-        cuts = origins(len(series), horizon, test, validation)
+        splits, cuts = zip(*origins(len(series), horizon, test, validation))
         stat = cache_path("statistical", name)
-        if not stat.exists() or not np.array_equal(np.load(stat)["cut"], [cut for _, cut in cuts]):
+        if not stat.exists() or not np.array_equal(np.load(stat)["cut"], cuts):
             forecasts = {method: [Baseline(method, series.season).fit(series.head(cut)).predict(horizon).mean
-                                  for _, cut in cuts] for method in STATISTICAL}
+                                  for cut in cuts] for method in STATISTICAL}
             stat.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(stat, split=[split for split, _ in cuts], cut=[cut for _, cut in cuts],
-                     actual=[series.values[cut:cut + horizon] for _, cut in cuts],
-                     scale=[series_scale(series.values[:cut], series.season) for _, cut in cuts], **forecasts)
+            np.savez(stat, split=splits, cut=cuts, actual=[series.values[cut:cut + horizon] for cut in cuts],
+                     scale=[series_scale(series.values[:cut], series.season) for cut in cuts], **forecasts)
         model = Forecaster(**overrides, combine=())
-        medians = [model.fresh(horizon).fit(series.head(cut)).predict(horizon).mean for _, cut in cuts]
+        medians = [model.fresh(horizon).fit(series.head(cut)).predict(horizon).mean for cut in cuts]
         cache_path(variant, name).parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache_path(variant, name), forecast=medians, cut=[cut for _, cut in cuts], overrides=json.dumps(overrides))
+        np.savez(cache_path(variant, name), forecast=medians, cut=cuts, overrides=json.dumps(overrides))
         print(f"{variant} {name}: {len(cuts)} origins cached", flush=True)
 
 
