@@ -5,14 +5,21 @@ scored alone and combined with the statistical partner as the default recipe com
     OMP_NUM_THREADS=1 python benchmarks/forecast_variants.py run seq2seq --set '{"strategy": "seq2seq"}'
     python benchmarks/forecast_variants.py score base seq2seq base+seq2seq
 
+    OMP_NUM_THREADS=1 python benchmarks/forecast_variants.py run anchor --set '{"trust": 0}' --earlier 4
+    python benchmarks/forecast_variants.py select base anchor --last 3
+
 `run` backtests the Forecaster without its combination (combine=()) at the validation origins and
-the test origins of forecast_quality.py, and the statistical baselines once per series. `score`
-prints each variant's MASE alone and combined, ŷ = (1 − λ)·ŷ_RNN + λ·ŷ_partner (the recipe's λ
-and partner unless --weight is given), per series and summed over the series every variant has,
-with the wins against the best of ETS and auto-ARIMA. 'a+b' averages the networks of a and b.
-Choose on the validation origins; the test origins are the table's. Sessions 11–24 compared
-recipes this way (benchmarks/forecast_notes.md). co2 is left out by default: its network trains
-for about 15 s an origin and its auto-ARIMA fit takes about 28 s (session 19), at 15 origins.
+the test origins of forecast_quality.py (and, with --earlier K, up to K origins before those), and
+the statistical baselines once per series. `score` prints each variant's MASE alone and combined,
+ŷ = (1 − λ)·ŷ_RNN + λ·ŷ_partner (the recipe's λ and partner unless --weight is given), per series
+and summed over the series every variant has, with the wins against the best of ETS and
+auto-ARIMA. 'a+b' averages the networks of a and b. `select` scores a forecaster that picks, at
+each origin, whichever candidate (combined as in `score`; 'alone:a' uncombined) erred least at the
+last K origins before it, as a fit could by backtesting its own history; the first candidate where
+no earlier origin is cached. Choose on the validation origins; the test origins are the table's.
+Sessions 11–25 compared recipes this way (benchmarks/forecast_notes.md). co2 is left out by
+default: its network trains for about 15 s an origin and its auto-ARIMA fit takes about 28 s
+(session 19), at 15 origins.
 """
 
 import argparse
@@ -23,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from forecast_quality import SERIES, validation_origins
+from forecast_quality import MIN_HISTORY, SERIES, validation_origins
 from rnnkit.data.series import load_bundled
 from rnnkit.tasks.forecast import Baseline, ForecastConfig, Forecaster, series_scale
 
@@ -31,12 +38,16 @@ CACHE = Path(tempfile.gettempdir()) / "rnnkit-forecast-variants"
 STATISTICAL = ("ets", "arima")  # the bar's baselines; the recipe's partner is among them
 
 
-def origins(length: int, horizon: int, test: int, validation: int) -> list[tuple[str, int]]:
-    """(split, cut) of the validation origins (as many as forecast_quality.py backtests), then the
-    test origins, each one horizon after the one before."""
+def origins(length: int, horizon: int, test: int, validation: int, earlier: int = 0) -> list[tuple[str, int]]:
+    """(split, cut) of up to `earlier` origins that leave MIN_HISTORY values, then the validation
+    origins (as many as forecast_quality.py backtests), then the test origins, each one horizon
+    after the one before."""
     first_test = length - test * horizon
     before = validation_origins(first_test, horizon, validation)
-    return ([("validation", first_test - k * horizon) for k in range(before, 0, -1)]
+    first_validation = first_test - before * horizon
+    earlier = min(earlier, (first_validation - MIN_HISTORY) // horizon)
+    return ([("earlier", first_validation - k * horizon) for k in range(earlier, 0, -1)]
+            + [("validation", first_test - k * horizon) for k in range(before, 0, -1)]
             + [("test", length - k * horizon) for k in range(test, 0, -1)])
 
 
@@ -44,12 +55,12 @@ def cache_path(variant: str, name: str) -> Path:
     return CACHE / variant / f"{name.replace(':', '_')}.npz"
 
 
-def run(variant: str, names: list[str], overrides: dict, test: int, validation: int) -> None:
+def run(variant: str, names: list[str], overrides: dict, test: int, validation: int, earlier: int) -> None:
     """Cache the variant's median forecasts (and once the baselines') at every origin of each series."""
     for name in names:
         series = load_bundled(name)
         horizon = series.horizon
-        splits, cuts = zip(*origins(len(series), horizon, test, validation))
+        splits, cuts = zip(*origins(len(series), horizon, test, validation, earlier))
         stat = cache_path("statistical", name)
         if not stat.exists() or not np.array_equal(np.load(stat)["cut"], cuts):
             forecasts = {method: [Baseline(method, series.season).fit(series.head(cut)).predict(horizon).mean
@@ -69,9 +80,27 @@ def mean_mase(stat, forecast: np.ndarray, chosen: np.ndarray) -> float:
     return float(np.mean(np.abs(stat["actual"][chosen] - forecast[chosen]).mean(1) / stat["scale"][chosen]))
 
 
+def cached(variants: list[str], names: list[str]) -> list[str]:
+    """The series every variant (and each network it averages) has cached."""
+    parts = [part for v in variants for part in v.removeprefix("alone:").split("+")]
+    return [n for n in names if all(cache_path(part, n).exists() for part in parts)]
+
+
+def network(variant: str, name: str, stat) -> np.ndarray:
+    """The variant's median forecasts at every cached origin ('a+b': a's and b's averaged)."""
+    parts = [np.load(cache_path(part, name)) for part in variant.split("+")]
+    if any(not np.array_equal(part["cut"], stat["cut"]) for part in parts):
+        raise SystemExit(f"{variant} on {name} was run at other origins than the baselines' cache; run it again")
+    return np.mean([part["forecast"] for part in parts], 0)
+
+
+def combine(network: np.ndarray, stat, weight: float, partner: tuple[str, ...]) -> np.ndarray:
+    return (1 - weight) * network + weight * np.mean([stat[p] for p in partner], 0)
+
+
 def score(variants: list[str], names: list[str], weight: float, partner: tuple[str, ...]) -> dict:
     """Print the table; return {variant: {split: [sum alone, sum combined, wins]}}."""
-    names = [n for n in names if all(cache_path(part, n).exists() for v in variants for part in v.split("+"))]
+    names = cached(variants, names)
     print(f"combined: (1 − {weight})·RNN + {weight}·mean({', '.join(partner)}); W: beats the best of ETS and auto-ARIMA")
     print(f"{'variant':24s} {'series':18s} | validation: alone combined best | test: alone combined best")
     table = {}
@@ -79,43 +108,78 @@ def score(variants: list[str], names: list[str], weight: float, partner: tuple[s
         sums = table[variant] = {"validation": [0.0, 0.0, 0], "test": [0.0, 0.0, 0]}
         for name in names:
             stat = np.load(cache_path("statistical", name))
-            parts = [np.load(cache_path(part, name)) for part in variant.split("+")]
-            if any(not np.array_equal(part["cut"], stat["cut"]) for part in parts):
-                raise SystemExit(f"{variant} on {name} was run at other origins than the baselines' cache; run it again")
-            network = np.mean([part["forecast"] for part in parts], 0)
-            combined = (1 - weight) * network + weight * np.mean([stat[p] for p in partner], 0)
+            alone = network(variant, name, stat)
+            combined = combine(alone, stat, weight, partner)
             cells = []
             for split, total in sums.items():
                 chosen = stat["split"] == split
-                alone, mixed = mean_mase(stat, network, chosen), mean_mase(stat, combined, chosen)
+                error, mixed = mean_mase(stat, alone, chosen), mean_mase(stat, combined, chosen)
                 best = min(mean_mase(stat, stat[method], chosen) for method in STATISTICAL)
-                total[0] += alone
+                total[0] += error
                 total[1] += mixed
                 total[2] += mixed < best
-                cells.append(f"{alone:.3f} {mixed:.3f}{'W' if mixed < best else ' '} {best:.3f}")
+                cells.append(f"{error:.3f} {mixed:.3f}{'W' if mixed < best else ' '} {best:.3f}")
             print(f"{variant:24s} {name:18s} | " + " | ".join(cells))
         print(f"{variant:24s} {'sum':18s} | " + " | ".join(f"{a:.3f} {c:.3f} wins {w}" for a, c, w in sums.values()))
     return table
 
 
+def select(candidates: list[str], names: list[str], weight: float, partner: tuple[str, ...], last: int) -> dict:
+    """Print and return {split: [sum of MASE, wins]} of picking, at every validation and test
+    origin, the candidate with the least mean MASE over the `last` cached origins before it (ties
+    and origins with none before them: the first candidate)."""
+    names = cached(candidates, names)
+    print(f"each origin: the candidate that erred least at the {last} origins before it; "
+          f"initials of the picks in brackets; W: beats the best of ETS and auto-ARIMA")
+    sums = {"validation": [0.0, 0], "test": [0.0, 0]}
+    for name in names:
+        stat = np.load(cache_path("statistical", name))
+        errors = []  # (candidates, origins): each origin's MASE
+        for candidate in candidates:
+            alone = network(candidate.removeprefix("alone:"), name, stat)
+            forecast = alone if candidate.startswith("alone:") else combine(alone, stat, weight, partner)
+            errors.append(np.abs(stat["actual"] - forecast).mean(1) / stat["scale"])
+        errors = np.array(errors)
+        picks = [0 if origin == 0 else int(np.argmin(errors[:, max(0, origin - last):origin].mean(1)))
+                 for origin in range(errors.shape[1])]
+        picked = errors[picks, np.arange(errors.shape[1])]
+        cells = []
+        for split, total in sums.items():
+            chosen = stat["split"] == split
+            best = min(mean_mase(stat, stat[method], chosen) for method in STATISTICAL)
+            mase = float(picked[chosen].mean())
+            total[0] += mase
+            total[1] += mase < best
+            initials = " ".join(candidates[p].removeprefix("alone:")[:2] for p, c in zip(picks, chosen) if c)
+            cells.append(f"{mase:.3f}{'W' if mase < best else ' '} {best:.3f} [{initials}]")
+        print(f"{name:18s} | " + " | ".join(cells))
+    print(f"{'sum':18s} | " + " | ".join(f"{total:.3f} wins {wins}" for total, wins in sums.values()))
+    return sums
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("run", "score"))
-    parser.add_argument("variants", nargs="+", help="run: one name for the variant; score: names, or a+b to average")
+    parser.add_argument("command", choices=("run", "score", "select"))
+    parser.add_argument("variants", nargs="+",
+                        help="run: one name for the variant; score, select: names, or a+b to average (select: alone:a)")
     parser.add_argument("--set", default="{}", help='run: Forecaster overrides as JSON, e.g. \'{"hidden_size": 16}\'')
     parser.add_argument("--series", default=",".join(s for s in SERIES if s != "co2"))
     parser.add_argument("--origins", type=int, default=5, help="test origins")
     parser.add_argument("--validation", type=int, default=10, help="validation origins before them")
-    parser.add_argument("--weight", type=float, default=ForecastConfig().combine_weight, help="score: λ")
+    parser.add_argument("--earlier", type=int, default=0, help="run: origins before the validation ones, for select")
+    parser.add_argument("--weight", type=float, default=ForecastConfig().combine_weight, help="score, select: λ")
+    parser.add_argument("--last", type=int, default=3, help="select: the origins before each that choose its pick")
     args = parser.parse_args()
     names = args.series.split(",")
     if args.command == "run":
         if len(args.variants) != 1 or "+" in args.variants[0] or args.variants[0] == "statistical":
             parser.error("run takes one variant name, without '+' and other than 'statistical' (the baselines' cache)")
         torch.set_num_threads(1)
-        run(args.variants[0], names, json.loads(args.set), args.origins, args.validation)
-    else:
+        run(args.variants[0], names, json.loads(args.set), args.origins, args.validation, args.earlier)
+    elif args.command == "score":
         score(args.variants, names, args.weight, ForecastConfig().combine)
+    else:
+        select(args.variants, names, args.weight, ForecastConfig().combine, args.last)
 
 
 if __name__ == "__main__":

@@ -55,3 +55,30 @@ def test_score_refuses_forecasts_cached_at_other_origins(variants):
     write(variants, "a", forecast=[[1]], cut=[30])
     with pytest.raises(SystemExit, match="other origins"):
         variants.score(["a"], ["toy"], 0.35, ("arima",))
+
+
+def test_earlier_origins_come_before_validation_and_keep_min_history(variants):
+    # nile: the first validation origin is at 30 = MIN_HISTORY, so none fits before it
+    assert variants.origins(100, 10, 5, 10, earlier=4) == variants.origins(100, 10, 5, 10)
+    # 300 values, horizon 8: validation from 180; four earlier origins, then only as many as leave 30 values
+    assert variants.origins(300, 8, 5, 10, earlier=4)[:5] == [("earlier", 148), ("earlier", 156), ("earlier", 164),
+                                                             ("earlier", 172), ("validation", 180)]
+    assert [cut for split, cut in variants.origins(300, 8, 5, 10, earlier=99) if split == "earlier"][0] == 36
+
+
+def test_select_picks_the_candidate_that_erred_least_at_the_origins_before(variants):
+    # one step, scale 1, actual 0 everywhere: a candidate's MASE at an origin is |its forecast|
+    write(variants, "statistical", split=["earlier", "validation", "validation", "test"], cut=[10, 11, 12, 13],
+          actual=[[0]] * 4, scale=[1] * 4, ets=[[9]] * 4, arima=[[9]] * 4)
+    write(variants, "a", forecast=[[1], [5], [1], [1]], cut=[10, 11, 12, 13])
+    write(variants, "b", forecast=[[2], [2], [2], [7]], cut=[10, 11, 12, 13])
+    sums = variants.select(["alone:a", "alone:b"], ["toy"], 0.35, ("arima",), last=1)
+    # origin 11: a erred less at 10 → a (5); origin 12: b erred less at 11 → b (2);
+    # test origin 13: a erred less at 12 → a (1). The baselines err 9: wins on both splits.
+    assert sums["validation"] == pytest.approx([3.5, 1])
+    assert sums["test"] == pytest.approx([1.0, 1])
+    # with the last 2 origins, origin 12 sees a's mean 3 against b's 2 → b; 13 sees 3 against 2 → b (7)
+    assert variants.select(["alone:a", "alone:b"], ["toy"], 0.35, ("arima",), last=2)["test"] == pytest.approx([7.0, 1])
+    # combined at λ = 0.35 with ARIMA's 9: origin 11 → a (0.65·5 + 3.15 = 6.4)
+    combined = variants.select(["a", "b"], ["toy"], 0.35, ("arima",), last=1)
+    assert combined["validation"][0] == pytest.approx((6.4 + 0.65 * 2 + 3.15) / 2)
