@@ -59,9 +59,9 @@ def run(names, origins: int, validation: int, overrides: dict) -> list[dict]:
     return rows
 
 
-def markdown(rows, command: str) -> str:
+def markdown(rows, command: str, origins: int) -> str:
     lines = [f"Command: `{command}` (1 thread each, two such jobs at a time on the 2-core machine). Rolling-origin "
-             "MASE over 5 origins (lower is better); **bold**: rnnkit beats the best of ETS and auto-ARIMA; "
+             f"MASE over {origins} origins where the history holds them (lower is better); **bold**: rnnkit beats the best of ETS and auto-ARIMA; "
              "†: statsforecast's exact auto-ARIMA search, measured once by this script (too slow to refit), better "
              "than the approximated search that rnnkit's baseline runs.", "",
              "| series | m | h | rnnkit | seasonal naive | ETS | auto-ARIMA | rnnkit vs best stat | rnnkit s |",
@@ -80,7 +80,7 @@ def markdown(rows, command: str) -> str:
             cells[3] += "†" if row.get("arima_exact") else ""
             if win:
                 cells[0] = f"**{cells[0]}**"
-            label = row["series"] + (f" ({row['origins']} origins)" if row.get("origins", 5) != 5 else "")
+            label = row["series"] + (f" ({row['origins']} origins)" if row["origins"] != origins else "")
             lines.append(f"| {label} | {row['m']} | {row['h']} | {' | '.join(cells)} | "
                          f"{'win' if win else 'loss'} ({row['rnnkit'] / best:.2f}×) | {row['rnnkit_s']:.0f} |")
         wins = sum(r["rnnkit"] < min(r["ets"], r["arima"]) for r in group)
@@ -115,7 +115,8 @@ def main() -> None:
     torch.set_num_threads(1)
     names = args.series.split(",") + (list(HELD_OUT) if args.held_out else [])
     rows = run(names, args.origins, args.validation, json.loads(args.set))
-    text = markdown(rows, " ".join(["OMP_NUM_THREADS=1 python benchmarks/forecast_quality.py", *sys.argv[1:]]))
+    text = markdown(rows, " ".join(["OMP_NUM_THREADS=1 python benchmarks/forecast_quality.py", *sys.argv[1:]]),
+                    args.validation or args.origins)
     if args.notes:
         text += "\n\n" + Path(args.notes).read_text(encoding="utf-8").strip()
     print(text)
