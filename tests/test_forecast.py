@@ -8,7 +8,8 @@ import torch
 
 from rnnkit.cli import main
 from rnnkit.data.series import Series
-from rnnkit.tasks.forecast import ANCHORS, TRUST_GRID, Baseline, Forecaster, Windows, choose_anchor, ridge_highway
+from rnnkit.tasks.forecast import (ANCHORS, TRUST_GRID, Baseline, Forecaster, Windows, choose_anchor, pinball_loss,
+                                   recency_weights, ridge_highway)
 
 TINY = dict(hidden_size=8, ensemble=1, max_steps=20, eval_every=10, combine=())  # the RNN alone
 
@@ -117,6 +118,38 @@ def test_trust_scales_the_networks_correction_to_its_anchor():
     assert raw.trust == 1.0 and np.abs(raw.predict().mean - exact.values[-12:]).max() > 1e-3
     with pytest.raises(ValueError, match="trust must be in"):
         Forecaster(trust=1.5)
+
+
+def test_recency_weights_halve_every_half_life_and_weigh_the_loss():
+    # 5 windows, half-life 0.4 · 5 = 2 windows: raw weights 0.5^(4/2), 0.5^(3/2), 0.5^(2/2), 0.5^(1/2), 1
+    raw = np.array([0.25, 0.5 ** 1.5, 0.5, 0.5 ** 0.5, 1.0])
+    np.testing.assert_allclose(recency_weights(5, 0.4).numpy(), raw / raw.mean(), rtol=1e-6)
+    assert torch.equal(recency_weights(3, None), torch.ones(3))
+    # Two windows of one step, quantiles 0.1 and 0.9: errors e = target − prediction = 1 and −2.
+    predicted, target, quantiles = torch.tensor([[[0.0, 0.0]], [[3.0, 3.0]]]), torch.tensor([[1.0], [1.0]]), torch.tensor([0.1, 0.9])
+    # Window losses: mean(0.1·1, 0.9·1) = 0.5 and mean(0.9·2, 0.1·2) = 1.0
+    assert pinball_loss(predicted, target, quantiles).item() == pytest.approx(0.75)
+    assert pinball_loss(predicted, target, quantiles, torch.tensor([1.5, 0.5])).item() == pytest.approx((0.75 + 0.5) / 2)
+    with pytest.raises(ValueError, match="recency must be"):
+        Forecaster(recency=0.0)
+
+
+def test_recency_weighted_training_follows_the_recent_regime():
+    # AR(1) with φ = 0.8 for 200 steps, then φ = −0.8: from a last value of 3 the next is about
+    # 2.4 under the old dynamics and −2.4 under the new. Weighing recent windows more moves the
+    # forecast towards the new regime.
+    rng = np.random.default_rng(0)
+    values = np.zeros(300)
+    for t in range(1, 300):
+        values[t] = (0.8 if t < 200 else -0.8) * values[t - 1] + rng.normal()
+    probe = make_series(np.r_[values, 3.0])
+
+    def next_value(recency):
+        options = dict(TINY, max_steps=150, eval_every=25, window=4, anchor="naive", recency=recency)
+        return Forecaster(horizon=1, **options).fit(make_series(values)).predict(series=probe).mean[0]
+
+    equal, recent = next_value(None), next_value(0.1)
+    assert recent < -1.5 and equal > -1.0, (equal, recent)
 
 
 def test_default_window_spans_two_horizons_and_four_seasons():
@@ -312,7 +345,8 @@ def test_cli_writes_the_run_folder_and_predicts(tmp_path, capsys):
                                             for i, v in enumerate(series.values)))
     main(["forecast", "--csv", str(path), "--time", "quarter", "--target", "y", "--horizon", "4", "--origins", "2",
           "--baselines", "naive,seasonal_naive", "--combine", "ets", "--ensemble", "1", "--max-steps", "10", "--hidden-size", "8",
-          "--trust", "auto", "--no-linear-start", "--local-scale", "--runs-dir", str(tmp_path), "--name", "run", "--quiet"])
+          "--trust", "auto", "--no-linear-start", "--local-scale", "--recency", "none", "--runs-dir", str(tmp_path),
+          "--name", "run", "--quiet"])
     out = capsys.readouterr().out
     assert "rnnkit" in out and "seasonal_naive" in out
     run = tmp_path / "run"
@@ -321,7 +355,7 @@ def test_cli_writes_the_run_folder_and_predicts(tmp_path, capsys):
         assert (run / name).is_file(), name
     assert len((run / "backtest.csv").read_text().splitlines()) == 1 + 3 * 2
     saved = json.loads((run / "config.json").read_text())["forecast"]
-    assert saved["linear_start"] is False and saved["local_scale"] is True
+    assert saved["linear_start"] is False and saved["local_scale"] is True and saved["recency"] is None
     main(["predict", str(run)])
     assert len(capsys.readouterr().out.splitlines()) == 4
     main(["predict", str(run), *map(str, series.values[-20:])])
@@ -358,3 +392,7 @@ def test_cli_refuses_a_series_too_short(tmp_path, capsys):
         main(["forecast", "--csv", str(path), "--time", "t", "--target", "y", "--trust", "1.5"])
     assert exit_info.value.code == 2
     assert "--trust: must be a number from 0 to 1 or auto" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["forecast", "--csv", str(path), "--time", "t", "--target", "y", "--recency", "-0.5"])
+    assert exit_info.value.code == 2
+    assert "--recency: must be a positive number or none" in capsys.readouterr().err
