@@ -502,14 +502,14 @@ def pinball_loss(predicted: torch.Tensor, target: torch.Tensor, quantiles: torch
 
 
 def recency_weights(count: int, half_life: float | None) -> torch.Tensor:
-    """Loss weights of `count` training windows in time order, the latest 1 before scaling:
+    """Loss weights of `count` training windows in time order (oldest first):
 
-        w_i = 0.5^((count − 1 − i) / (half_life · count)),   scaled to mean 1
+        w_i = 0.5^((count − 1 − i) / (half_life · count)),   then scaled to mean 1
 
     so that a window half_life × count windows older weighs half as much (all 1 for None).
     Like exponential smoothing, the network then fits the recent behaviour of the series more
-    than its distant past; on the validation origins, recipes with a half-life of 0.1–0.5 of
-    the windows erred 1.8–2.4% less than equal weights (summed MASE), 0.25 winning most series."""
+    than its distant past. On the validation origins of five series (all but co2), half-lives
+    of 0.1–0.5 of the windows lowered the summed MASE by 1.8–2.4%; 0.25 won the most series."""
     if half_life is None:
         return torch.ones(count)
     age = torch.arange(count - 1, -1, -1, dtype=torch.float32)
