@@ -126,10 +126,12 @@ def test_recency_weights_halve_every_half_life_and_weigh_the_loss():
     np.testing.assert_allclose(recency_weights(5, 0.4).numpy(), raw / raw.mean(), rtol=1e-6)
     assert torch.equal(recency_weights(3, None), torch.ones(3))
     # Two windows of one step, quantiles 0.1 and 0.9: errors e = target − prediction = 1 and −2.
-    predicted, target, quantiles = torch.tensor([[[0.0, 0.0]], [[3.0, 3.0]]]), torch.tensor([[1.0], [1.0]]), torch.tensor([0.1, 0.9])
+    predicted, target = torch.tensor([[[0.0, 0.0]], [[3.0, 3.0]]]), torch.tensor([[1.0], [1.0]])
+    quantiles = torch.tensor([0.1, 0.9])
     # Window losses: mean(0.1·1, 0.9·1) = 0.5 and mean(0.9·2, 0.1·2) = 1.0
     assert pinball_loss(predicted, target, quantiles).item() == pytest.approx(0.75)
-    assert pinball_loss(predicted, target, quantiles, torch.tensor([1.5, 0.5])).item() == pytest.approx((0.75 + 0.5) / 2)
+    weighted = pinball_loss(predicted, target, quantiles, torch.tensor([1.5, 0.5]))
+    assert weighted.item() == pytest.approx((1.5 * 0.5 + 0.5 * 1.0) / 2)
     with pytest.raises(ValueError, match="recency must be"):
         Forecaster(recency=0.0)
 
