@@ -61,7 +61,8 @@ def run(names, origins: int, validation: int, overrides: dict) -> list[dict]:
 
 def markdown(rows, command: str, origins: int) -> str:
     lines = [f"Command: `{command}` (1 thread each, two such jobs at a time on the 2-core machine). Rolling-origin "
-             f"MASE over {origins} origins where the history holds them (lower is better); **bold**: rnnkit beats the best of ETS and auto-ARIMA; "
+             f"MASE over {origins} origins where the history holds them (lower is better); "
+             "**bold**: rnnkit beats the best of ETS and auto-ARIMA; "
              "†: statsforecast's exact auto-ARIMA search, measured once by this script (too slow to refit), better "
              "than the approximated search that rnnkit's baseline runs.", "",
              "| series | m | h | rnnkit | seasonal naive | ETS | auto-ARIMA | rnnkit vs best stat | rnnkit s |",

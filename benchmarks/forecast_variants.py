@@ -75,9 +75,14 @@ def run(variant: str, names: list[str], overrides: dict, test: int, validation: 
         print(f"{variant} {name}: {len(cuts)} origins cached", flush=True)
 
 
+def origin_mase(stat, forecast: np.ndarray) -> np.ndarray:
+    """Each origin's MASE: the forecast's MAE ÷ its history's scale."""
+    return np.abs(stat["actual"] - forecast).mean(1) / stat["scale"]
+
+
 def mean_mase(stat, forecast: np.ndarray, chosen: np.ndarray) -> float:
-    """The mean over the chosen origins of each origin's MASE (MAE ÷ its history's scale)."""
-    return float(np.mean(np.abs(stat["actual"][chosen] - forecast[chosen]).mean(1) / stat["scale"][chosen]))
+    """The mean of `origin_mase` over the chosen origins."""
+    return float(origin_mase(stat, forecast)[chosen].mean())
 
 
 def cached(variants: list[str], names: list[str]) -> list[str]:
@@ -138,7 +143,7 @@ def select(candidates: list[str], names: list[str], weight: float, partner: tupl
         for candidate in candidates:
             alone = network(candidate.removeprefix("alone:"), name, stat)
             forecast = alone if candidate.startswith("alone:") else combine(alone, stat, weight, partner)
-            errors.append(np.abs(stat["actual"] - forecast).mean(1) / stat["scale"])
+            errors.append(origin_mase(stat, forecast))
         errors = np.array(errors)
         picks = [0 if origin == 0 else int(np.argmin(errors[:, max(0, origin - last):origin].mean(1)))
                  for origin in range(errors.shape[1])]

@@ -939,19 +939,18 @@ def trust_share(text: str) -> float | None:
     return share
 
 
-def half_life(text: str) -> float | None:
-    """--recency: a positive share of the windows, or none (None)."""
+def half_life_or_none(text: str) -> float | None:
+    """--recency: a positive share of the windows (as `cli.positive_float` reads it), or none (None)."""
     import argparse
+
+    from ..cli import positive_float
 
     if text == "none":
         return None
     try:
-        share = float(text)
-    except ValueError:
-        share = 0.0
-    if not 0 < share < math.inf:
-        raise argparse.ArgumentTypeError(f"must be a positive number or none, got {text!r}")
-    return share
+        return positive_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a positive number or none, got {text!r}") from None
 
 
 def add_commands(commands) -> None:
@@ -993,7 +992,7 @@ def add_commands(commands) -> None:
                             "validation windows where the anchor alone did better)")
     model.add_argument("--local-scale", action=argparse.BooleanOptionalAction, default=defaults.local_scale,
                        help="scale each window by its own mean seasonal difference (else by the history's)")
-    model.add_argument("--recency", type=half_life, default=defaults.recency, metavar="SHARE|none",
+    model.add_argument("--recency", type=half_life_or_none, default=defaults.recency, metavar="SHARE|none",
                        help="half-life of the training windows' loss weights, as a share of the windows (none: equal weights)")
     model.add_argument("--linear-start", action=argparse.BooleanOptionalAction, default=defaults.linear_start,
                        help="start the linear highway at the ridge regression on long histories")
