@@ -39,6 +39,21 @@ def test_backtest_origins_and_metrics_match_hand_computation():
     assert result.forecasts[1].mean.tolist() == [6, 6]
 
 
+def test_comparison_table_sets_each_model_against_the_first_origin_by_origin():
+    from rnnkit.metrics import diebold_mariano
+    from rnnkit.tasks.forecast import Backtest, format_table
+
+    def backtest(name, errors):
+        return Backtest(name, [{"origin": str(k), "mase": e, "smape": 0.0, "rmse": 0.0, "coverage": 1.0,
+                                "width": 0.0, "seconds": 0.0} for k, e in enumerate(errors)], [])
+
+    ours, theirs = [0.5, 0.9, 0.6], [0.8, 0.7, 0.9]    # ours erred less at origins 0 and 2
+    lines = format_table([backtest("rnnkit", ours), backtest("ets", theirs)]).splitlines()
+    assert lines[0].endswith("lost to rnnkit   DM p")
+    assert lines[1].split() == ["rnnkit", "*", "0.667", "0.00", "0", "1.00", "0", "0.0"]
+    assert lines[2].split()[-2:] == ["2/3", f"{diebold_mariano(ours, theirs)[1]:.2f}"]
+
+
 def test_scaling_sees_only_the_history():
     series = seasonal(60)
     windows = Windows(series.head(40), window=24, steps=12, seasonal_features=False, anchor="seasonal_naive")

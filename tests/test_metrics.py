@@ -32,6 +32,30 @@ def test_smape_rmse_and_intervals():
         metrics.rmse([1, 2], [1])
 
 
+def test_diebold_mariano_by_hand_and_against_scipy():
+    from scipy import stats
+
+    # d = 0.5, −0.5, 1: mean 1/3, sample variance 7/12, DM = (1/3) / √(7/36) = 2/√7;
+    # Student's t with 2 degrees of freedom: P(|T| ≥ t) = 1 − t / √(2 + t²)
+    a, b = [1.0, 2.0, 3.0], [0.5, 2.5, 2.0]
+    statistic, p = metrics.diebold_mariano(a, b)
+    assert statistic == pytest.approx(2 / math.sqrt(7))
+    assert p == pytest.approx(1 - statistic / math.sqrt(2 + statistic ** 2))
+    assert (statistic, p) == pytest.approx(tuple(stats.ttest_rel(a, b)))
+    assert metrics.diebold_mariano(b, a) == pytest.approx((-statistic, p))
+
+
+def test_diebold_mariano_separates_a_real_gap_from_noise():
+    rng = np.random.default_rng(0)
+    first, second, third = (rng.normal(0, 0.1, 10) for _ in range(3))
+    assert metrics.diebold_mariano(1.0 + first, 1.5 + second)[1] < 0.001   # a gap of 5 noise widths
+    assert metrics.diebold_mariano(1.0 + first, 1.0 + third)[1] > 0.5      # the same quality
+    assert metrics.diebold_mariano([1, 2], [1, 2]) == (0.0, 1.0)
+    assert metrics.diebold_mariano([1, 2], [2, 3]) == (-math.inf, 0.0)
+    with pytest.raises(ValueError, match="2 or more origins"):
+        metrics.diebold_mariano([1.0], [2.0])
+
+
 def test_accuracy_confusion_and_exact_match():
     assert metrics.accuracy([0, 1, 2, 2], [0, 2, 2, 2]) == 0.75
     counts = metrics.confusion_matrix([0, 1, 2, 2], [0, 2, 2, 2], num_classes=3)

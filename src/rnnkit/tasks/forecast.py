@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..data.series import Series, check_length
-from ..metrics import interval_coverage, interval_width, mase, rmse, smape
+from ..metrics import diebold_mariano, interval_coverage, interval_width, mase, rmse, smape
 from ..recurrent import Recurrent
 from ..train.checkpoint import load_checkpoint, save_checkpoint
 from ..train.trainer import TrainConfig, Trainer
@@ -741,14 +741,23 @@ def compare(series: Series, models: list[ForecastModel], origins: int, horizon: 
 
 
 def format_table(results: list[Backtest]) -> str:
-    """One line per model: mean errors over the origins; the lowest MASE is starred."""
+    """One line per model: mean errors over the origins; the lowest MASE is starred. Each model
+    after the first is set against the first origin by origin: at how many origins it erred more
+    (MASE), and the Diebold–Mariano p-value of the gap (small: more than the origins' noise)."""
     best = min(results, key=lambda result: result.mean()["mase"]).model
-    lines = [f"{'model':<16}{'MASE':>8}{'sMAPE':>8}{'RMSE':>10}{f'cover{LEVEL}':>9}{'width':>10}{'fit s':>8}"]
+    first = results[0]
+    lines = [f"{'model':<16}{'MASE':>8}{'sMAPE':>8}{'RMSE':>10}{f'cover{LEVEL}':>9}{'width':>10}{'fit s':>8}"
+             f"{'lost to ' + first.model:>16}{'DM p':>7}"]
     for result in results:
         mean = result.mean()
-        lines.append(f"{result.model + (' *' if result.model == best else ''):<16}{mean['mase']:>8.3f}"
-                     f"{mean['smape']:>8.2f}{mean['rmse']:>10.4g}{mean['coverage']:>9.2f}{mean['width']:>10.4g}"
-                     f"{mean['seconds']:>8.1f}")
+        line = (f"{result.model + (' *' if result.model == best else ''):<16}{mean['mase']:>8.3f}"
+                f"{mean['smape']:>8.2f}{mean['rmse']:>10.4g}{mean['coverage']:>9.2f}{mean['width']:>10.4g}"
+                f"{mean['seconds']:>8.1f}")
+        if result is not first:
+            ours, theirs = ([row["mase"] for row in r.rows] for r in (first, result))
+            lost = f"{sum(a < b for a, b in zip(ours, theirs))}/{len(ours)}"
+            line += f"{lost:>16}" + (f"{diebold_mariano(ours, theirs)[1]:>7.2f}" if len(ours) > 1 else f"{'':>7}")
+        lines.append(line)
     return "\n".join(lines)
 
 
