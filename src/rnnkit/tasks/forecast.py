@@ -265,11 +265,11 @@ class ForecastConfig:
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
     seasonal_features: bool = True    # sin/cos of the seasonal phase as extra inputs (when m > 1)
     anchor: str = "auto"              # the forecast the network corrects; auto: whichever erred less on the history
-    ensemble: int = 3                 # members trained from seeds seed, seed+1, …; their quantiles averaged
+    ensemble: int = 6                 # members trained from seeds seed, seed+1, …; their quantiles averaged
     min_windows: int = 24             # the window shrinks on short series to leave this many examples
     val_fraction: float = 0.2         # the latest windows, for early stopping and the best checkpoint
     batch_size: int = 64
-    max_steps: int = 200              # a backtest refits K times: the budget stays small
+    max_steps: int = 100              # per member: a backtest refits K times, so the budget stays small
     learning_rate: float = 5e-3
     weight_decay: float = 1e-4
     recency: float | None = 0.25      # half-life of the training windows' loss weights, as a share of a series' windows (None: equal)
@@ -563,8 +563,8 @@ class Forecaster(ForecastModel):
     max(2h, 4m, 16) steps (2m for m > 12), direct multi-output head plus linear highway
     (started at the ridge fit where the history has ≥ 10 windows per window step), seasonal
     phase features, correcting the classical forecast that erred least on the history (the
-    anchor: naive, seasonal naive, either with drift, or a window mean), 3 seeds averaged,
-    ≤ 200 Adam steps on the pinball loss, each window weighed by its recency (half-life a
+    anchor: naive, seasonal naive, either with drift, or a window mean), 6 seeds averaged,
+    ≤ 100 Adam steps each on the pinball loss, each window weighed by its recency (half-life a
     quarter of the windows), with early stopping on the latest 20% of windows; its forecast is then
     combined with auto-ARIMA's fitted on the same history (Smyl's ES-RNN and forecast-
     combination results):
@@ -573,7 +573,8 @@ class Forecaster(ForecastModel):
 
     applied alike to the point forecast and to each bound of the 80% interval. The anchor rule,
     the window, the linear start, the recency, λ and the members were chosen on 10 validation origins
-    before the benchmark's test origins.
+    before the benchmark's test origins; there, for the same number of steps, six members of 100
+    steps erred less than three of 200 in each of five seed sets.
     """
 
     name = "rnnkit"
