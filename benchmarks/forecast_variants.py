@@ -17,7 +17,7 @@ auto-ARIMA. 'a+b' averages the networks of a and b. `select` scores a forecaster
 each origin, whichever candidate (combined as in `score`; 'alone:a' uncombined) erred least at the
 last K origins before it, as a fit could by backtesting its own history; the first candidate where
 no earlier origin is cached. Choose on the validation origins; the test origins are the table's.
-Sessions 11–25 compared recipes this way (benchmarks/forecast_notes.md). co2 is left out by
+Sessions 11–26 compared recipes this way (benchmarks/forecast_notes.md). co2 is left out by
 default: its network trains for about 15 s an origin and its auto-ARIMA fit takes about 28 s
 (session 19), at 15 origins.
 """
