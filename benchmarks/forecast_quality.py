@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 
 from rnnkit.data.series import load_bundled
-from rnnkit.metrics import diebold_mariano
-from rnnkit.tasks.forecast import Baseline, Forecaster
+from rnnkit.tasks.forecast import Baseline, Forecaster, origin_by_origin
 
 SERIES = ("sunspots", "co2", "nile", "elnino", "macrodata:realgdp", "macrodata:unemp")
 # Never used to choose anything: every other macrodata column, a check on series the recipe has not seen.
@@ -89,9 +88,8 @@ def markdown(rows, command: str, origins: int) -> str:
             label = row["series"] + (f" ({row['origins']} origins)" if row["origins"] != origins else "")
             paired = ""
             if row[f"{best_name}_origins"] and row["origins"] > 1:
-                ours, theirs = row["rnnkit_origins"], row[f"{best_name}_origins"]
-                paired = (f"; {sum(a < b for a, b in zip(ours, theirs))}/{len(ours)}, "
-                          f"p {diebold_mariano(ours, theirs)[1]:.2f}")
+                won, p = origin_by_origin(row["rnnkit_origins"], row[f"{best_name}_origins"])
+                paired = f"; {won}/{row['origins']}, p {p:.2f}"
             lines.append(f"| {label} | {row['m']} | {row['h']} | {' | '.join(cells)} | "
                          f"{'win' if win else 'loss'} ({row['rnnkit'] / best:.2f}×{paired}) | {row['rnnkit_s']:.0f} |")
         wins = sum(r["rnnkit"] < min(r["ets"], r["arima"]) for r in group)

@@ -741,6 +741,12 @@ def compare(series: Series, models: list[ForecastModel], origins: int, horizon: 
     return [model.backtest(series, origins, horizon) for model in models]
 
 
+def origin_by_origin(ours: list[float], theirs: list[float]) -> tuple[int, float | None]:
+    """At how many origins `ours` erred less than `theirs` (per-origin MASE), and the
+    Diebold–Mariano p-value of the gap (None for a single origin)."""
+    return sum(a < b for a, b in zip(ours, theirs)), diebold_mariano(ours, theirs)[1] if len(ours) > 1 else None
+
+
 def format_table(results: list[Backtest]) -> str:
     """One line per model: mean errors over the origins; the lowest MASE is starred. Each model
     after the first is set against the first origin by origin: at how many origins it erred more
@@ -756,8 +762,8 @@ def format_table(results: list[Backtest]) -> str:
                 f"{mean['seconds']:>8.1f}")
         if result is not first:
             ours, theirs = ([row["mase"] for row in r.rows] for r in (first, result))
-            lost = f"{sum(a < b for a, b in zip(ours, theirs))}/{len(ours)}"
-            line += f"{lost:>16}" + (f"{diebold_mariano(ours, theirs)[1]:>7.2f}" if len(ours) > 1 else f"{'':>7}")
+            lost, p = origin_by_origin(ours, theirs)
+            line += f"{f'{lost}/{len(ours)}':>16}" + (f"{p:>7.2f}" if p is not None else f"{'':>7}")
         lines.append(line)
     return "\n".join(lines)
 
