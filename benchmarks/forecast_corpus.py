@@ -47,8 +47,13 @@ def load(name: str) -> Series:
     return Series(values, np.arange(len(values)), name, SERIES[package, item])
 
 
-def origins(series: Series) -> list[int]:
-    """The cuts (history lengths) of the series' corpus origins, earliest first."""
+def origins(series: Series, earlier: int = 0) -> list[tuple[str, int]]:
+    """(split, cut) of the series' corpus origins, earliest first, each cut a history length:
+    up to `earlier` origins one horizon before them (split "earlier", for forecast_variants.py
+    select) that also leave MIN_HISTORY values, then the scored ones (split "corpus")."""
     horizon = HORIZONS.get(series.season, series.season)
     count = min(MAX_ORIGINS, (len(series) - MIN_HISTORY) // horizon)
-    return [len(series) - k * horizon for k in range(count, 0, -1)]
+    first = len(series) - count * horizon
+    before = min(earlier, (first - MIN_HISTORY) // horizon) if count else 0
+    return ([("earlier", first - k * horizon) for k in range(before, 0, -1)]
+            + [("corpus", len(series) - k * horizon) for k in range(count, 0, -1)])

@@ -70,10 +70,7 @@ def run(variant: str, names: list[str], overrides: dict, test: int, validation: 
         series = load(name)
         horizon = series.horizon
         if name in forecast_corpus.NAMES:
-            scored = forecast_corpus.origins(series)
-            before = min(earlier, (scored[0] - forecast_corpus.MIN_HISTORY) // horizon)
-            splits, cuts = zip(*([("earlier", scored[0] - k * horizon) for k in range(before, 0, -1)]
-                                 + [("corpus", cut) for cut in scored]))
+            splits, cuts = zip(*forecast_corpus.origins(series, earlier))
         else:
             splits, cuts = zip(*origins(len(series), horizon, test, validation, earlier))
         stat = cache_path("statistical", name)

@@ -82,3 +82,39 @@ def test_select_picks_the_candidate_that_erred_least_at_the_origins_before(varia
     # combined at λ = 0.35 with ARIMA's 9: origin 11 → a (0.65·5 + 3.15 = 6.4)
     combined = variants.select(["a", "b"], ["toy"], 0.35, ("arima",), last=1)
     assert combined["validation"][0] == pytest.approx((6.4 + 0.65 * 2 + 3.15) / 2)
+
+
+def test_corpus_origins_leave_min_history_and_come_one_horizon_apart(variants):
+    import forecast_corpus
+    from rnnkit.data.series import Series
+
+    def cuts(length, season, earlier=0):
+        return forecast_corpus.origins(Series(np.arange(length, dtype=float), np.arange(length), "toy", season), earlier)
+
+    assert cuts(100, 1) == [("corpus", 80), ("corpus", 90)]  # yearly: horizon 10, the last two
+    assert cuts(48, 1) == [("corpus", 38)]  # two would leave 28 < 30 values at the first
+    assert cuts(39, 4) == [("corpus", 31)]  # quarterly: horizon 8
+    assert cuts(35, 1) == []  # too short for one origin: the corpus rule leaves such series out
+    assert cuts(72, 12, earlier=5) == [("earlier", 36), ("corpus", 48), ("corpus", 60)]  # 24 would leave < 30
+    assert all(cut >= forecast_corpus.MIN_HISTORY for _, cut in cuts(500, 12, earlier=99))
+
+
+def test_score_pairs_each_variant_with_the_first_over_the_series(variants, capsys):
+    for name, actual in (("toy", 0.0), ("toy2", 0.0), ("toy3", 0.0)):
+        path = variants.cache_path("statistical", name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, split=["corpus"], cut=[10], actual=[[actual]], scale=[1], ets=[[9]], arima=[[0]])
+    for variant, forecasts in (("a", (1, 2, 3)), ("b", (1, 1, 1))):
+        for name, forecast in zip(("toy", "toy2", "toy3"), forecasts):
+            path = variants.cache_path(variant, name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(path, forecast=[[forecast]], cut=[10])
+    table = variants.score(["a", "b"], ["toy", "toy2", "toy3"], 0.5, ("arima",))
+    # combined with ARIMA's exact 0 at λ 0.5: a errs 0.5, 1, 1.5; b 0.5 each; ARIMA is exact, so no win
+    assert list(table["a"]) == ["corpus"]
+    assert table["a"]["corpus"] == pytest.approx([6.0, 3.0, 0])
+    assert table["b"]["corpus"] == pytest.approx([3.0, 1.5, 0])
+    # b − a = 0, −0.5, −1: mean −0.5, lower on 2 of 3, paired t = −0.5 / (0.5 / √3), p from t with 2 d.f.
+    t = -0.5 / (0.5 / np.sqrt(3))
+    p = 1 - abs(t) / np.sqrt(2 + t * t)  # two-sided p of Student's t with 2 degrees of freedom, in closed form
+    assert f"corpus: mean -0.5000, lower on 2/3, p {p:.2f}" in capsys.readouterr().out
