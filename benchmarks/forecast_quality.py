@@ -93,7 +93,8 @@ def markdown(rows, command: str, origins: int) -> str:
             cells[3] += "†" if row.get("arima_exact") else ""
             if win:
                 cells[0] = f"**{cells[0]}**"
-            label = row["series"] + (f" ({row['origins']} origins)" if row["origins"] != origins else "")
+            label = row["series"] + (f" ({row['origins']} origin{'s' * (row['origins'] > 1)})"
+                                     if row["origins"] != origins else "")
             paired = ""
             if row[f"{best_name}_origins"] and row["origins"] > 1:
                 won, p = origin_by_origin(row["rnnkit_origins"], row[f"{best_name}_origins"])
@@ -138,13 +139,14 @@ def main() -> None:
     torch.set_num_threads(1)
     names = ([name for name in args.series.split(",") if name] + (list(HELD_OUT) if args.held_out else [])
              + (list(forecast_corpus.NAMES) if args.corpus else []))
+    corpus_only = all(name in forecast_corpus.NAMES for name in names)
     rows = run(names, args.origins, args.validation, json.loads(args.set))
     text = markdown(rows, "OMP_NUM_THREADS=1 python benchmarks/forecast_quality.py " + shlex.join(sys.argv[1:]),
-                    args.validation or args.origins)
+                    forecast_corpus.MAX_ORIGINS if corpus_only else args.validation or args.origins)
     if args.notes:
         text += "\n\n" + Path(args.notes).read_text(encoding="utf-8").strip()
     print(text)
-    if args.out and all(name in forecast_corpus.NAMES for name in names):
+    if args.out and corpus_only:
         write_section(Path(args.out), text, "forecast-corpus", "Forecast quality on the validation corpus")
     elif args.out:
         write_section(Path(args.out), text)
