@@ -8,8 +8,8 @@ import torch
 
 from rnnkit.cli import main
 from rnnkit.data.series import Series
-from rnnkit.tasks.forecast import (ANCHORS, TRUST_GRID, Baseline, Forecaster, Windows, choose_anchor, pinball_loss,
-                                   recency_weights, ridge_highway)
+from rnnkit.tasks.forecast import (ANCHORS, TRUST_GRID, Baseline, Forecaster, Windows, anchor_forecast, choose_anchor,
+                                   pinball_loss, recency_weights, ridge_highway, smoothing_forecasts, smoothing_states)
 
 TINY = dict(hidden_size=8, ensemble=1, max_steps=20, eval_every=10, combine=())  # the RNN alone
 
@@ -85,9 +85,11 @@ def test_local_scale_is_each_windows_own_mean_seasonal_difference():
 
 def test_anchor_is_the_classical_forecast_that_erred_least_on_the_history():
     rng = np.random.default_rng(0)
-    # A fixed season in noise: averaging each phase over the window's two seasons halves the noise.
-    assert choose_anchor([seasonal(120)], steps=12, window=24) == "seasonal_mean"
-    assert choose_anchor([seasonal(120, slope=0.5)], steps=12, window=24) == "seasonal_naive_drift"
+    # A fixed season in noise: exponential smoothing averages each phase over every season seen
+    # (mean error 0.88), the phase means over the window's two only (0.92), seasonal naive over one
+    # (1.20); with a trend, its damped trend (1.30) beats the window's drift (1.69).
+    assert choose_anchor([seasonal(120)], steps=12, window=24) == "smoothing"
+    assert choose_anchor([seasonal(120, slope=0.5)], steps=12, window=24) == "smoothing"
     # Quarterly series without a season: the last value beats the value a year back.
     walk = make_series(np.cumsum(rng.normal(0, 1, 120)), season=4)
     assert choose_anchor([walk], steps=8, window=16) == "naive"
@@ -95,6 +97,14 @@ def test_anchor_is_the_classical_forecast_that_erred_least_on_the_history():
     assert choose_anchor([trend], steps=8, window=16) == "naive_drift"
     level = make_series(rng.normal(5, 1, 120))
     assert choose_anchor([level], steps=10, window=20) == "mean"
+    # A wandering level in noise, yearly: smoothing (α 0.3) would err least, but m = 1 is not offered it.
+    wandering = make_series(10 + np.cumsum(rng.normal(0, 0.3, 120)) + rng.normal(0, 1, 120))
+    ends = np.arange(16, 120 - 8 + 1)
+    target = wandering.values[ends[:, None] + np.arange(8)]
+    error = {kind: np.abs(target - anchor_forecast(wandering.values, ends, 8, 1, kind, 16)).mean()
+             for kind in ("smoothing", "naive", "naive_drift", "mean")}
+    assert min(error, key=error.get) == "smoothing"
+    assert choose_anchor([wandering], steps=8, window=16) == "mean"
 
     windows = Windows(trend, window=8, steps=3, seasonal_features=False, anchor="naive")
     features, anchor = windows.inputs(trend.values, None, np.array([50]))
@@ -118,6 +128,40 @@ def test_anchor_is_the_classical_forecast_that_erred_least_on_the_history():
     np.testing.assert_allclose(drift_forecast("seasonal_naive_drift"), line.values[30:36], rtol=1e-5)
     # naive with drift: the slope 3 over 8 steps (two seasons), the spikes missed
     np.testing.assert_allclose(drift_forecast("naive_drift"), line.values[29] + 3.0 * np.arange(1, 7), rtol=1e-5)
+
+
+def test_smoothing_anchor_is_damped_holt_winters_with_the_grid_point_that_forecast_the_history_best():
+    from statsmodels.tsa.holtwinters import ExponentialSmoothing
+
+    rng = np.random.default_rng(1)
+    m = 4
+    values = 10 + np.tile([1.0, -2.0, 0.5, 0.5], 10) + 0.05 * np.arange(40) + rng.normal(0, 0.3, 40)
+    alpha, beta, phi, gamma = 0.3, 0.15, 0.9, 0.2
+    level, trend, season = (state[0] for state in smoothing_states(values, m, np.array([[alpha], [beta], [phi], [gamma]])))
+    # statsmodels' form updates the season from y_t − ℓ_{t−1} − φ b_{t−1}; the same recursion with γ(1 − α).
+    reference = ExponentialSmoothing(values[m:], trend="add", damped_trend=True, seasonal="add", seasonal_periods=m,
+                                     initialization_method="known", initial_level=values[:m].mean(), initial_trend=0.0,
+                                     initial_seasonal=values[:m] - values[:m].mean()).fit(
+        smoothing_level=alpha, smoothing_trend=beta, damping_trend=phi, smoothing_seasonal=gamma * (1 - alpha),
+        optimized=False)
+    np.testing.assert_allclose(level[m:], reference.level, atol=1e-10)
+    np.testing.assert_allclose(trend[m:], reference.trend, atol=1e-10)
+    np.testing.assert_allclose(season[m:], reference.season, atol=1e-10)
+    # From the state after y_29: ŷ_{29+k} = ℓ_29 + (φ + … + φ^k) b_29 + the season's last state of that phase.
+    forecast = smoothing_forecasts(level[None], trend[None], season[None], np.array([phi]), np.array([30]), 6, m)[0, 0]
+    damped = np.cumsum(phi ** np.arange(1, 7))
+    np.testing.assert_allclose(forecast, level[29] + damped * trend[29] + season[[26, 27, 28, 29, 26, 27]])
+
+    # A noise-free step: any α < 1 or a trend errs after the jump, so the anchor is the last value.
+    step = np.where(np.arange(60) < 30, 2.0, 7.0)
+    ends = np.array([20, 35, 60])
+    np.testing.assert_array_equal(anchor_forecast(step, ends, 5, 1, "smoothing", 10), step[ends - 1, None] * np.ones(5))
+    # Where smoothing is chosen the network's inputs carry it, scaled like every anchor.
+    series = seasonal(120, slope=0.5)
+    windows = Windows(series, window=24, steps=12, seasonal_features=True, anchor="smoothing")
+    _, anchor = windows.inputs(series.values, None, np.array([100]))
+    expected = anchor_forecast(series.values, np.array([100]), 12, 12, "smoothing", 24)[0]
+    np.testing.assert_allclose(series.values[99] + windows.scale * anchor[0].numpy(), expected, rtol=1e-5)
 
 
 def test_trust_scales_the_networks_correction_to_its_anchor():
