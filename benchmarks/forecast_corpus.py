@@ -70,14 +70,18 @@ def employment_names() -> tuple[str, ...]:
     return tuple(f"{EMPLOYMENT}/{series_id}" for series_id in employment_selection(employment_frame())[EMPLOYMENT_SEEN:])
 
 
+def is_employment(name: str) -> bool:
+    return name.startswith(EMPLOYMENT + "/")
+
+
 def in_pools(name: str) -> bool:
     """Whether `name` is a corpus or an employment series (not a bundled one)."""
-    return name in NAMES or name.startswith(EMPLOYMENT + "/")
+    return name in NAMES or is_employment(name)
 
 
 def load(name: str) -> Series:
     """One corpus series by its name, 'package/item', or an employment one, 'fpp3/us_employment/ID'."""
-    if name.startswith(EMPLOYMENT + "/"):
+    if is_employment(name):
         frame = employment_frame()
         values = frame.loc[frame["Series_ID"] == name.rsplit("/", 1)[1], "Employed"].to_numpy(float)
         return Series(values[-EMPLOYMENT_MONTHS:], np.arange(EMPLOYMENT_MONTHS), name, 12)

@@ -83,7 +83,7 @@ def markdown(rows, command: str, origins: int) -> str:
                [r for r in rows if r["series"] not in SERIES and not forecast_corpus.in_pools(r["series"])]),
               ("the validation corpus (forecast_corpus.py)", [r for r in rows if r["series"] in forecast_corpus.NAMES]),
               ("the employment pool (forecast_corpus.py)",
-               [r for r in rows if forecast_corpus.in_pools(r["series"]) and r["series"] not in forecast_corpus.NAMES])]
+               [r for r in rows if forecast_corpus.is_employment(r["series"])])]
     summary = []
     for title, group in groups:
         if not group:

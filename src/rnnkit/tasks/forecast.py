@@ -410,8 +410,8 @@ def _fitted_smoothing(history: bytes, season: int, steps: int, window: int):
     for chunk in np.array_split(np.arange(params.shape[1]), max(1, params.shape[1] // 16)):  # bounds the memory
         forecast = smoothing_forecasts(level[chunk], trend[chunk], seasonal[chunk], params[2, chunk], ends, steps, season)
         errors[chunk] = np.abs(forecast - target).mean((1, 2))
-    best = int(np.argmin(errors))
-    return params[:, best], level[best], trend[best], seasonal[best]
+    best = int(np.argmin(errors))  # copies: a row's view would keep all P rows alive in the cache
+    return params[:, best].copy(), level[best].copy(), trend[best].copy(), seasonal[best].copy()
 
 
 def smoothing_forecast(values: np.ndarray, ends: np.ndarray, steps: int, season: int, window: int) -> np.ndarray:
