@@ -7,6 +7,7 @@ scored alone and combined with the statistical partner as the default recipe com
 
     OMP_NUM_THREADS=1 python benchmarks/forecast_variants.py run anchor --set '{"trust": 0}' --earlier 4
     python benchmarks/forecast_variants.py select base anchor --last 3
+    python benchmarks/forecast_variants.py noise base --series sunspots,co2,nile,elnino,macrodata:realgdp,macrodata:unemp
 
 `run` backtests the Forecaster without its combination (combine=()) at the validation origins and
 the test origins of forecast_quality.py (and, with --earlier K, up to K origins before those), and
@@ -18,6 +19,8 @@ of ETS and auto-ARIMA, and a paired test of each variant against the first over 
 each origin, whichever candidate (combined as in `score`; 'alone:a' uncombined) erred least at the
 last K origins before it, as a fit could by backtesting its own history; the first candidate where
 no earlier origin is cached. Choose on the validation origins; the test origins are the table's.
+`noise` measures, choosing nothing, how much of the table's count of wins the draw of its test
+origins decides (the series' P(win) over every draw of as many origins from all cached ones).
 Sessions 11–27 compared recipes this way (benchmarks/forecast_notes.md). co2 is left out by
 default: its network trains for about 15 s an origin and its auto-ARIMA fit takes about 28 s
 (session 19), at 15 origins. `--series corpus` runs and scores the 43 series of
@@ -26,6 +29,7 @@ and `--series employment` its second pool, 85 monthly series no recipe was chose
 """
 
 import argparse
+import itertools
 import json
 import tempfile
 from pathlib import Path
@@ -198,11 +202,62 @@ def select(candidates: list[str], names: list[str], weight: float, partner: tupl
     return sums
 
 
+def at_least(chances: list[float]) -> list[float]:
+    """P(at least j of independent events occur), j = 0 … len(chances), from each one's chance
+    (the Poisson binomial distribution, built one event at a time)."""
+    exactly = np.array([1.0])
+    for chance in chances:
+        exactly = np.append(exactly * (1 - chance), 0) + np.append(0, exactly * chance)
+    return list(exactly[::-1].cumsum()[::-1])
+
+
+def win_chance(errors: dict, pool: np.ndarray, draws: int) -> float:
+    """The share of all ways of drawing `draws` origins from `pool` (indices), with replacement,
+    in which rnnkit's mean MASE is below the best baseline's (enumerated, not sampled)."""
+    drawn = pool[np.array(list(itertools.product(range(len(pool)), repeat=draws)))]
+    means = {key: error[drawn].mean(1) for key, error in errors.items()}
+    return float(np.mean(means["rnnkit"] < np.min([means[m] for m in STATISTICAL], 0)))
+
+
+def noise(variant: str, names: list[str], weight: float, partner: tuple[str, ...]) -> dict:
+    """How much of the bar's count the draw of origins decides. For each series: the combined
+    forecast against the best of ETS and auto-ARIMA on the validation and on the test origins;
+    the spread of its per-origin log MASE ratio to auto-ARIMA; and P(win), the share of draws of
+    as many origins as the test has in which it beats the best baseline, drawn from every cached
+    origin (the validation ones chose the recipe, so this leans optimistic) and from the test
+    origins alone (the table's own spread). Then the chance of at least j wins over the series,
+    taking them as independent. Returns {series: (P(win) from all origins, from the test's)}."""
+    names = cached([variant], names)
+    print(f"combined: (1 − {weight})·RNN + {weight}·mean({', '.join(partner)}); P(win): share of draws of the "
+          f"test's number of origins, with replacement, that beat the best of ETS and auto-ARIMA")
+    chances = {}
+    for name in names:
+        stat = np.load(cache_path("statistical", name))
+        errors = {"rnnkit": origin_mase(stat, combine(network(variant, name, stat), stat, weight, partner)),
+                  **{method: origin_mase(stat, stat[method]) for method in STATISTICAL}}
+        cells = []
+        for split in ("validation", "test"):
+            chosen = stat["split"] == split
+            best = min(errors[method][chosen].mean() for method in STATISTICAL)
+            cells.append(f"{split} {errors['rnnkit'][chosen].mean():.3f} vs {best:.3f} "
+                         f"({errors['rnnkit'][chosen].mean() / best:.2f}×, {chosen.sum()} origins)")
+        log_ratio = np.log(errors["rnnkit"] / errors["arima"])
+        test = np.flatnonzero(stat["split"] == "test")
+        chances[name] = tuple(win_chance(errors, pool, len(test)) for pool in (np.arange(len(log_ratio)), test))
+        print(f"{name:18s} | " + " | ".join(cells) + f" | log(rnnkit/auto-ARIMA) per origin: mean "
+              f"{log_ratio.mean():+.3f}, sd {log_ratio.std(ddof=1):.3f}, {len(log_ratio)} origins | "
+              f"P(win) from all {chances[name][0]:.2f}, from the test's {chances[name][1]:.2f}")
+    for column, label in enumerate(("all origins", "the test origins")):
+        tail = at_least([chance[column] for chance in chances.values()])
+        print(f"P(at least j wins), drawn from {label}: " + ", ".join(f"{j}: {p:.2f}" for j, p in enumerate(tail)))
+    return chances
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("run", "score", "select"))
+    parser.add_argument("command", choices=("run", "score", "select", "noise"))
     parser.add_argument("variants", nargs="+",
-                        help="run: one name for the variant; score, select: names, or a+b to average (select: alone:a)")
+                        help="run: one name for the variant; score, select, noise: names, or a+b to average (select: alone:a)")
     parser.add_argument("--set", default="{}", help='run: Forecaster overrides as JSON, e.g. \'{"hidden_size": 16}\'')
     parser.add_argument("--series", default=",".join(s for s in SERIES if s != "co2"))
     parser.add_argument("--origins", type=int, default=5, help="test origins")
@@ -222,8 +277,11 @@ def main() -> None:
         run(args.variants[0], names, json.loads(args.set), args.origins, args.validation, args.earlier)
     elif args.command == "score":
         score(args.variants, names, args.weight, tuple(args.partner.split(",")))
-    else:
+    elif args.command == "select":
         select(args.variants, names, args.weight, tuple(args.partner.split(",")), args.last)
+    else:
+        for variant in args.variants:
+            noise(variant, names, args.weight, tuple(args.partner.split(",")))
 
 
 if __name__ == "__main__":

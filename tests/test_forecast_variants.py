@@ -136,3 +136,23 @@ def test_score_pairs_each_variant_with_the_first_over_the_series(variants, capsy
     t = -0.5 / (0.5 / np.sqrt(3))
     p = 1 - abs(t) / np.sqrt(2 + t * t)  # two-sided p of Student's t with 2 degrees of freedom, in closed form
     assert f"corpus: mean -0.5000, lower on 2/3, p {p:.2f}" in capsys.readouterr().out
+
+
+def test_at_least_is_the_poisson_binomial_tail(variants):
+    # two events at 0.5 and 0.2: none 0.4, one 0.5, both 0.1
+    assert variants.at_least([0.5, 0.2]) == pytest.approx([1.0, 0.6, 0.1])
+    assert variants.at_least([]) == pytest.approx([1.0])
+
+
+def test_noise_counts_the_draws_of_origins_that_win(variants, capsys):
+    # origins: validation, then two test origins, so each draw takes two. The network errs 0.5,
+    # 2 and 0.5; ETS 1 everywhere; ARIMA 1, 1, 3. Any draw holding origin 1 loses (the network
+    # 1.25 or 2 against ETS's 1); the 4 of 9 draws from origins 0 and 2 win (0.5 against 1).
+    # From the test origins alone (1 and 2) only (2, 2) wins: 1/4.
+    write(variants, "statistical", split=["validation", "test", "test"], cut=[10, 20, 30], actual=[[0]] * 3,
+          scale=[1] * 3, ets=[[1], [1], [1]], arima=[[1], [-1], [3]])
+    write(variants, "a", forecast=[[0.5], [2], [0.5]], cut=[10, 20, 30])
+    assert variants.noise("a", ["toy"], 0.0, ("arima",)) == {"toy": pytest.approx((4 / 9, 1 / 4))}
+    out = capsys.readouterr().out
+    assert "validation 0.500 vs 1.000 (0.50×, 1 origins)" in out and "test 1.250 vs 1.000 (1.25×, 2 origins)" in out
+    assert "drawn from all origins: 0: 1.00, 1: 0.44" in out and "drawn from the test origins: 0: 1.00, 1: 0.25" in out
