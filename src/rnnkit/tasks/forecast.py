@@ -290,7 +290,7 @@ class ForecastConfig:
     patience: int = 3
     trust: float | None = 1.0         # share of the network's correction to the anchor kept (None: chosen on validation)
     combine: tuple[str, ...] = ("arima",)  # baselines averaged into the forecast
-    combine_weight: float = 0.35      # λ: the weight of their mean against the RNN's
+    combine_weight: float = 0.5       # λ: the weight of their mean against the RNN's
     seed: int = 0
 
     def validate(self) -> None:
@@ -653,14 +653,17 @@ class Forecaster(ForecastModel):
     the latest 20% of windows; its forecast is then combined with auto-ARIMA's fitted on the
     same history (Smyl's ES-RNN and forecast-combination results):
 
-        ŷ = (1 − λ) · ŷ_RNN + λ · ŷ_ARIMA,   λ = 0.35
+        ŷ = (1 − λ) · ŷ_RNN + λ · ŷ_ARIMA,   λ = 0.5
 
     applied alike to the point forecast and to each bound of the 80% interval. The anchor rule,
-    the window, the linear start, the recency, λ and the members were chosen on 10 validation origins
+    the window, the linear start, the recency and the members were chosen on 10 validation origins
     before the benchmark's test origins; there, for the same number of steps, six members of 100
     steps erred less than three of 200 in each of five seed sets. The smoothing anchor was added
     on the origins of 43 other real series (`benchmarks/forecast_corpus.py`), where it lowered the
-    recipe's MASE by 2.9% in geometric mean (p 0.03) with the validation origins level.
+    recipe's MASE by 2.9% in geometric mean (p 0.03) with the validation origins level. λ was 0.35,
+    chosen on those 10 origins alone; 0.5 erred 2.0% less over the validation origins of 133 real
+    series (the bar's five, the 43 and 85 monthly employment series; p 0.004) and 8.5% less on 60
+    series no choice had used (p < 0.001), with the five's validation origins level within their noise.
     """
 
     name = "rnnkit"
