@@ -663,7 +663,8 @@ class Forecaster(ForecastModel):
     recipe's MASE by 2.9% in geometric mean (p 0.03) with the validation origins level. λ was 0.35,
     chosen on those 10 origins alone; 0.5 erred 2.0% less over the validation origins of 133 real
     series (the bar's five, the 43 and 85 monthly employment series; p 0.004) and 8.5% less on 60
-    series no choice had used (p < 0.001), with the five's validation origins level within their noise.
+    series kept out of that choice (p < 0.001), the five's validation origins level within their
+    noise.
     """
 
     name = "rnnkit"
