@@ -233,6 +233,8 @@ def noise(variant: str, names: list[str], weight: float, partner: tuple[str, ...
     chances = {}
     for name in names:
         stat = np.load(cache_path("statistical", name))
+        if "test" not in stat["split"]:
+            raise SystemExit(f"{name} has no test origins: noise measures the table's series")
         errors = {"rnnkit": origin_mase(stat, combine(network(variant, name, stat), stat, weight, partner)),
                   **{method: origin_mase(stat, stat[method]) for method in STATISTICAL}}
         cells = []

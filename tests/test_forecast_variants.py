@@ -156,6 +156,10 @@ def test_noise_counts_the_draws_of_origins_that_win(variants, capsys):
     out = capsys.readouterr().out
     assert "validation 0.500 vs 1.000 (0.50×, 1 origins)" in out and "test 1.250 vs 1.000 (1.25×, 2 origins)" in out
     assert "drawn from all origins: 0: 1.00, 1: 0.44" in out and "drawn from the test origins: 0: 1.00, 1: 0.25" in out
+    write(variants, "statistical", split=["corpus"], cut=[10], actual=[[0]], scale=[1], ets=[[1]], arima=[[1]])
+    write(variants, "a", forecast=[[0.5]], cut=[10])
+    with pytest.raises(SystemExit, match="no test origins"):
+        variants.noise("a", ["toy"], 0.0, ("arima",))
 
 
 def test_fresh_pool_takes_each_column_or_group_from_its_last_gap_free_run(variants, monkeypatch):
