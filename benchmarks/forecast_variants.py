@@ -265,10 +265,10 @@ def main() -> None:
     parser.add_argument("--origins", type=int, default=5, help="test origins")
     parser.add_argument("--validation", type=int, default=10, help="validation origins before them")
     parser.add_argument("--earlier", type=int, default=0, help="run: origins before the validation ones, for select")
-    parser.add_argument("--weight", type=float, default=ForecastConfig().combine_weight, help="score, select: λ")
+    parser.add_argument("--weight", type=float, default=ForecastConfig().combine_weight, help="score, select, noise: λ")
     parser.add_argument("--last", type=int, default=3, help="select: the origins before each that choose its pick")
     parser.add_argument("--partner", default=",".join(ForecastConfig().combine),
-                        help="score, select: the baselines averaged into the combination (comma-separated)")
+                        help="score, select, noise: the baselines averaged into the combination (comma-separated)")
     args = parser.parse_args()
     pools = {"corpus": lambda: forecast_corpus.NAMES, "employment": forecast_corpus.employment_names,
              "fresh": forecast_corpus.fresh_names}
