@@ -233,7 +233,8 @@ def noise(variant: str, names: list[str], weight: float, partner: tuple[str, ...
     chances = {}
     for name in names:
         stat = np.load(cache_path("statistical", name))
-        if "test" not in stat["split"]:
+        test = np.flatnonzero(stat["split"] == "test")
+        if not test.size:
             raise SystemExit(f"{name} has no test origins: noise measures the table's series")
         errors = {"rnnkit": origin_mase(stat, combine(network(variant, name, stat), stat, weight, partner)),
                   **{method: origin_mase(stat, stat[method]) for method in STATISTICAL}}
@@ -244,8 +245,7 @@ def noise(variant: str, names: list[str], weight: float, partner: tuple[str, ...
             cells.append(f"{split} {errors['rnnkit'][chosen].mean():.3f} vs {best:.3f} "
                          f"({errors['rnnkit'][chosen].mean() / best:.2f}×, {chosen.sum()} origins)")
         log_ratio = np.log(errors["rnnkit"] / errors["arima"])
-        test = np.flatnonzero(stat["split"] == "test")
-        chances[name] = tuple(win_chance(errors, pool, len(test)) for pool in (np.arange(len(log_ratio)), test))
+        chances[name] = tuple(win_chance(errors, pool, test.size) for pool in (np.arange(len(log_ratio)), test))
         print(f"{name:18s} | " + " | ".join(cells) + f" | log(rnnkit/auto-ARIMA) per origin: mean "
               f"{log_ratio.mean():+.3f}, sd {log_ratio.std(ddof=1):.3f}, {len(log_ratio)} origins | "
               f"P(win) from all {chances[name][0]:.2f}, from the test's {chances[name][1]:.2f}")
