@@ -8,6 +8,7 @@ scored alone and combined with the statistical partner as the default recipe com
     OMP_NUM_THREADS=1 python benchmarks/forecast_variants.py run anchor --set '{"trust": 0}' --earlier 4
     python benchmarks/forecast_variants.py select base anchor --last 3
     python benchmarks/forecast_variants.py noise base --series sunspots,co2,nile,elnino,macrodata:realgdp,macrodata:unemp
+    OMP_NUM_THREADS=1 python benchmarks/forecast_variants.py league base --series corpus
 
 `run` backtests the Forecaster without its combination (combine=()) at the validation origins and
 the test origins of forecast_quality.py (and, with --earlier K, up to K origins before those), and
@@ -21,6 +22,9 @@ last K origins before it, as a fit could by backtesting its own history; the fir
 no earlier origin is cached. Choose on the validation origins; the test origins are the table's.
 `noise` measures, choosing nothing, how much of the table's count of wins the draw of its test
 origins decides (the series' P(win) over every draw of as many origins from all cached ones).
+`league` puts the bar's test to established forecasts too (statsforecast's AutoTheta, fitted
+once per origin and cached, and the mean and median of ETS, auto-ARIMA and theta), beside the
+variant's combination: how often each beats the best of ETS and auto-ARIMA.
 Sessions 11–27 compared recipes this way (benchmarks/forecast_notes.md). co2 is left out by
 default: its network trains for about 15 s an origin and its auto-ARIMA fit takes about 28 s
 (session 19), at 15 origins. `--series corpus` runs and scores the 43 series of
@@ -255,20 +259,71 @@ def noise(variant: str, names: list[str], weight: float, partner: tuple[str, ...
     return chances
 
 
+def theta_forecasts(name: str, stat) -> np.ndarray:
+    """statsforecast's AutoTheta at every cached origin of the series, fitted once and cached."""
+    path = cache_path("statistical-theta", name)
+    if path.exists() and np.array_equal(np.load(path)["cut"], stat["cut"]):
+        return np.load(path)["theta"]
+    series = load(name)
+    horizon = stat["actual"].shape[1]
+    forecasts = [Baseline("theta", series.season).fit(series.head(int(cut))).predict(horizon).mean for cut in stat["cut"]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, cut=stat["cut"], theta=forecasts)
+    return np.array(forecasts)
+
+
+def league(variant: str, names: list[str], weight: float, partner: tuple[str, ...]) -> dict:
+    """The bar's test put to established forecasts as well as to the variant's combination: on
+    each split, at how many series each beats the best of ETS and auto-ARIMA, its geometric-mean
+    ratio to that best, and the chance of at least 4 wins of 6 for a forecaster that wins each
+    series at that rate. Returns {split: {forecast: (wins, series, geometric ratio)}}."""
+    names = cached([variant], names)
+    table = {split: {} for split in present_splits(names)}
+    for name in names:
+        stat = np.load(cache_path("statistical", name))
+        ets, arima, theta = stat["ets"], stat["arima"], theta_forecasts(name, stat)
+        contenders = {"theta": theta, "mean of ETS and auto-ARIMA": (ets + arima) / 2,
+                      "mean of ETS, auto-ARIMA and theta": (ets + arima + theta) / 3,
+                      "median of ETS, auto-ARIMA and theta": np.median([ets, arima, theta], 0),
+                      variant: combine(network(variant, name, stat), stat, weight, partner)}
+        for split, rows in table.items():
+            chosen = stat["split"] == split
+            if not chosen.any():
+                continue
+            best = min(mean_mase(stat, stat[method], chosen) for method in STATISTICAL)
+            for contender, forecast in contenders.items():
+                rows.setdefault(contender, []).append(mean_mase(stat, forecast, chosen) / best)
+    print(f"{variant}: (1 − {weight})·RNN + {weight}·mean({', '.join(partner)}); a win: below the best of ETS and "
+          "auto-ARIMA on the series' mean MASE")
+    results = {}
+    for split, rows in table.items():
+        results[split] = {}
+        for contender, ratios in rows.items():
+            wins, geometric = int(np.sum(np.array(ratios) < 1)), float(np.exp(np.mean(np.log(ratios))))
+            results[split][contender] = (wins, len(ratios), geometric)
+            print(f"{split:10s} {contender:36s} wins {wins:3d} of {len(ratios):3d} ({wins / len(ratios):4.0%}), "
+                  f"geometric ratio {geometric:.3f}, P(at least 4 of 6 at that rate) "
+                  f"{at_least([wins / len(ratios)] * 6)[4]:.2f}")
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("run", "score", "select", "noise"))
+    parser.add_argument("command", choices=("run", "score", "select", "noise", "league"))
     parser.add_argument("variants", nargs="+",
-                        help="run: one name for the variant; score, select, noise: names, or a+b to average (select: alone:a)")
+                        help="run: one name for the variant; score, select, noise, league: names, or a+b to average "
+                             "(select: alone:a)")
     parser.add_argument("--set", default="{}", help='run: Forecaster overrides as JSON, e.g. \'{"hidden_size": 16}\'')
     parser.add_argument("--series", default=",".join(s for s in SERIES if s != "co2"))
     parser.add_argument("--origins", type=int, default=5, help="test origins")
     parser.add_argument("--validation", type=int, default=10, help="validation origins before them")
     parser.add_argument("--earlier", type=int, default=0, help="run: origins before the validation ones, for select")
-    parser.add_argument("--weight", type=float, default=ForecastConfig().combine_weight, help="score, select, noise: λ")
+    parser.add_argument("--weight", type=float, default=ForecastConfig().combine_weight,
+                        help="score, select, noise, league: λ")
     parser.add_argument("--last", type=int, default=3, help="select: the origins before each that choose its pick")
     parser.add_argument("--partner", default=",".join(ForecastConfig().combine),
-                        help="score, select, noise: the baselines averaged into the combination (comma-separated)")
+                        help="score, select, noise, league: the baselines averaged into the combination "
+                             "(comma-separated)")
     args = parser.parse_args()
     pools = {"corpus": lambda: forecast_corpus.NAMES, "employment": forecast_corpus.employment_names,
              "fresh": forecast_corpus.fresh_names}
@@ -282,9 +337,12 @@ def main() -> None:
         score(args.variants, names, args.weight, tuple(args.partner.split(",")))
     elif args.command == "select":
         select(args.variants, names, args.weight, tuple(args.partner.split(",")), args.last)
-    else:
+    elif args.command == "noise":
         for variant in args.variants:
             noise(variant, names, args.weight, tuple(args.partner.split(",")))
+    else:
+        for variant in args.variants:
+            league(variant, names, args.weight, tuple(args.partner.split(",")))
 
 
 if __name__ == "__main__":

@@ -189,3 +189,25 @@ def test_fresh_pool_takes_each_column_or_group_from_its_last_gap_free_run(varian
         forecast_corpus.fresh_series.cache_clear()
     assert len(forecast_corpus.fresh_values(np.array([1.0, np.nan, 2.0, 3.0] + [0.5] * 600))) == forecast_corpus.LONGEST
     np.testing.assert_array_equal(forecast_corpus.fresh_values(np.array([1.0, np.nan, 2.0, 3.0, np.nan])), [2.0, 3.0])
+
+
+def test_league_counts_each_forecast_against_the_best_of_ets_and_arima(variants, capsys):
+    # Two series, one test origin of two steps, actual 0 and scale 1: a forecast's MASE is its |value|.
+    # toy: ETS 1, ARIMA 2 (best 1), theta 0.5. toy2: ETS 2, ARIMA 4 (best 2), theta 4.
+    for name, (ets, arima, theta, network) in {"toy": (1, 2, 0.5, -1), "toy2": (2, 4, 4, -2)}.items():
+        for variant, arrays in (("statistical", dict(split=["test"], actual=[[0, 0]], scale=[1], ets=[[ets] * 2],
+                                                     arima=[[arima] * 2])),
+                                ("statistical-theta", dict(theta=[[theta] * 2])), ("a", dict(forecast=[[network] * 2]))):
+            path = variants.cache_path(variant, name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(path, cut=[10], **arrays)
+    test = variants.league("a", ["toy", "toy2"], 0.5, ("arima",))["test"]
+    assert test["theta"] == pytest.approx((1, 2, 1.0))  # ratios 0.5 and 2
+    assert test["mean of ETS and auto-ARIMA"] == pytest.approx((0, 2, 1.5))  # 1.5 / 1 and 3 / 2
+    assert test["mean of ETS, auto-ARIMA and theta"] == pytest.approx((0, 2, np.sqrt(3.5 / 3 * 10 / 6)))
+    assert test["median of ETS, auto-ARIMA and theta"] == pytest.approx((0, 2, np.sqrt(2)))  # equal to the best: no win
+    # the variant's combination, 0.5·network + 0.5·ARIMA: 0.5 and 1, half the best each
+    assert test["a"] == pytest.approx((2, 2, 0.5))
+    out = capsys.readouterr().out
+    # at a win rate of 1/2, P(at least 4 of 6) = (15 + 6 + 1) / 64
+    assert f"theta {' ' * 31}wins   1 of   2 ( 50%), geometric ratio 1.000, P(at least 4 of 6 at that rate) {22 / 64:.2f}" in out
