@@ -24,7 +24,9 @@ no earlier origin is cached. Choose on the validation origins; the test origins 
 origins decides (the series' P(win) over every draw of as many origins from all cached ones).
 `league` puts the bar's test to established forecasts too (statsforecast's AutoTheta, fitted
 once per origin and cached, and the mean and median of ETS, auto-ARIMA and theta), beside the
-variant's combination: how often each beats the best of ETS and auto-ARIMA.
+variant's combination: how often each beats the best of ETS and auto-ARIMA. `agree` ranks
+variants by their validation sums beside their test sums, and correlates the two: run it after a
+choice, never to make one.
 Sessions 11–27 compared recipes this way (benchmarks/forecast_notes.md). co2 is left out by
 default: its network trains for about 15 s an origin and its auto-ARIMA fit takes about 28 s
 (session 19), at 15 origins. `--series corpus` runs and scores the 43 series of
@@ -259,6 +261,43 @@ def noise(variant: str, names: list[str], weight: float, partner: tuple[str, ...
     return chances
 
 
+def agree(variants: list[str], names: list[str], weights: list[float], partner: tuple[str, ...]) -> dict:
+    """Do the validation origins rank recipes as the test origins do? For each variant at each λ:
+    its combined MASE summed over the series and its wins against the best of ETS and auto-ARIMA,
+    on both splits, sorted by the validation sum; then Spearman's correlation of the two splits'
+    sums and wins over those points. This reads test columns: it is for after a choice, never to
+    make one. Returns {(variant, λ): {split: (sum, wins)}}."""
+    from scipy.stats import spearmanr
+
+    names = cached(variants, names)
+    totals = {}
+    for variant, weight in itertools.product(variants, weights):
+        splits = totals[variant, weight] = {"validation": [0.0, 0], "test": [0.0, 0]}
+        for name in names:
+            stat = np.load(cache_path("statistical", name))
+            combined = combine(network(variant, name, stat), stat, weight, partner)
+            for split, total in splits.items():
+                chosen = stat["split"] == split
+                if not chosen.any():
+                    raise SystemExit(f"{name} has no {split} origins: agree compares the table's series")
+                mase = mean_mase(stat, combined, chosen)
+                total[0] += mase
+                total[1] += mase < min(mean_mase(stat, stat[method], chosen) for method in STATISTICAL)
+    ranked = sorted(totals, key=lambda key: totals[key]["validation"][0])
+    print(f"{len(names)} series, combined with mean({', '.join(partner)}); sums of MASE (wins), by validation sum")
+    for rank, (variant, weight) in enumerate(ranked, 1):
+        (valid, valid_wins), (test, test_wins) = totals[variant, weight].values()
+        print(f"{rank:3d} {variant:24s} λ {weight:.2f}  validation {valid:.3f} ({valid_wins})  test {test:.3f} ({test_wins})")
+    for column, label in ((0, "sums"), (1, "wins")):
+        pairs = [(totals[key]["validation"][column], totals[key]["test"][column]) for key in ranked]
+        if min(len(set(side)) for side in zip(*pairs)) < 2:  # a constant side: no ranking to correlate
+            print(f"Spearman's ρ of validation and test {label}: undefined, one side is the same at every point")
+            continue
+        rho, p = spearmanr(*zip(*pairs))
+        print(f"Spearman's ρ of validation and test {label} over {len(ranked)} points: {rho:+.2f} (p {p:.3f})")
+    return {key: {split: tuple(total) for split, total in value.items()} for key, value in totals.items()}
+
+
 def theta_forecasts(name: str, stat) -> np.ndarray:
     """statsforecast's AutoTheta at every cached origin of the series, fitted once and cached."""
     path = cache_path("statistical-theta", name)
@@ -309,9 +348,9 @@ def league(variant: str, names: list[str], weight: float, partner: tuple[str, ..
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("run", "score", "select", "noise", "league"))
+    parser.add_argument("command", choices=("run", "score", "select", "noise", "league", "agree"))
     parser.add_argument("variants", nargs="+",
-                        help="run: one name for the variant; score, select, noise, league: names, or a+b to average "
+                        help="run: one name for the variant; score, select, noise, league, agree: names, or a+b to average "
                              "(select: alone:a)")
     parser.add_argument("--set", default="{}", help='run: Forecaster overrides as JSON, e.g. \'{"hidden_size": 16}\'')
     parser.add_argument("--series", default=",".join(s for s in SERIES if s != "co2"))
@@ -320,6 +359,7 @@ def main() -> None:
     parser.add_argument("--earlier", type=int, default=0, help="run: origins before the validation ones, for select")
     parser.add_argument("--weight", type=float, default=ForecastConfig().combine_weight,
                         help="score, select, noise, league: λ")
+    parser.add_argument("--weights", default="0.35,0.5", help="agree: the λs each variant is combined at (comma-separated)")
     parser.add_argument("--last", type=int, default=3, help="select: the origins before each that choose its pick")
     parser.add_argument("--partner", default=",".join(ForecastConfig().combine),
                         help="score, select, noise, league: the baselines averaged into the combination "
@@ -340,9 +380,11 @@ def main() -> None:
     elif args.command == "noise":
         for variant in args.variants:
             noise(variant, names, args.weight, tuple(args.partner.split(",")))
-    else:
+    elif args.command == "league":
         for variant in args.variants:
             league(variant, names, args.weight, tuple(args.partner.split(",")))
+    else:
+        agree(args.variants, names, [float(w) for w in args.weights.split(",")], tuple(args.partner.split(",")))
 
 
 if __name__ == "__main__":

@@ -211,3 +211,25 @@ def test_league_counts_each_forecast_against_the_best_of_ets_and_arima(variants,
     out = capsys.readouterr().out
     # at a win rate of 1/2, P(at least 4 of 6) = (15 + 6 + 1) / 64
     assert f"theta {' ' * 31}wins   1 of   2 ( 50%), geometric ratio 1.000, P(at least 4 of 6 at that rate) {22 / 64:.2f}" in out
+
+
+def test_agree_ranks_by_validation_and_correlates_with_test(variants, capsys):
+    # one series, a validation and a test origin of one step, actual 0, scale 1, ETS and ARIMA err 1
+    write(variants, "statistical", split=["validation", "test"], cut=[10, 20], actual=[[0], [0]], scale=[1, 1],
+          ets=[[1], [1]], arima=[[1], [1]])
+    for variant, (valid, test) in {"a": (0.2, 0.9), "b": (0.4, 0.1), "c": (1.5, 2.0)}.items():
+        write(variants, variant, forecast=[[valid], [test]], cut=[10, 20])
+    totals = variants.agree(["c", "a", "b"], ["toy"], [0.0], ("arima",))
+    assert totals["c", 0.0] == {"validation": pytest.approx((1.5, 0)), "test": pytest.approx((2.0, 0))}
+    out = capsys.readouterr().out
+    assert out.index(" a ") < out.index(" b ") < out.index(" c ")  # ranked by the validation sum
+    # validation ranks a, b, c; test ranks b, a, c: ρ = 1 − 6·(1 + 1 + 0) / (3·8) = 0.5. Wins agree.
+    assert "validation and test sums over 3 points: +0.50" in out and "validation and test wins over 3 points: +1.00" in out
+    # combined at λ 0.5 with ARIMA's 1: a errs 0.6 and 0.95, both below the baselines' 1
+    assert variants.agree(["a", "b"], ["toy"], [0.5], ("arima",))["a", 0.5] == {
+        "validation": pytest.approx((0.6, 1)), "test": pytest.approx((0.95, 1))}
+    assert "validation and test wins: undefined" in capsys.readouterr().out  # both win both: nothing to rank
+    write(variants, "statistical", split=["corpus"], cut=[10], actual=[[0]], scale=[1], ets=[[1]], arima=[[1]])
+    write(variants, "a", forecast=[[0.5]], cut=[10])
+    with pytest.raises(SystemExit, match="no validation origins"):
+        variants.agree(["a"], ["toy"], [0.0], ("arima",))
