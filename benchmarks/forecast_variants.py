@@ -362,7 +362,7 @@ def main() -> None:
     parser.add_argument("--weights", default="0.35,0.5", help="agree: the λs each variant is combined at (comma-separated)")
     parser.add_argument("--last", type=int, default=3, help="select: the origins before each that choose its pick")
     parser.add_argument("--partner", default=",".join(ForecastConfig().combine),
-                        help="score, select, noise, league: the baselines averaged into the combination "
+                        help="score, select, noise, league, agree: the baselines averaged into the combination "
                              "(comma-separated)")
     args = parser.parse_args()
     pools = {"corpus": lambda: forecast_corpus.NAMES, "employment": forecast_corpus.employment_names,
