@@ -109,6 +109,11 @@ def mean_mase(stat, forecast: np.ndarray, chosen: np.ndarray) -> float:
     return float(origin_mase(stat, forecast)[chosen].mean())
 
 
+def best_statistical(stat, chosen: np.ndarray) -> float:
+    """The bar's reference: the lower of ETS's and auto-ARIMA's mean MASE over the chosen origins."""
+    return min(mean_mase(stat, stat[method], chosen) for method in STATISTICAL)
+
+
 def present_splits(names: list[str]) -> list[str]:
     """The splits that the series' cached origins fall in, in SPLITS' order."""
     found = {str(split) for name in names for split in np.load(cache_path("statistical", name))["split"]}
@@ -154,7 +159,7 @@ def score(variants: list[str], names: list[str], weight: float, partner: tuple[s
                     cells.append(" " * 19)
                     continue
                 error, mixed = mean_mase(stat, alone, chosen), mean_mase(stat, combined, chosen)
-                best = min(mean_mase(stat, stat[method], chosen) for method in STATISTICAL)
+                best = best_statistical(stat, chosen)
                 total[0] += error
                 total[1] += mixed
                 total[2] += mixed < best
@@ -197,7 +202,7 @@ def select(candidates: list[str], names: list[str], weight: float, partner: tupl
             chosen = stat["split"] == split
             if not chosen.any():
                 continue
-            best = min(mean_mase(stat, stat[method], chosen) for method in STATISTICAL)
+            best = best_statistical(stat, chosen)
             mase = float(picked[chosen].mean())
             total[0] += mase
             total[1] += mase < best
@@ -270,19 +275,20 @@ def agree(variants: list[str], names: list[str], weights: list[float], partner: 
     from scipy.stats import spearmanr
 
     names = cached(variants, names)
-    totals = {}
-    for variant, weight in itertools.product(variants, weights):
-        splits = totals[variant, weight] = {"validation": [0.0, 0], "test": [0.0, 0]}
-        for name in names:
-            stat = np.load(cache_path("statistical", name))
-            combined = combine(network(variant, name, stat), stat, weight, partner)
-            for split, total in splits.items():
-                chosen = stat["split"] == split
-                if not chosen.any():
-                    raise SystemExit(f"{name} has no {split} origins: agree compares the table's series")
-                mase = mean_mase(stat, combined, chosen)
-                total[0] += mase
-                total[1] += mase < min(mean_mase(stat, stat[method], chosen) for method in STATISTICAL)
+    totals = {key: {"validation": [0.0, 0], "test": [0.0, 0]} for key in itertools.product(variants, weights)}
+    for name in names:
+        stat = np.load(cache_path("statistical", name))
+        for variant in variants:
+            alone = network(variant, name, stat)
+            for weight in weights:
+                combined = combine(alone, stat, weight, partner)
+                for split, total in totals[variant, weight].items():
+                    chosen = stat["split"] == split
+                    if not chosen.any():
+                        raise SystemExit(f"{name} has no {split} origins: agree compares the table's series")
+                    mase = mean_mase(stat, combined, chosen)
+                    total[0] += mase
+                    total[1] += mase < best_statistical(stat, chosen)
     ranked = sorted(totals, key=lambda key: totals[key]["validation"][0])
     print(f"{len(names)} series, combined with mean({', '.join(partner)}); sums of MASE (wins), by validation sum")
     for rank, (variant, weight) in enumerate(ranked, 1):
@@ -329,7 +335,7 @@ def league(variant: str, names: list[str], weight: float, partner: tuple[str, ..
             chosen = stat["split"] == split
             if not chosen.any():
                 continue
-            best = min(mean_mase(stat, stat[method], chosen) for method in STATISTICAL)
+            best = best_statistical(stat, chosen)
             for contender, forecast in contenders.items():
                 rows.setdefault(contender, []).append(mean_mase(stat, forecast, chosen) / best)
     print(f"{variant}: (1 − {weight})·RNN + {weight}·mean({', '.join(partner)}); a win: below the best of ETS and "
@@ -368,23 +374,24 @@ def main() -> None:
     pools = {"corpus": lambda: forecast_corpus.NAMES, "employment": forecast_corpus.employment_names,
              "fresh": forecast_corpus.fresh_names}
     names = list(pools[args.series]()) if args.series in pools else args.series.split(",")
+    partner = tuple(args.partner.split(","))
     if args.command == "run":
         if len(args.variants) != 1 or "+" in args.variants[0] or args.variants[0] == "statistical":
             parser.error("run takes one variant name, without '+' and other than 'statistical' (the baselines' cache)")
         torch.set_num_threads(1)
         run(args.variants[0], names, json.loads(args.set), args.origins, args.validation, args.earlier)
     elif args.command == "score":
-        score(args.variants, names, args.weight, tuple(args.partner.split(",")))
+        score(args.variants, names, args.weight, partner)
     elif args.command == "select":
-        select(args.variants, names, args.weight, tuple(args.partner.split(",")), args.last)
+        select(args.variants, names, args.weight, partner, args.last)
     elif args.command == "noise":
         for variant in args.variants:
-            noise(variant, names, args.weight, tuple(args.partner.split(",")))
+            noise(variant, names, args.weight, partner)
     elif args.command == "league":
         for variant in args.variants:
-            league(variant, names, args.weight, tuple(args.partner.split(",")))
+            league(variant, names, args.weight, partner)
     else:
-        agree(args.variants, names, [float(w) for w in args.weights.split(",")], tuple(args.partner.split(",")))
+        agree(args.variants, names, [float(w) for w in args.weights.split(",")], partner)
 
 
 if __name__ == "__main__":
